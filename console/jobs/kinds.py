@@ -1,0 +1,44 @@
+"""The registry of job kinds. Each app registers its kinds in its AppConfig.ready();
+later features add kinds here without touching the Job base."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from django.utils.module_loading import import_string
+
+if TYPE_CHECKING:
+    from console.jobs.models import Job
+
+
+@dataclass(frozen=True, slots=True)
+class JobKind:
+    name: str
+    handler: str  # dotted path of `fn(job) -> result`, run inside a worker
+    on_failed: Callable[[Job], None] | None = None  # clean up after failure or cancel
+    validate: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None  # params, user → cleaned params
+    queue: str = "jobs"
+    user_creatable: bool = False  # may POST /api/jobs/ create it directly?
+
+
+KINDS: dict[str, JobKind] = {}
+
+
+def register(kind: JobKind) -> None:
+    KINDS[kind.name] = kind
+
+
+def get(name: str) -> JobKind:
+    return KINDS[name]
+
+
+def handler_for(name: str) -> Callable[[Job], Any]:
+    return import_string(KINDS[name].handler)
+
+
+def on_failed(job: Job) -> None:
+    kind = KINDS.get(job.kind)
+    if kind is not None and kind.on_failed is not None:
+        kind.on_failed(job)

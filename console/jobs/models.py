@@ -1,0 +1,144 @@
+"""The one Job model every background task uses.
+
+State changes are methods guarded by conditional updates, so a redelivered Celery task
+or two racing workers can never run or finish a job twice.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
+
+from console.jobs.choices import ACTIVE, TERMINAL, JobStatus
+
+MAX_LOG_LINES = 2000
+MAX_DELIVERIES = 3
+
+
+class JobCancelled(Exception):
+    """Raised inside a running job when a user asked to cancel it."""
+
+
+class Job(models.Model):
+    kind = models.CharField(max_length=32, db_index=True)
+    params = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
+    progress = models.FloatField(default=0.0)  # 0..1
+    progress_message = models.CharField(max_length=200, blank=True)
+    log = models.JSONField(default=list, blank=True)  # ["2026-11-29T06:00:00Z message", ...]
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    deliveries = models.PositiveSmallIntegerField(default=0)
+    cancel_requested = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} job #{self.pk}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @classmethod
+    def enqueue(cls, kind: str, params: dict[str, Any], user: Any = None) -> Job:
+        """Create a queued job and send it to a worker once the surrounding transaction commits."""
+        from console.jobs import kinds
+
+        spec = kinds.get(kind)
+        job = cls.objects.create(kind=kind, params=params, created_by=user if getattr(user, "is_authenticated", False) else None)
+
+        def send() -> None:
+            from workers.tasks import run_job
+
+            run_job.apply_async(args=[job.pk], queue=spec.queue)
+
+        transaction.on_commit(send)
+        return job
+
+    # --- claiming and finishing -------------------------------------------------------------
+    def claim(self, worker: str) -> bool:
+        """queued → running, atomically. False if another delivery already took it."""
+        now = timezone.now()
+        Job.objects.filter(pk=self.pk).update(deliveries=models.F("deliveries") + 1)
+        claimed = Job.objects.filter(pk=self.pk, status=JobStatus.QUEUED, cancel_requested=False).update(
+            status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker[:200]
+        )
+        self.refresh_from_db()
+        return bool(claimed)
+
+    def _finish(self, status: str, **fields: Any) -> bool:
+        now = timezone.now()
+        done = Job.objects.filter(pk=self.pk, status__in=ACTIVE).update(status=status, finished_at=now, **fields)
+        self.refresh_from_db()
+        return bool(done)
+
+    def succeed(self, result: Any = None) -> bool:
+        return self._finish(JobStatus.SUCCEEDED, result=result, progress=1.0, progress_message="Done")
+
+    def fail(self, error: str) -> bool:
+        return self._finish(JobStatus.FAILED, error=error[:10000])
+
+    def mark_cancelled(self, message: str = "Cancelled") -> bool:
+        return self._finish(JobStatus.CANCELLED, progress_message=message[:200])
+
+    def request_cancel(self) -> bool:
+        """Cancel a queued job at once; ask a running one to stop at its next progress report.
+
+        Returns False when the job had already finished."""
+        if Job.objects.filter(pk=self.pk, status=JobStatus.QUEUED).update(
+            status=JobStatus.CANCELLED, cancel_requested=True, finished_at=timezone.now(), progress_message="Cancelled before it started"
+        ):
+            self.refresh_from_db()
+            return True
+        updated = Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(cancel_requested=True)
+        self.refresh_from_db()
+        return bool(updated)
+
+    # --- while running ----------------------------------------------------------------------
+    def report(self, fraction: float | None = None, message: str | None = None, log: str | None = None) -> None:
+        """Record progress (and optionally a log line); raise JobCancelled if cancel was asked."""
+        now = timezone.now()
+        fields: dict[str, Any] = {"heartbeat_at": now}
+        if fraction is not None:
+            fields["progress"] = max(0.0, min(1.0, float(fraction)))
+        if message is not None:
+            fields["progress_message"] = message[:200]
+        if log is not None:
+            self.log = (self.log + [f"{now:%Y-%m-%dT%H:%M:%SZ} {log}"])[-MAX_LOG_LINES:]
+            fields["log"] = self.log
+        Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(**fields)
+        for name, value in fields.items():
+            setattr(self, name, value)
+        if Job.objects.filter(pk=self.pk, cancel_requested=True).exists():
+            raise JobCancelled()
+
+    def beat(self) -> None:
+        Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(heartbeat_at=timezone.now())
+
+    # --- the reaper ---------------------------------------------------------------------------
+    @classmethod
+    def reap_stale(cls, older_than_s: int | None = None) -> list[int]:
+        """Fail running jobs whose worker stopped heartbeating (it died or was killed)."""
+        older_than_s = older_than_s if older_than_s is not None else settings.TAUON_JOB_STALE_S
+        cutoff = timezone.now() - timedelta(seconds=older_than_s)
+        reaped = []
+        for job in cls.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff):
+            if job.fail(f"The worker running this job ({job.worker or 'unknown'}) stopped responding "
+                        f"for over {older_than_s}s and is presumed dead."):
+                reaped.append(job.pk)
+                from console.jobs.kinds import on_failed
+
+                on_failed(job)
+        return reaped

@@ -1,0 +1,67 @@
+"""The schema of a version's free-form `config`: generation defaults, quantization, batching limits.
+
+Unknown top-level keys are refused so typos surface at once; each section is optional."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+from django.core.exceptions import ValidationError
+
+CONFIG_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "generation": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": 131072},
+                "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                "top_k": {"type": "integer", "minimum": 0},
+                "repetition_penalty": {"type": "number", "exclusiveMinimum": 0},
+                "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+                "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+                "stop": {"type": "array", "items": {"type": "string"}, "maxItems": 16},
+                "seed": {"type": "integer"},
+            },
+        },
+        "quantization": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["method"],
+            "properties": {
+                "method": {"enum": ["none", "int8", "w8a8", "int4", "fp16", "bf16"]},
+                "recipe": {"type": "object"},
+            },
+        },
+        "batching": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "max_num_seqs": {"type": "integer", "minimum": 1, "maximum": 4096},
+                "max_batch_tokens": {"type": "integer", "minimum": 1},
+                "kv_cache_bytes": {"type": "integer", "minimum": 0},
+                "max_queue": {"type": "integer", "minimum": 0},
+            },
+        },
+        "dtype": {"enum": ["auto", "float32", "float16", "bfloat16"]},
+        "max_context": {"type": "integer", "minimum": 1},
+        "labels": {"type": "array", "items": {"type": "string"}},
+        "notes": {"type": "string", "maxLength": 5000},
+    },
+}
+
+_validator = jsonschema.Draft202012Validator(CONFIG_SCHEMA)
+
+
+def validate_config(config: Any) -> None:
+    """Raise ValidationError({"config": "<path>: <problem>"}) for the first problem found."""
+    errors = sorted(_validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise ValidationError({"config": f"config {where}: {err.message}"})

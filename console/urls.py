@@ -1,0 +1,25 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from console.core import views as core_views
+
+api_patterns = [
+    path("", include("console.registry.api.urls")),
+    path("", include("console.jobs.api.urls")),
+    path("", include("console.audit.api.urls")),
+    path("", include("console.accounts.api.urls")),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+]
+
+urlpatterns = [
+    path("healthz", core_views.healthz, name="healthz"),
+    path("readyz", core_views.readyz, name="readyz"),
+    path("api/", include(api_patterns)),
+    path("admin/", admin.site.urls),
+    path("", include("console.accounts.urls")),
+    path("jobs/", include("console.jobs.urls")),
+    path("audit/", include("console.audit.urls")),
+    path("", include("console.registry.urls")),
+]

@@ -1,0 +1,173 @@
+"""Shared fixtures: named users (alice admin, bob maintainer, charlie user, dave no role),
+API clients authenticated by real API keys, a real Celery worker process, the storage root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def storage_root() -> Iterator[Path]:
+    """Every test session gets its own artifact root, shared with the worker process."""
+    path = Path(tempfile.mkdtemp(prefix="tauon-storage-"))
+    settings.TAUON_STORAGE = path
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def make_user(username: str, role: str, **extra: Any):  # type: ignore[no-untyped-def]
+    from console.accounts.models import User
+
+    return User.objects.create_user(username=username, password=f"{username}-Pass-123!", role=role, **extra)
+
+
+@pytest.fixture
+def alice(db):  # type: ignore[no-untyped-def]
+    return make_user("alice", "admin")
+
+
+@pytest.fixture
+def bob(db):  # type: ignore[no-untyped-def]
+    return make_user("bob", "maintainer")
+
+
+@pytest.fixture
+def charlie(db):  # type: ignore[no-untyped-def]
+    return make_user("charlie", "user")
+
+
+def key_client(user) -> APIClient:  # type: ignore[no-untyped-def]
+    from console.accounts.models import ApiKey
+
+    _, raw = ApiKey.issue(user, name=f"{user.username}-test")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    return client
+
+
+@pytest.fixture
+def admin_api(alice) -> APIClient:  # type: ignore[no-untyped-def]
+    return key_client(alice)
+
+
+@pytest.fixture
+def maintainer_api(bob) -> APIClient:  # type: ignore[no-untyped-def]
+    return key_client(bob)
+
+
+@pytest.fixture
+def user_api(charlie) -> APIClient:  # type: ignore[no-untyped-def]
+    return key_client(charlie)
+
+
+@pytest.fixture
+def anon_api() -> APIClient:
+    return APIClient()
+
+
+def _database_url() -> str:
+    from django.db import connection
+
+    s = connection.settings_dict
+    if s["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{s['NAME']}"
+    auth = s["USER"] or ""
+    if s.get("PASSWORD"):
+        auth += f":{s['PASSWORD']}"
+    host = s["HOST"] or "127.0.0.1"
+    port = f":{s['PORT']}" if s.get("PORT") else ""
+    return f"postgres://{auth}{'@' if auth else ''}{host}{port}/{s['NAME']}"
+
+
+class WorkerProcess:
+    """A real `celery -A workers worker` process on the test database and the test Redis."""
+
+    def __init__(self, name: str, queues: str = "default,jobs", concurrency: int = 1):
+        self.name, self.queues, self.concurrency = name, queues, concurrency
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(tempfile.mkstemp(prefix=f"tauon-{name}-", suffix=".log")[1])
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(DATABASE_URL=_database_url(), REDIS_URL=settings.REDIS_URL,
+                   TAUON_STORAGE=str(settings.TAUON_STORAGE), DJANGO_SETTINGS_MODULE="console.settings",
+                   TAUON_JOB_HEARTBEAT_S="1", PYTHONUNBUFFERED="1",
+                   TAUON_JOB_KIND_MODULES="tests.job_kinds")
+        return env
+
+    def start(self) -> WorkerProcess:
+        cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "threads",
+               "--concurrency", str(self.concurrency), "-Q", self.queues, "-n", f"{self.name}@%h",
+               "--without-gossip", "--without-mingle", "-l", "INFO"]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env(), stdout=self.log_path.open("wb"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if "ready." in self.log():
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log()}")
+            time.sleep(0.2)
+        raise RuntimeError(f"worker did not become ready:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def purge_queues() -> None:
+    from workers.celery import app
+
+    with app.connection_for_write() as conn:
+        for queue in ("default", "jobs"):
+            try:
+                conn.default_channel.queue_purge(queue)
+            except Exception:  # noqa: BLE001 - a queue that never existed
+                pass
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker) -> Iterator[WorkerProcess]:  # type: ignore[no-untyped-def]
+    """One real worker for the session. Tests that use it need django_db(transaction=True)."""
+    with django_db_blocker.unblock():
+        purge_queues()
+        worker = WorkerProcess("tests").start()
+    yield worker
+    worker.stop()
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

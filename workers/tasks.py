@@ -1,0 +1,66 @@
+"""Celery tasks. Thin: they take ids, re-fetch rows, and hand the work to a job handler."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import shared_task
+from django.conf import settings
+
+from console.jobs import kinds
+from console.jobs.choices import JobStatus
+from console.jobs.models import MAX_DELIVERIES, Job, JobCancelled
+
+log = logging.getLogger(__name__)
+
+
+class _Heartbeat(threading.Thread):
+    """Touches job.heartbeat_at while the handler runs, so the reaper can tell a dead worker."""
+
+    def __init__(self, job: Job):
+        super().__init__(daemon=True, name=f"job-{job.pk}-heartbeat")
+        self.job, self.stopped = job, threading.Event()
+
+    def run(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self.stopped.wait(settings.TAUON_JOB_HEARTBEAT_S):
+                self.job.beat()
+        finally:
+            connection.close()
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_job(self, job_id: int) -> None:  # type: ignore[no-untyped-def]
+    job = Job.objects.filter(pk=job_id).first()
+    if job is None:
+        log.warning("job %s vanished before it ran", job_id)
+        return
+    if not job.claim(worker=self.request.hostname or "worker"):
+        if job.status == JobStatus.RUNNING and job.deliveries > 1:
+            # Redelivered while marked running: the worker that had it died mid-job.
+            if job.fail(f"The worker running this job died (delivery {job.deliveries} of at most {MAX_DELIVERIES})."):
+                kinds.on_failed(job)
+        return
+    beat = _Heartbeat(job)
+    beat.start()
+    try:
+        result = kinds.handler_for(job.kind)(job)
+    except JobCancelled:
+        if job.mark_cancelled():
+            kinds.on_failed(job)
+    except Exception as exc:
+        log.exception("job %s (%s) failed", job.pk, job.kind)
+        if job.fail(f"{exc.__class__.__name__}: {exc}"):
+            kinds.on_failed(job)
+    else:
+        job.succeed(result)
+    finally:
+        beat.stopped.set()
+
+
+@shared_task(ignore_result=True)
+def reap_stale_jobs() -> list[int]:
+    return Job.reap_stale()
