@@ -168,6 +168,11 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "console.jobs.choices.JobStatus",
+        "VersionStatusEnum": "console.registry.choices.VersionStatus",
+        "ApiKeyStatusEnum": "console.accounts.api.serializers.KEY_STATUSES",
+    },
 }
 
 # --- security (production is checked by `manage.py check --deploy --fail-level WARNING`)

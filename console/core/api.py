@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ObjectDoesNotExist
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import ProtectedError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.pagination import PageNumberPagination
@@ -16,6 +18,14 @@ from rest_framework.views import exception_handler as drf_exception_handler
 class Pagination(PageNumberPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
+
+
+class Conflict(exceptions.APIException):
+    """The request is well formed but the current state forbids it (409)."""
+
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "This conflicts with the current state of the resource."
+    default_code = "conflict"
 
 
 def error_response(message: str, *, code: str = "invalid", field: str | None = None,
@@ -37,8 +47,11 @@ def _first_error(detail: Any, field: str | None = None) -> tuple[str | None, Any
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
-    if isinstance(exc, Http404):
+    if isinstance(exc, Http404 | ObjectDoesNotExist):
         exc = exceptions.NotFound(str(exc) or "Not found.")
+    if isinstance(exc, ProtectedError):
+        used_by = sorted({str(obj) for obj in exc.protected_objects})[:5]
+        exc = Conflict(f"Still in use by {', '.join(used_by)}; remove those first.")
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

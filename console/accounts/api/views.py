@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status
+from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.viewsets import GenericViewSet
+
+from console.accounts.api.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeySerializer
+from console.accounts.models import ApiKey
+from console.accounts.permissions import IsUser
+from console.audit.models import record
+
+
+class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericViewSet):
+    """Your API keys. Everyone manages their own; admins may list (`?user=`) and revoke anyone's."""
+
+    serializer_class = ApiKeySerializer
+    permission_classes = [IsUser]
+    filter_backends: list[Any] = []
+
+    def visible_keys(self) -> QuerySet[ApiKey]:
+        keys = ApiKey.objects.select_related("user")
+        return keys if self.request.user.is_admin else keys.filter(user=self.request.user)
+
+    def get_queryset(self) -> QuerySet[ApiKey]:
+        if getattr(self, "swagger_fake_view", False):
+            return ApiKey.objects.none()
+        username = self.request.query_params.get("user")
+        if not username or username == self.request.user.username:
+            return self.visible_keys().filter(user=self.request.user)
+        if not self.request.user.is_admin:
+            raise PermissionDenied("Only admins can list other users' keys.")
+        return self.visible_keys().filter(user__username=username)
+
+    def get_object(self) -> ApiKey:
+        key = self.visible_keys().filter(pk=self.kwargs["pk"]).first()
+        if key is None:
+            raise NotFound(f"You have no API key #{self.kwargs['pk']}.")
+        return key
+
+    @extend_schema(parameters=[OpenApiParameter("user", OpenApiTypes.STR, description="Admins only: list this "
+                                                "user's keys instead of your own.")])
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=ApiKeyCreateSerializer, responses={201: ApiKeyCreatedSerializer},
+                   description="Create a key for yourself. The raw key is in the answer's `key` field, once.")
+    def create(self, request: Request) -> Response:
+        body = ApiKeyCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        with transaction.atomic():
+            key, raw = ApiKey.issue(request.user, body.validated_data["name"], body.validated_data.get("expires_at"))
+            record(request.user, "apikey.create", key, user=key.user.username, name=key.name, prefix=key.prefix,
+                   expires_at=key.expires_at.isoformat() if key.expires_at else None)
+        key.key = raw  # type: ignore[attr-defined]
+        return Response(ApiKeyCreatedSerializer(key).data, status=status.HTTP_201_CREATED)
+
+    def revoke_key(self, request: Request) -> ApiKey:
+        key = self.get_object()
+        with transaction.atomic():
+            if key.revoke():
+                record(request.user, "apikey.revoke", key, user=key.user.username, name=key.name, prefix=key.prefix)
+        return key
+
+    @extend_schema(responses={204: None}, description="Revoke the key (it stays listed, as revoked).")
+    def destroy(self, request: Request, pk: int) -> Response:
+        self.revoke_key(request)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=None, responses=ApiKeySerializer, description="Revoke the key; revoking twice is harmless.")
+    def revoke(self, request: Request, pk: int) -> Response:
+        return Response(ApiKeySerializer(self.revoke_key(request)).data)

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import serializers
+
+from console.jobs import kinds
+from console.jobs.models import Job
+
+
+class JobSerializer(serializers.ModelSerializer):
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    log = serializers.ListField(child=serializers.CharField(), read_only=True)
+    result = serializers.JSONField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = Job
+        fields = ["id", "kind", "params", "status", "progress", "progress_message", "log", "result", "error",
+                  "cancel_requested", "created_by", "created_at", "started_at", "finished_at", "worker"]
+        read_only_fields = fields
+
+
+def creatable_kinds() -> list[str]:
+    return sorted(name for name, kind in kinds.KINDS.items() if kind.user_creatable)
+
+
+class JobCreateSerializer(serializers.Serializer):
+    kind = serializers.CharField(max_length=32)
+    params = serializers.JSONField(required=False, default=dict, help_text="The kind's parameters (a JSON object).")
+
+    def validate_kind(self, value: str) -> str:
+        known = creatable_kinds()
+        if value not in known:
+            listed = ", ".join(known) if known else "none yet"
+            raise serializers.ValidationError(f"Unknown job kind '{value}'; known kinds: {listed}.",
+                                              code="unknown_kind")
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        params = attrs["params"]
+        if not isinstance(params, dict):
+            raise serializers.ValidationError({"params": "params must be a JSON object."})
+        validate = kinds.get(attrs["kind"]).validate
+        if validate is not None:
+            try:
+                params = validate(params, self.context["request"].user)
+            except DjangoValidationError as exc:
+                detail = exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+                raise serializers.ValidationError({"params": detail}) from exc
+            except serializers.ValidationError as exc:
+                raise serializers.ValidationError({"params": exc.detail}) from exc
+        return {**attrs, "params": params}

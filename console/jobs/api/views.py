@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from django.db import transaction
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status
+from rest_framework.exceptions import NotFound
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.viewsets import GenericViewSet
+
+from console.accounts.permissions import ReadUserWriteMaintainer
+from console.audit.models import record
+from console.core.api import Conflict
+from console.jobs.api.serializers import JobCreateSerializer, JobSerializer
+from console.jobs.filters import JobFilter
+from console.jobs.models import Job
+
+
+class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericViewSet):
+    """Background jobs (imports, and later evaluation, compression…): list, inspect, start, cancel."""
+
+    queryset = Job.objects.select_related("created_by")
+    serializer_class = JobSerializer
+    permission_classes = [ReadUserWriteMaintainer]
+    filterset_class = JobFilter
+    ordering_fields = ["created_at", "started_at", "finished_at", "status", "kind"]
+
+    def get_object(self) -> Job:
+        job = self.get_queryset().filter(pk=self.kwargs["pk"]).first()
+        if job is None:
+            raise NotFound(f"No job #{self.kwargs['pk']}.")
+        return job
+
+    @extend_schema(request=JobCreateSerializer, responses={202: JobSerializer},
+                   description="Start a job of a kind that may be created directly; its params are validated.")
+    def create(self, request: Request) -> Response:
+        body = JobCreateSerializer(data=request.data, context={"request": request})
+        body.is_valid(raise_exception=True)
+        kind, params = body.validated_data["kind"], body.validated_data["params"]
+        with transaction.atomic():
+            job = Job.enqueue(kind, params, request.user)
+            record(request.user, "job.create", job, kind=kind, params=params)
+        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: JobSerializer},
+                   description="Cancel a queued job at once; ask a running job to stop at its next progress report.")
+    def cancel(self, request: Request, pk: int) -> Response:
+        job = self.get_object()
+        with transaction.atomic():
+            before = job.status
+            if not job.request_cancel():
+                raise Conflict(f"Job #{job.pk} has already finished ({job.status}); there is nothing to cancel.")
+            record(request.user, "job.cancel", job, kind=job.kind, status_before=before, status_after=job.status)
+        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
