@@ -1,7 +1,13 @@
 from django.urls import path
-from django.views.generic import TemplateView
+
+from console.registry import views
 
 app_name = "registry"
 urlpatterns = [
-    path("", TemplateView.as_view(template_name="base.html"), name="model-list"),
+    path("", views.model_list, name="model-list"),
+    path("models/<slug:name>/", views.model_detail, name="model-detail"),
+    path("models/<slug:name>/promote/", views.promote, name="promote"),
+    path("models/<slug:name>/aliases/<slug:alias>/rollback/", views.rollback, name="rollback"),
+    path("models/<slug:name>/aliases/<slug:alias>/remove/", views.remove_alias, name="remove-alias"),
+    path("models/<slug:name>/versions/<int:number>/", views.version_detail, name="version-detail"),
 ]

@@ -1,0 +1,142 @@
+"""Registry pages: thin views over the model methods. Uploads and hub imports go through the REST API
+from the page's JavaScript; everything else posts a form here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.db.models import Count, Max
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from console.accounts.decorators import require_maintainer
+from console.registry.choices import VersionStatus
+from console.registry.forms import CommentForm, ConfigForm, PromoteForm, RegisterModelForm
+from console.registry.models import Alias, Model, ModelVersion
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def model_list(request: HttpRequest) -> HttpResponse:
+    form = RegisterModelForm()
+    status = 200
+    if request.method == "POST":
+        require_maintainer(request, "Registering a model")
+        form = RegisterModelForm(request.POST)
+        if form.is_valid():
+            model = form.save_for(request.user)
+            messages.success(request, f"Registered model '{model.name}'. Add its first version below.")
+            return redirect("registry:model-detail", name=model.name)
+        status = 400
+    models = (Model.objects.annotate(version_count=Count("versions", distinct=True), latest=Max("versions__number"))
+              .prefetch_related("aliases__version").select_related("owner"))
+    return render(request, "registry/model_list.html", {"models": models, "form": form}, status=status)
+
+
+@dataclass
+class Node:
+    """One version in the lineage tree, with the versions derived from it."""
+
+    version: ModelVersion
+    children: list[Node] = field(default_factory=list)
+
+
+def lineage(versions: list[ModelVersion]) -> list[Node]:
+    nodes = {v.pk: Node(v) for v in sorted(versions, key=lambda v: v.number)}
+    roots: list[Node] = []
+    for node in nodes.values():
+        parent = nodes.get(node.version.parent_id) if node.version.parent_id else None
+        (parent.children if parent else roots).append(node)
+    return roots
+
+
+def render_model(request: HttpRequest, model: Model, promote_form: PromoteForm | None = None,
+                 status: int = 200) -> HttpResponse:
+    versions = list(model.versions.select_related("created_by", "import_job", "produced_by", "parent__model")
+                    .order_by("-number"))
+    context: dict[str, Any] = {
+        "model": model,
+        "versions": versions,
+        "ready_versions": [v for v in versions if v.status == VersionStatus.READY],
+        "aliases": model.aliases.select_related("version").order_by("name"),
+        "history": model.alias_events.select_related("from_version", "to_version", "actor")[:100],
+        "lineage": lineage(versions),
+        "promote_form": promote_form or PromoteForm(model),
+        "alias_names": sorted({"staging", "production", *model.aliases.values_list("name", flat=True)}),
+    }
+    return render(request, "registry/model_detail.html", context, status=status)
+
+
+@login_required
+def model_detail(request: HttpRequest, name: str) -> HttpResponse:
+    return render_model(request, get_object_or_404(Model, name=name))
+
+
+@login_required
+@require_POST
+def promote(request: HttpRequest, name: str) -> HttpResponse:
+    require_maintainer(request, "Promoting a version")
+    model = get_object_or_404(Model, name=name)
+    form = PromoteForm(model, request.POST)
+    if form.is_valid() and (event := form.promote(request.user)):
+        messages.success(request, f"Alias '{event.alias_name}' now points to v{event.to_version.number}"
+                                  + (f" (was v{event.from_version.number})." if event.from_version else "."))
+        return redirect("registry:model-detail", name=model.name)
+    return render_model(request, model, promote_form=form, status=400)
+
+
+@login_required
+@require_POST
+def rollback(request: HttpRequest, name: str, alias: str) -> HttpResponse:
+    require_maintainer(request, "Rolling back an alias")
+    model = get_object_or_404(Model, name=name)
+    get_object_or_404(Alias, model=model, name=alias)
+    form = CommentForm(request.POST)
+    comment = form.cleaned_data["comment"] if form.is_valid() else ""
+    try:
+        event = Alias.rollback(model, alias, request.user, comment=comment)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Rolled '{alias}' back to v{event.to_version.number}.")
+    return redirect("registry:model-detail", name=model.name)
+
+
+@login_required
+@require_POST
+def remove_alias(request: HttpRequest, name: str, alias: str) -> HttpResponse:
+    require_maintainer(request, "Removing an alias")
+    target = get_object_or_404(Alias, model__name=name, name=alias)
+    target.remove(request.user)
+    messages.success(request, f"Removed alias '{alias}'.")
+    return redirect("registry:model-detail", name=name)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    version = get_object_or_404(ModelVersion.objects.select_related("model", "created_by", "parent__model",
+                                                                    "import_job", "produced_by"),
+                                model__name=name, number=number)
+    form = ConfigForm(initial={"config": ConfigForm.render(version.config)})
+    status = 200
+    if request.method == "POST":
+        require_maintainer(request, "Editing a version's config")
+        form = ConfigForm(request.POST)
+        if form.is_valid() and form.save_to(version, request.user):
+            messages.success(request, f"Saved the config of {version}.")
+            return redirect("registry:version-detail", name=name, number=number)
+        status = 400
+    context = {
+        "version": version,
+        "model": version.model,
+        "form": form,
+        "children": version.children.select_related("model").order_by("model__name", "number"),
+        "aliases": version.aliases.order_by("name"),
+    }
+    return render(request, "registry/version_detail.html", context, status=status)
