@@ -1,0 +1,55 @@
+"""Job pages: a filtered list with live progress bars, a detail page with the log, and cancel."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from console.accounts.decorators import require_maintainer
+from console.audit.models import record
+from console.jobs.choices import JobStatus
+from console.jobs.models import Job
+
+
+@login_required
+def job_list(request: HttpRequest) -> HttpResponse:
+    jobs = Job.objects.select_related("created_by")
+    kind = request.GET.get("kind", "")
+    status = request.GET.get("status", "")
+    if kind:
+        jobs = jobs.filter(kind=kind)
+    if status in JobStatus.values:
+        jobs = jobs.filter(status=status)
+    page = Paginator(jobs, 50).get_page(request.GET.get("page"))
+    context = {
+        "page": page,
+        "kinds": Job.objects.order_by("kind").values_list("kind", flat=True).distinct(),
+        "statuses": JobStatus.choices,
+        "kind": kind,
+        "status": status,
+    }
+    return render(request, "jobs/job_list.html", context)
+
+
+@login_required
+def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    job = get_object_or_404(Job.objects.select_related("created_by"), pk=pk)
+    return render(request, "jobs/job_detail.html", {"job": job})
+
+
+@login_required
+@require_POST
+def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    require_maintainer(request, "Cancelling a job")
+    job = get_object_or_404(Job, pk=pk)
+    if job.request_cancel():
+        record(request.user, "job.cancel", job, kind=job.kind)
+        messages.success(request, f"Cancel requested for {job}." if job.status == JobStatus.RUNNING
+                         else f"Cancelled {job}.")
+    else:
+        messages.error(request, f"{job} already ended ({job.status}); there is nothing to cancel.")
+    return redirect("jobs:job-detail", pk=job.pk)
