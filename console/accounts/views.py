@@ -32,8 +32,8 @@ def key_list(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             with transaction.atomic():
                 created, raw = ApiKey.issue(request.user, form.cleaned_data["name"], form.cleaned_data["expires_at"])
-                record(request.user, "apikey.create", created, name=created.name, prefix=created.prefix,
-                       owner=request.user.username)
+                record(request.user, "apikey.create", created, user=created.user.username, name=created.name,
+                       prefix=created.prefix)
             form = ApiKeyForm()  # the raw key is shown in this response only, never again
         else:
             status = 400
@@ -47,7 +47,7 @@ def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(visible_keys(request.user), pk=pk)
     with transaction.atomic():
         if key.revoke():
-            record(request.user, "apikey.revoke", key, name=key.name, prefix=key.prefix, owner=key.user.username)
+            record(request.user, "apikey.revoke", key, user=key.user.username, name=key.name, prefix=key.prefix)
             messages.success(request, f"Revoked key '{key.name}' ({key.prefix}…). Requests using it are now refused.")
         else:
             messages.info(request, f"Key '{key.name}' was already revoked.")

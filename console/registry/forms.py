@@ -28,7 +28,7 @@ class RegisterModelForm(forms.ModelForm):
             model = self.save(commit=False)
             model.owner = actor
             model.save()
-            record(actor, "model.create", model, model_name=model.name, task=model.task)
+            record(actor, "model.create", model, model_name=model.name, task=model.task, owner=actor.username)
         return model
 
 
