@@ -30,6 +30,15 @@ def storage_root() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fast_password_hashing() -> None:
+    """PBKDF2 costs ~0.5 s per user on these cores; tests only need passwords to round-trip."""
+    from django.contrib.auth.hashers import get_hashers
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    get_hashers.cache_clear()
+
+
 def make_user(username: str, role: str, **extra: Any):  # type: ignore[no-untyped-def]
     from console.accounts.models import User
 
