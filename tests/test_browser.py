@@ -1,0 +1,176 @@
+"""The browser flow in headless Chromium against a live server and a real Celery worker:
+log in → register a model → upload two versions (with progress bars) → promote → promote → roll back."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.modelfactory import tiny_llama_dir, zip_dir
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+IMPORT_TIMEOUT_MS = 180_000
+
+
+@pytest.fixture
+def page(live_server, monkeypatch) -> Iterator:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an asyncio loop on this thread; the ORM calls made by fixtures
+    # (users, database flush) are still plain synchronous code.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        context = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        yield page
+        context.close()
+        browser.close()
+
+
+def archive(tmp_path: Path, name: str, seed: int) -> Path:
+    return zip_dir(tiny_llama_dir(tmp_path / name, seed=seed), tmp_path / f"{name}.zip")
+
+
+def upload(page, path: Path) -> str:  # type: ignore[no-untyped-def]
+    """Upload through the page's file input; return the import job id shown under the upload bar."""
+    from playwright.sync_api import expect
+
+    page.set_input_files("#upload-form input[type=file]", str(path))
+    page.click("#upload-form button[type=submit]")
+    bar = page.locator("#upload-form .upload-progress")
+    expect(bar).to_be_visible()
+    expect(bar).to_have_attribute("aria-valuenow", "100")
+    expect(bar.locator(".label")).to_have_text(f"Uploaded {path.name}")
+    job_bar = page.locator("#upload-form .job-slot .progress[data-job-id]")
+    expect(job_bar).to_be_attached()
+    return job_bar.get_attribute("data-job-id")
+
+
+def test_a_maintainer_uploads_two_versions_promotes_and_rolls_back_in_the_browser(page, celery_worker, bob, tmp_path):
+    from playwright.sync_api import expect
+
+    first, second = archive(tmp_path, "tiny-a", seed=1), archive(tmp_path, "tiny-b", seed=2)
+
+    # log in on the real login page
+    page.goto("/jobs/")
+    expect(page).to_have_url(re.compile(r"/login/\?next=/jobs/$"))
+    page.fill("#id_username", "bob")
+    page.fill("#id_password", "bob-Pass-123!")
+    page.click("button:has-text('Log in')")
+    expect(page.locator(".usermenu")).to_contain_text("bob")
+    expect(page.locator(".usermenu .role")).to_have_text("maintainer")
+
+    # register a model
+    page.goto("/")
+    page.fill("#id_name", "tiny-chat")
+    page.select_option("#id_task", "text-generation")
+    page.fill("#id_description", "A tiny llama for the browser test")
+    page.click("#register-form button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/models/tiny-chat/$"))
+    expect(page.locator(".messages")).to_contain_text("Registered model 'tiny-chat'")
+
+    # upload v1: the upload bar fills, the import job's bar follows, then the page shows it ready
+    upload(page, first)
+    expect(page.locator("#version-1 [data-version-status]")).to_have_text("ready", timeout=IMPORT_TIMEOUT_MS)
+    expect(page.locator("#version-1")).to_contain_text("safetensors")
+    page.screenshot(path="/tmp/tauon-model-v1-ready.png", full_page=True)
+
+    # upload v2 the same way
+    upload(page, second)
+    expect(page.locator("#version-2 [data-version-status]")).to_have_text("ready", timeout=IMPORT_TIMEOUT_MS)
+
+    # promote v1, then v2, to production
+    for number, comment in ((1, "first release"), (2, "second release")):
+        page.select_option("#id_version", str(number))
+        page.fill("#id_alias", "production")
+        page.fill("#id_comment", comment)
+        page.click("#promote-form button[type=submit]")
+        expect(page.locator("tr[data-alias=production] .alias-version")).to_have_text(f"v{number}")
+
+    # roll back: production is on v1 again and the history lists the three moves
+    page.click("[data-rollback=production]")
+    expect(page.locator(".messages")).to_contain_text("Rolled 'production' back to v1.")
+    expect(page.locator("tr[data-alias=production] .alias-version")).to_have_text("v1")
+    rows = page.locator("#history-table tbody tr")
+    expect(rows).to_have_count(3)
+    expect(rows.nth(0)).to_contain_text("Rollback")
+    expect(rows.nth(0)).to_contain_text("v2")
+    expect(rows.nth(1)).to_contain_text("second release")
+    expect(rows.nth(2)).to_contain_text("first release")
+    page.screenshot(path="/tmp/tauon-model-rolled-back.png", full_page=True)
+
+    # the two import jobs are listed as succeeded, and v1's page lists its files with their sha256
+    page.click("nav.mainnav >> text=Jobs")
+    expect(page.locator("#job-table tbody tr")).to_have_count(2)
+    expect(page.locator("#job-table [data-job-badge]")).to_have_text(["succeeded", "succeeded"])
+    page.screenshot(path="/tmp/tauon-jobs.png", full_page=True)
+    page.goto("/models/tiny-chat/versions/1/")
+    expect(page.locator("#files")).to_contain_text("model.safetensors")
+    expect(page.locator("#files code.hash").first).to_have_text(re.compile(r"^[0-9a-f]{64}$"))
+    page.screenshot(path="/tmp/tauon-version.png", full_page=True)
+
+    # the audit log holds the registration and the three alias moves
+    page.goto("/audit/?model=tiny-chat")
+    actions = page.locator("#audit-table tbody td:nth-child(3)")
+    for action in ("model.create", "alias.set", "alias.rollback"):
+        expect(actions.filter(has_text=action).first).to_be_visible()
+    expect(actions.filter(has_text="alias.")).to_have_count(3)
+    page.screenshot(path="/tmp/tauon-audit.png", full_page=True)
+
+
+def log_in(page, username: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto("/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", f"{username}-Pass-123!")
+    page.click("button:has-text('Log in')")
+    page.wait_for_url("**/")
+
+
+def test_a_new_api_key_is_shown_once_and_can_be_revoked_in_the_browser(page, charlie):
+    from playwright.sync_api import expect
+
+    from console.accounts.models import ApiKey
+
+    log_in(page, "charlie")
+    page.click("nav.mainnav >> text=API keys")
+    page.fill("#id_name", "notebook")
+    page.click("#key-form button[type=submit]")
+    raw = page.locator("#raw-key").input_value()
+    assert raw.startswith("tau_") and ApiKey.authenticate(raw) is not None
+    expect(page.locator("#new-key")).to_contain_text("only time it is shown")
+    page.screenshot(path="/tmp/tauon-keys.png", full_page=True)
+    page.goto("/keys/")
+    expect(page.locator("#new-key")).to_have_count(0)
+    assert raw not in page.content()
+    page.click("tr:has-text('notebook') button:has-text('Revoke')")
+    expect(page.locator("tr:has-text('notebook') .badge")).to_have_text("revoked")
+    assert ApiKey.authenticate(raw) is None
+
+
+def test_an_upload_the_api_refuses_shows_its_error_message_on_the_page(page, bob, tmp_path):
+    from django.contrib.auth import get_user_model
+    from playwright.sync_api import expect
+
+    from console.registry.models import Model
+
+    Model.objects.create(name="tiny-chat", task="text-generation", owner=get_user_model().objects.get(username="bob"))
+    pickle = tmp_path / "weights.pt"
+    pickle.write_bytes(b"\x80\x04not a model")
+    log_in(page, "bob")
+    page.goto("/models/tiny-chat/")
+    page.set_input_files("#upload-form input[type=file]", str(pickle))
+    page.click("#upload-form button[type=submit]")
+    error = page.locator("#upload-form .form-error")
+    expect(error).to_contain_text("'weights.pt' is a pickle checkpoint; Tauon accepts only safetensors and GGUF")
+    expect(page.locator("#upload-form .upload-progress .label")).to_have_text("Upload refused")
+    page.screenshot(path="/tmp/tauon-upload-refused.png", full_page=True)
+    assert not Model.objects.get(name="tiny-chat").versions.exists()
