@@ -4,3 +4,7 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 application = get_asgi_application()
+
+from console.registry.uploads import BodySizeLimit  # noqa: E402 - needs the settings loaded above
+
+application = BodySizeLimit(application)  # 413 before Django spools an oversize body to disk

