@@ -40,7 +40,15 @@ def archive(tmp_path: Path, name: str, seed: int) -> Path:
     return zip_dir(tiny_llama_dir(tmp_path / name, seed=seed), tmp_path / f"{name}.zip")
 
 
-def upload(page, path: Path) -> str:  # type: ignore[no-untyped-def]
+def throttle_uploads(page, bytes_per_s: int) -> None:  # type: ignore[no-untyped-def]
+    """Slow the browser's uploads (DevTools network emulation; -1 lifts it) so the progress bar is seen moving."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1,
+                                                  "uploadThroughput": bytes_per_s})
+
+
+def upload(page, path: Path, *, watch_progress: bool = False) -> str:  # type: ignore[no-untyped-def]
     """Upload through the page's file input; return the import job id shown under the upload bar."""
     from playwright.sync_api import expect
 
@@ -48,6 +56,9 @@ def upload(page, path: Path) -> str:  # type: ignore[no-untyped-def]
     page.click("#upload-form button[type=submit]")
     bar = page.locator("#upload-form .upload-progress")
     expect(bar).to_be_visible()
+    if watch_progress:  # upload.onprogress moves the bar part way before the request completes
+        expect(bar.locator(".label")).to_have_text(re.compile(rf"Uploading {re.escape(path.name)}… ([1-9]|[1-9][0-9])%"))
+        page.screenshot(path="/tmp/tauon-uploading.png")
     expect(bar).to_have_attribute("aria-valuenow", "100")
     expect(bar.locator(".label")).to_have_text(f"Uploaded {path.name}")
     job_bar = page.locator("#upload-form .job-slot .progress[data-job-id]")
@@ -79,7 +90,9 @@ def test_a_maintainer_uploads_two_versions_promotes_and_rolls_back_in_the_browse
     expect(page.locator(".messages")).to_contain_text("Registered model 'tiny-chat'")
 
     # upload v1: the upload bar fills, the import job's bar follows, then the page shows it ready
-    upload(page, first)
+    throttle_uploads(page, first.stat().st_size // 3)
+    upload(page, first, watch_progress=True)
+    throttle_uploads(page, -1)
     expect(page.locator("#version-1 [data-version-status]")).to_have_text("ready", timeout=IMPORT_TIMEOUT_MS)
     expect(page.locator("#version-1")).to_contain_text("safetensors")
     page.screenshot(path="/tmp/tauon-model-v1-ready.png", full_page=True)
