@@ -187,3 +187,42 @@ def test_an_upload_the_api_refuses_shows_its_error_message_on_the_page(page, bob
     expect(page.locator("#upload-form .upload-progress .label")).to_have_text("Upload refused")
     page.screenshot(path="/tmp/tauon-upload-refused.png", full_page=True)
     assert not Model.objects.get(name="tiny-chat").versions.exists()
+
+
+def test_the_job_pages_follow_a_running_job_live_and_a_maintainer_cancels_one(page, celery_worker, bob):
+    from playwright.sync_api import expect
+
+    import tests.job_kinds  # noqa: F401 - registers test-sleep (the worker loads it too)
+    from console.jobs.models import Job
+
+    slow = Job.enqueue("test-sleep", {"steps": 4, "sleep": 1.0}, bob)
+    log_in(page, "bob")
+    page.goto("/jobs/")
+    bar = page.locator(f'#job-table .progress[data-job-id="{slow.pk}"]')
+    expect(bar.locator(".label")).to_have_text(re.compile(r"^(25|50|75)% · step [123]/4$"), timeout=30_000)
+    page.screenshot(path="/tmp/tauon-jobs-running.png", full_page=True)
+    expect(page.locator(f'[data-job-badge="{slow.pk}"]')).to_have_text("succeeded", timeout=30_000)
+    expect(bar).to_have_attribute("aria-valuenow", "100")
+
+    endless = Job.enqueue("test-sleep", {"steps": 200, "sleep": 0.2}, bob)
+    page.goto(f"/jobs/{endless.pk}/")
+    expect(page.locator("#job-log")).to_contain_text("did step 2", timeout=30_000)  # log lines arrive live
+    page.click("#cancel-form button")
+    expect(page.locator(".messages")).to_contain_text(f"Cancel requested for test-sleep job #{endless.pk}")
+    expect(page.locator(f'h1 [data-job-badge="{endless.pk}"]')).to_have_text("cancelled", timeout=30_000)
+    assert Job.objects.get(pk=endless.pk).status == "cancelled"
+
+
+def test_importing_from_the_hub_while_offline_shows_the_reason_without_hanging(page, bob):
+    from playwright.sync_api import expect
+
+    from console.registry.models import Model
+
+    Model.objects.create(name="hubbed", task="text-generation")
+    log_in(page, "bob")
+    page.goto("/models/hubbed/")
+    page.fill("#hub-form input[name=hub_id]", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    page.click("#hub-form button[type=submit]")
+    expect(page.locator("#hub-form .form-error")).to_contain_text("Cannot reach the Hugging Face hub", timeout=60_000)
+    expect(page.locator("#hub-form button[type=submit]")).to_have_text("Import")
+    assert not Model.objects.get(name="hubbed").versions.exists()

@@ -73,6 +73,9 @@ function watchJob(el, onEnd) {
       badge.textContent = job.status;
       badge.className = "badge status-" + job.status;
     });
+    document.querySelectorAll(`[data-job-log="${id}"]`).forEach((log) => {
+      if (Array.isArray(job.log) && job.log.length) log.textContent = job.log.join("\n");
+    });
     if (!TERMINAL.has(job.status)) { setTimeout(tick, POLL_MS); return; }
     if (onEnd) onEnd(job);
     if (el.hasAttribute("data-reload-on-finish")) setTimeout(() => window.location.reload(), 400);
