@@ -133,6 +133,13 @@ def test_a_hub_import_needs_a_hub_id(tiny, maintainer_api):
     assert error == {"code": "required", "field": "hub_id", "message": "This field is required."}
 
 
+def test_a_hub_import_refusal_becomes_the_error_body(tiny, maintainer_api):
+    response = maintainer_api.post("/api/models/tiny/versions/", {"hub_id": "not a hub id"}, format="json")
+    error = error_of(response, 400)
+    assert (error["code"], error["field"]) == ("invalid_hub_id", "hub_id") and "owner/name" in error["message"]
+    assert not ModelVersion.objects.exists()
+
+
 def test_a_form_encoded_body_is_refused_as_unsupported(tiny, maintainer_api):
     response = maintainer_api.post("/api/models/tiny/versions/", "hub_id=x",
                                    content_type="application/x-www-form-urlencoded")
