@@ -59,8 +59,7 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVie
             key, raw = ApiKey.issue(request.user, body.validated_data["name"], body.validated_data.get("expires_at"))
             record(request.user, "apikey.create", key, user=key.user.username, name=key.name, prefix=key.prefix,
                    expires_at=key.expires_at.isoformat() if key.expires_at else None)
-        key.key = raw  # type: ignore[attr-defined]
-        return Response(ApiKeyCreatedSerializer(key).data, status=status.HTTP_201_CREATED)
+        return Response({**ApiKeySerializer(key).data, "key": raw}, status=status.HTTP_201_CREATED)
 
     def revoke_key(self, request: Request) -> ApiKey:
         key = self.get_object()

@@ -47,7 +47,7 @@ class ModelSerializer(serializers.ModelSerializer):
     class Meta:
         model = Model
         fields = ["name", "task", "description", "owner", "created_at", "updated_at", "versions", "aliases"]
-        extra_kwargs = {"name": {"validators": []}}  # duplicates get our own message below
+        extra_kwargs: dict[str, Any] = {"name": {"validators": []}}  # duplicates get our own message below
 
     def validate_name(self, value: str) -> str:
         if Model.objects.filter(name=value).exists():

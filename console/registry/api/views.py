@@ -101,10 +101,15 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Crea
         if instance.versions.filter(status=VersionStatus.IMPORTING).exists():
             raise Conflict(f"Model '{instance.name}' has a version still importing; wait for it to finish.")
         paths = [version.path for version in instance.versions.all()]
+
+        def remove_files() -> None:
+            for path in paths:
+                shutil.rmtree(path, ignore_errors=True)
+
         with transaction.atomic():
             record(self.request.user, "model.delete", instance, model_name=instance.name, versions=len(paths))
             instance.delete()
-        transaction.on_commit(lambda: [shutil.rmtree(path, ignore_errors=True) for path in paths])
+            transaction.on_commit(remove_files)
 
 
 class ModelScopedViewSet(GenericViewSet):
