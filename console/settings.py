@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served from our static files: /api/docs/ works offline
     "console.core",
     "console.accounts",
     "console.audit",
@@ -171,8 +172,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Model registry, deployments, jobs and inference for the Tauon LLM serving console.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
-    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_PERMISSIONS": ["console.accounts.permissions.IsUser"],  # everything but /healthz, /readyz needs auth
     "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {
         "JobStatusEnum": "console.jobs.choices.JobStatus",
         "VersionStatusEnum": "console.registry.choices.VersionStatus",
