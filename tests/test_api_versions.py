@@ -121,8 +121,8 @@ def test_an_upload_with_bad_fields_is_refused_before_anything_is_stored(tiny, ma
 
 def test_an_import_refusal_becomes_the_error_body_with_its_status_code_and_field(tiny, maintainer_api, storage_root):
     before = stored_files(storage_root)
-    response = maintainer_api.post("/api/models/tiny/versions/", {"file": upload("model.pkl", b"\x80\x04pickle")},
-                                   format="multipart")
+    form = {"file": upload("model.pkl", b"\x80\x04pickle"), "parent": "", "config": ""}  # blank form fields: absent
+    response = maintainer_api.post("/api/models/tiny/versions/", form, format="multipart")
     error = error_of(response, 400)
     assert (error["code"], error["field"]) == ("pickle_refused", "file") and "pickle" in error["message"]
     assert not ModelVersion.objects.exists() and stored_files(storage_root) == before
