@@ -163,3 +163,15 @@ def test_a_model_with_aliases_cannot_be_deleted(bob, admin_api):
 def test_a_model_with_a_version_still_importing_cannot_be_deleted(admin_api):
     make_version(make_model("tiny"), status="importing")
     assert "still importing" in error_of(admin_api.delete("/api/models/tiny/"), 409)["message"]
+
+
+def test_listing_models_costs_the_same_few_queries_however_many_there_are(bob, user_api,
+                                                                         django_assert_max_num_queries):
+    for i in range(12):
+        model = make_model(f"m{i:02}", owner=bob)
+        Alias.move(model, "production", make_version(model), bob)
+        make_version(model)
+    user_api.get("/api/models/")  # the key's last-use stamp is written on the first request
+    with django_assert_max_num_queries(4):  # key, count, page, aliases
+        body = user_api.get("/api/models/").json()
+    assert body["count"] == 12 and body["results"][0]["aliases"] == {"production": 1}
