@@ -330,3 +330,13 @@ def test_a_hub_id_without_network_is_refused_quickly(llm, bob, monkeypatch, sett
     assert info.value.code in {"hub_unreachable", "hub_not_found"} and info.value.status == 400
     assert time.monotonic() - started < 5
     assert not ModelVersion.objects.exists() and storage_snapshot() == before
+
+
+def test_temp_folders_left_by_a_killed_process_are_swept_on_the_next_import(llm, bob, llama_zip):
+    import os
+
+    stale = Path(settings.TAUON_STORAGE) / "tmp" / "import-killed"
+    (stale / "x").mkdir(parents=True)
+    os.utime(stale, (time.time() - 3 * 86400, time.time() - 3 * 86400))
+    add_version_from_upload(llm, upload_of(llama_zip), bob)
+    assert not stale.exists()

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 ACCEPTED = "a .zip or .tar.gz (.tgz) of a Hugging Face model folder (config.json, *.safetensors, tokenizer files), or a single .gguf file"
 GGUF_NAME = "source.gguf"  # the uploaded GGUF, kept beside the safetensors converted from it
 HASH_CHUNK = 4 * 1024 * 1024
+STALE_STAGING_S = 24 * 3600  # a temp folder this old belongs to a process that died
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 HUB_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 HUB_ALLOW = ["*.safetensors", "*.json", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
@@ -65,10 +66,22 @@ def storage_dir(name: str) -> Path:
     return path
 
 
+def sweep_stale_staging(older_than_s: float = STALE_STAGING_S) -> None:
+    """Remove temp folders a killed process left behind (a normal exit always removes its own)."""
+    cutoff = time.time() - older_than_s
+    for path in storage_dir("tmp").glob("import-*"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                shutil.rmtree(path, ignore_errors=True)
+        except FileNotFoundError:
+            pass
+
+
 @contextmanager
 def staging() -> Iterator[Path]:
     """A temp folder under TAUON_STORAGE/tmp (same filesystem as models/, so moving out of it is a
     rename), removed whatever happens."""
+    sweep_stale_staging()
     path = Path(tempfile.mkdtemp(prefix="import-", dir=storage_dir("tmp")))
     try:
         yield path
