@@ -177,6 +177,13 @@ def test_a_file_over_the_size_limit_answers_413(maintainer_api, llm, llama_files
     assert_refused(response, 413, "upload_too_large", "TAUON_MAX_UPLOAD_BYTES", before)
 
 
+def test_a_file_over_the_limit_is_stopped_while_it_streams_in(maintainer_api, llm, settings):
+    settings.TAUON_MAX_UPLOAD_BYTES = 1_000_000  # the body (1.5 MB) is within the form slack: caught per chunk
+    before = storage_snapshot()
+    response = post_file(maintainer_api, "big.gguf", b"GGUF" + bytes(1_500_000))
+    assert_refused(response, 413, "upload_too_large", "TAUON_MAX_UPLOAD_BYTES", before)
+
+
 def test_an_unsupported_file_type_is_refused(maintainer_api, llm):
     before = storage_snapshot()
     assert_refused(post_file(maintainer_api, "model.onnx", b"\x08\x01"), 400, "unsupported_file_type", ".gguf", before)

@@ -32,6 +32,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
 from console.audit.models import record
+from console.jobs.choices import JobStatus
 from console.jobs.models import Job
 from console.registry import archives
 from console.registry.choices import VersionFormat, VersionSource, VersionStatus
@@ -387,7 +388,7 @@ def import_failed(job: Job) -> None:
     version = ModelVersion.objects.select_related("model").filter(pk=(job.params or {}).get("version")).first()
     if version is None:
         return
-    reason = job.error or ("The import was cancelled." if job.status == "cancelled" else "The import failed.")
+    reason = job.error or ("The import was cancelled." if job.status == JobStatus.CANCELLED else "The import failed.")
     with transaction.atomic():
         failed = ModelVersion.objects.filter(pk=version.pk, status=VersionStatus.IMPORTING).update(
             status=VersionStatus.FAILED, status_reason=reason)
