@@ -175,3 +175,11 @@ def test_listing_models_costs_the_same_few_queries_however_many_there_are(bob, u
     with django_assert_max_num_queries(4):  # key, count, page, aliases
         body = user_api.get("/api/models/").json()
     assert body["count"] == 12 and body["results"][0]["aliases"] == {"production": 1}
+
+
+def test_a_task_change_is_refused_as_fixed_whatever_task_it_names(maintainer_api):
+    make_model("tiny")
+    error = error_of(maintainer_api.patch("/api/models/tiny/", {"task": "bogus"}, format="json"), 400)
+    assert error == {"code": "invalid", "field": "task",
+                     "message": "A model's task cannot be changed; only description and owner can."}
+    assert Model.objects.get().task == "text-generation"

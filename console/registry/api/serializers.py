@@ -67,7 +67,7 @@ class ModelSerializer(serializers.ModelSerializer):
 class ModelUpdateSerializer(ModelSerializer):
     """PATCH: only the description and the owner change; name and task are fixed."""
 
-    EDITABLE = ("description", "owner")
+    task = serializers.ChoiceField(choices=Task.choices, read_only=True)
 
     class Meta(ModelSerializer.Meta):
         read_only_fields = ["name", "task"]
