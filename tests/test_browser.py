@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from django.db import connections
 
 from tests.modelfactory import tiny_llama_dir, zip_dir
 
@@ -23,8 +24,8 @@ IMPORT_TIMEOUT_MS = 180_000
 def page(live_server, monkeypatch) -> Iterator:  # type: ignore[no-untyped-def]
     from playwright.sync_api import sync_playwright
 
-    # Playwright's sync API keeps an asyncio loop on this thread; the ORM calls made by fixtures
-    # (users, database flush) are still plain synchronous code.
+    # Playwright's sync API keeps an asyncio loop on this thread; the test's ORM calls around it
+    # are still plain synchronous code.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -34,6 +35,9 @@ def page(live_server, monkeypatch) -> Iterator:  # type: ignore[no-untyped-def]
         yield page
         context.close()
         browser.close()
+        # Inside sync_playwright the test's ORM calls ran in another context (greenlet), so on another
+        # connection than pytest-django's; close it, or it keeps the test database from being dropped.
+        connections.close_all()
 
 
 def archive(tmp_path: Path, name: str, seed: int) -> Path:
