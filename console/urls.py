@@ -23,3 +23,5 @@ urlpatterns = [
     path("audit/", include("console.audit.urls")),
     path("", include("console.registry.urls")),
 ]
+
+handler404 = "console.core.views.not_found"

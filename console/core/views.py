@@ -3,7 +3,8 @@ from __future__ import annotations
 import redis
 from django.conf import settings
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.defaults import page_not_found
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -27,3 +28,11 @@ def readyz(request: HttpRequest) -> JsonResponse:
         checks["redis"] = f"error: {exc.__class__.__name__}"
     ready = all(v == "ok" for v in checks.values())
     return JsonResponse({"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503)
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """JSON 404 in the API's error shape under /api/; the HTML page elsewhere."""
+    if request.path.startswith("/api/"):
+        message = f"No API endpoint at {request.path}; see /api/docs/ for the list."
+        return JsonResponse({"error": {"code": "not_found", "message": message, "field": None}}, status=404)
+    return page_not_found(request, exception or Http404())
