@@ -3,13 +3,15 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
 
 from console.accounts.choices import RANK, Role
+from console.audit.models import record
 
 KEY_PREFIX = "tau"
 
@@ -68,11 +70,17 @@ class ApiKey(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
     @classmethod
-    def issue(cls, user: User, name: str, expires_at: datetime | None = None) -> tuple[ApiKey, str]:
-        """Create a key; return it with the raw secret, which is never stored."""
+    def issue(cls, user: User, name: str, expires_at: datetime | None = None, *, actor: Any = None) -> tuple[ApiKey, str]:
+        """Create a key; return it with the raw secret, which is never stored.
+
+        With `actor` (every user-facing path passes one) the creation lands in the audit log."""
         prefix = secrets.token_hex(4)
         raw = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
-        key = cls.objects.create(user=user, name=name, prefix=prefix, hashed_key=hash_key(raw), expires_at=expires_at)
+        with transaction.atomic():
+            key = cls.objects.create(user=user, name=name, prefix=prefix, hashed_key=hash_key(raw), expires_at=expires_at)
+            if actor is not None:
+                record(actor, "apikey.create", key, user=user.username, name=name, prefix=prefix,
+                       expires_at=expires_at.isoformat() if expires_at else None)
         return key, raw
 
     @classmethod
@@ -95,8 +103,11 @@ class ApiKey(models.Model):
             return "expired"
         return "active"
 
-    def revoke(self) -> bool:
-        """Revoke once; True when this call revoked it."""
-        done = ApiKey.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    def revoke(self, actor: Any = None) -> bool:
+        """Revoke once; True when this call revoked it (and, with `actor`, audited it)."""
+        with transaction.atomic():
+            done = ApiKey.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+            if done and actor is not None:
+                record(actor, "apikey.revoke", self, user=self.user.username, name=self.name, prefix=self.prefix)
         self.refresh_from_db(fields=["revoked_at"])
         return bool(done)

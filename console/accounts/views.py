@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
@@ -12,7 +11,6 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from console.accounts.forms import ApiKeyForm
 from console.accounts.models import ApiKey
-from console.audit.models import record
 
 
 def visible_keys(user):  # type: ignore[no-untyped-def]
@@ -30,10 +28,8 @@ def key_list(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         form = ApiKeyForm(request.POST)
         if form.is_valid():
-            with transaction.atomic():
-                created, raw = ApiKey.issue(request.user, form.cleaned_data["name"], form.cleaned_data["expires_at"])
-                record(request.user, "apikey.create", created, user=created.user.username, name=created.name,
-                       prefix=created.prefix)
+            created, raw = ApiKey.issue(request.user, form.cleaned_data["name"], form.cleaned_data["expires_at"],
+                                        actor=request.user)
             form = ApiKeyForm()  # the raw key is shown in this response only, never again
         else:
             status = 400
@@ -45,10 +41,8 @@ def key_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(visible_keys(request.user), pk=pk)
-    with transaction.atomic():
-        if key.revoke():
-            record(request.user, "apikey.revoke", key, user=key.user.username, name=key.name, prefix=key.prefix)
-            messages.success(request, f"Revoked key '{key.name}' ({key.prefix}…). Requests using it are now refused.")
-        else:
-            messages.info(request, f"Key '{key.name}' was already revoked.")
+    if key.revoke(actor=request.user):
+        messages.success(request, f"Revoked key '{key.name}' ({key.prefix}…). Requests using it are now refused.")
+    else:
+        messages.info(request, f"Key '{key.name}' was already revoked.")
     return redirect("key-list")

@@ -93,18 +93,23 @@ class Job(models.Model):
     def mark_cancelled(self, message: str = "Cancelled") -> bool:
         return self._finish(JobStatus.CANCELLED, progress_message=message[:200])
 
-    def request_cancel(self) -> bool:
+    def request_cancel(self, actor: Any = None) -> bool:
         """Cancel a queued job at once; ask a running one to stop at its next progress report.
 
-        Returns False when the job had already finished."""
-        if Job.objects.filter(pk=self.pk, status=JobStatus.QUEUED).update(
-            status=JobStatus.CANCELLED, cancel_requested=True, finished_at=timezone.now(), progress_message="Cancelled before it started"
-        ):
+        Returns False when the job had already finished. With `actor` the cancel is audited."""
+        with transaction.atomic():
+            before = self.status
+            done = Job.objects.filter(pk=self.pk, status=JobStatus.QUEUED).update(
+                status=JobStatus.CANCELLED, cancel_requested=True, finished_at=timezone.now(),
+                progress_message="Cancelled before it started")
+            if not done:
+                done = Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(cancel_requested=True)
             self.refresh_from_db()
-            return True
-        updated = Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(cancel_requested=True)
-        self.refresh_from_db()
-        return bool(updated)
+            if done and actor is not None:
+                from console.audit.models import record
+
+                record(actor, "job.cancel", self, kind=self.kind, status_before=before, status_after=self.status)
+        return bool(done)
 
     # --- while running ----------------------------------------------------------------------
     def report(self, fraction: float | None = None, message: str | None = None, log: str | None = None) -> None:

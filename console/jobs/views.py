@@ -5,13 +5,11 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from console.accounts.decorators import require_maintainer
-from console.audit.models import record
 from console.jobs.choices import JobStatus
 from console.jobs.models import Job
 
@@ -47,12 +45,7 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     require_maintainer(request, "Cancelling a job")
     job = get_object_or_404(Job, pk=pk)
-    before = job.status
-    with transaction.atomic():
-        cancelled = job.request_cancel()
-        if cancelled:
-            record(request.user, "job.cancel", job, kind=job.kind, status_before=before, status_after=job.status)
-    if cancelled:
+    if job.request_cancel(actor=request.user):
         messages.success(request, f"Cancel requested for {job}." if job.status == JobStatus.RUNNING
                          else f"Cancelled {job}.")
     else:

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -15,7 +14,6 @@ from rest_framework.viewsets import GenericViewSet
 from console.accounts.api.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeySerializer
 from console.accounts.models import ApiKey
 from console.accounts.permissions import IsUser
-from console.audit.models import record
 
 
 class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericViewSet):
@@ -55,17 +53,13 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVie
     def create(self, request: Request) -> Response:
         body = ApiKeyCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        with transaction.atomic():
-            key, raw = ApiKey.issue(request.user, body.validated_data["name"], body.validated_data.get("expires_at"))
-            record(request.user, "apikey.create", key, user=key.user.username, name=key.name, prefix=key.prefix,
-                   expires_at=key.expires_at.isoformat() if key.expires_at else None)
+        key, raw = ApiKey.issue(request.user, body.validated_data["name"], body.validated_data.get("expires_at"),
+                                actor=request.user)
         return Response({**ApiKeySerializer(key).data, "key": raw}, status=status.HTTP_201_CREATED)
 
     def revoke_key(self, request: Request) -> ApiKey:
         key = self.get_object()
-        with transaction.atomic():
-            if key.revoke():
-                record(request.user, "apikey.revoke", key, user=key.user.username, name=key.name, prefix=key.prefix)
+        key.revoke(actor=request.user)
         return key
 
     @extend_schema(responses={204: None}, description="Revoke the key (it stays listed, as revoked).")

@@ -46,9 +46,6 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericViewSe
                    description="Cancel a queued job at once; ask a running job to stop at its next progress report.")
     def cancel(self, request: Request, pk: int) -> Response:
         job = self.get_object()
-        with transaction.atomic():
-            before = job.status
-            if not job.request_cancel():
-                raise Conflict(f"Job #{job.pk} has already finished ({job.status}); there is nothing to cancel.")
-            record(request.user, "job.cancel", job, kind=job.kind, status_before=before, status_after=job.status)
+        if not job.request_cancel(actor=request.user):
+            raise Conflict(f"Job #{job.pk} has already finished ({job.status}); there is nothing to cancel.")
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
