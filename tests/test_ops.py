@@ -236,3 +236,19 @@ def test_up_refuses_a_port_that_is_taken(tmp_path):
     assert f"Cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "--port" in result.stderr
     assert not (tmp_path / "tauon.sqlite3").exists(), "nothing is set up before the port is known to be free"
+
+
+# --- configuration is documented ------------------------------------------------------------------------
+
+def test_docker_env_example_lists_every_environment_variable_the_console_reads():
+    import re
+
+    read: set[str] = set()
+    for path in (ROOT / "console").rglob("*.py"):
+        source = path.read_text()
+        read |= set(re.findall(r"env_(?:str|bool|int)\(\s*\"([A-Z0-9_]+)\"", source))
+        read |= set(re.findall(r"os\.environ\.get\(\s*\"([A-Z0-9_]+)\"", source))
+    read -= {"DJANGO_SETTINGS_MODULE"}
+    listed = set(re.findall(r"^#?\s*([A-Z0-9_]+)=", (ROOT / "docker" / ".env.example").read_text(), re.MULTILINE))
+    assert {"DATABASE_URL", "REDIS_URL", "TAUON_ENV", "SECRET_KEY", "ALLOWED_HOSTS", "TAUON_STORAGE"} <= read
+    assert sorted(read - listed) == []
