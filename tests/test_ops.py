@@ -205,6 +205,7 @@ def start_and_stop(var: Path) -> str:
         assert [p.pid for p in started if alive(p)] == [], f"left running after SIGTERM:\n{up.log()}"
         assert get_status(f"http://127.0.0.1:{port}/healthz") is None
         assert "Stopped." in up.log()
+        assert "log in as admin" in up.log()
         return up.log()
     finally:
         up.kill()

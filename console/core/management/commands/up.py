@@ -97,8 +97,9 @@ class Command(BaseCommand):
                 "--concurrency", str(workers), "-n", "tauon@%h", "-l", "INFO",
                 "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")], env))
             self._wait_until_ready(_local_url(host, port))
-            self.stdout.write(self.style.SUCCESS(f"Tauon is up at {_local_url(host, port)}/ (API docs: /api/docs/). "
-                                                 f"Press Ctrl-C to stop."))
+            self.stdout.write(self.style.SUCCESS(
+                f"Tauon is up at {_local_url(host, port)}/ — log in as {self._admin_name()} "
+                f"(API docs: /api/docs/). Press Ctrl-C to stop."))
             self._supervise()
         except Stop as stop:
             self.stdout.write(f"{stop.args[0]} received; stopping the web server and the worker…")
@@ -162,6 +163,14 @@ class Command(BaseCommand):
             self.stderr.write(self.style.WARNING(
                 "WARNING: importing the bundled models failed (see above); the console starts without them. "
                 "Retry with `python manage.py import_bundled`."))
+
+    def _admin_name(self) -> str:
+        from console.accounts.models import User
+
+        admin = User.objects.filter(is_active=True, role="admin").order_by("pk").first() \
+            or User.objects.filter(is_active=True, is_superuser=True).order_by("pk").first()
+        connections.close_all()
+        return admin.username if admin else "an admin (none exists; run `python manage.py ensure_admin`)"
 
     def _wait_until_ready(self, base_url: str) -> None:
         from workers.celery import app
