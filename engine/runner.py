@@ -51,6 +51,9 @@ class LlamaStack(nn.Module):
         self.embed, self.norm, self.rotary = inner.embed_tokens, inner.norm, inner.rotary_emb
         self.layers = nn.ModuleList(LlamaLayer(layer, ACT2FN[cfg.hidden_act]) for layer in inner.layers)
         self.lm_head = model.lm_head
+        # the fused copies replace the originals: drop Hugging Face's layers so memory is not doubled
+        # (the model object is no longer usable for its own forward)
+        inner.layers = nn.ModuleList()
 
     def embed_tokens(self, ids: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, object]:
         x = self.embed(ids)  # [T, hidden]
@@ -144,6 +147,29 @@ def build_stack(model: nn.Module) -> nn.Module:
         return GPT2Stack(model)
     raise UnsupportedModel(f"the engine runs Llama-family ({', '.join(LLAMA_LIKE)}) and GPT-2 causal LMs; "
                            f"this model is {model_type!r}")
+
+
+@torch.inference_mode()
+def full_forward(stack: nn.Module, ids: list[int]) -> torch.Tensor:
+    """Logits [T, V] for every position of one sequence, without touching any KV cache
+    (calibration and perplexity)."""
+    dev = next(stack.parameters()).device
+    ids_t = torch.tensor(ids, device=dev)
+    x, rope = stack.embed_tokens(ids_t, torch.arange(len(ids), device=dev))
+    for i in range(len(stack.layers)):
+        q, k, v = stack.qkv(i, x, rope)
+        scale = stack.layer_scale(i) if hasattr(stack, "layer_scale") else stack.scale
+        o = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                                           is_causal=True, scale=scale,
+                                           enable_gqa=stack.num_heads != stack.num_kv_heads)
+        x = stack.post(i, x, o[0].transpose(0, 1).reshape(len(ids), -1))
+    return stack.logits(x).float()
+
+
+def perplexity(stack: nn.Module, ids: list[int]) -> float:
+    logits = full_forward(stack, ids)
+    nll = F.cross_entropy(logits[:-1], torch.tensor(ids[1:], device=logits.device))
+    return float(torch.exp(nll))
 
 
 class ModelRunner:

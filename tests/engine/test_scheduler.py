@@ -24,7 +24,7 @@ def sched(**kw: int) -> Scheduler:
 
 
 def test_engine_imports_neither_django_nor_celery() -> None:
-    code = ("import sys, engine, engine.llm_engine, engine.runner, engine.encoders, engine.api, "
+    code = ("import sys, engine, engine.llm_engine, engine.runner, engine.encoders, engine.api, engine.quantize, "
             "engine.scheduler; bad = [m for m in sys.modules if m.split('.')[0] in ('django', 'celery')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
