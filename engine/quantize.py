@@ -22,7 +22,6 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 QMAX = 63.0  # 7-bit activations: u8 in [1, 127] around zero point 64
