@@ -62,6 +62,7 @@ class LLMEngine:
         mc = model.config
         model_len = getattr(mc, "max_position_embeddings", None) or getattr(mc, "n_positions", MAX_CONTEXT_DEFAULT)
         self.max_model_len = config.max_model_len or min(model_len, MAX_CONTEXT_DEFAULT)
+        loader.release_memory()  # the unfused copies of q/k/v and gate/up are gone
         self.runner = ModelRunner(self.stack, num_blocks=num_blocks, block_size=config.block_size,
                                   device=self.device, dtype=torch_dtype)
         self.scheduler = Scheduler(max_num_seqs=config.max_num_seqs, max_batch_tokens=config.max_batch_tokens,
@@ -76,6 +77,7 @@ class LLMEngine:
         self._thread: threading.Thread | None = None
         self._last_batch = 0
         self._peak_batch = 0
+        self._trimmed_at = 0
         self._steps = 0
         self._generated = 0
         self._recent: deque[tuple[float, int]] = deque()
@@ -225,6 +227,9 @@ class LLMEngine:
             with self._lock:
                 idle = not self.scheduler.has_work() and not self._cancelled
             if idle:
+                if self._steps != self._trimmed_at:  # the batch drained: hand transient memory back
+                    self._trimmed_at = self._steps
+                    loader.release_memory()
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
                 continue

@@ -251,11 +251,13 @@ class ModelRunner:
         Hkv, D, G = self.stack.num_kv_heads, self.stack.head_dim, self.groups
         x, rope = self.stack.embed_tokens(ids_t, pos_t)  # x: [B, hidden]
         flat_table = table.view(-1)
+        # one gather buffer reused by every layer of this step: [2, Hkv, B*nb, bs, D]
+        buf = self.kv.new_empty((2, Hkv, B * nb, bs, D))
         for i in range(self.num_layers):
             q, k, v = self.stack.qkv(i, x, rope)  # q: [B, H, D]; k, v: [B, Hkv, D]
             self._write(i, k, v, slots_t)
-            # gather this batch's blocks: [2, Hkv, B*nb, bs, D] → keys, values [B, Hkv, L, D]
-            kv = self.kv[i].index_select(2, flat_table).view(2, Hkv, B, L, D).transpose(1, 2)
+            # gather this batch's blocks → keys, values [B, Hkv, L, D]
+            kv = torch.index_select(self.kv[i], 2, flat_table, out=buf).view(2, Hkv, B, L, D).transpose(1, 2)
             # the G query heads sharing a kv head act as G query rows: [B, Hkv, G, D]
             o = F.scaled_dot_product_attention(q.view(B, Hkv, G, D), kv[0], kv[1], attn_mask=mask,
                                                scale=self._layer_scale(i))
