@@ -152,7 +152,7 @@ class Command(BaseCommand):
         if "import_bundled" not in get_commands():
             self.stderr.write("Bundled models: the import_bundled command is not installed in this version; skipped.")
             return
-        self.stdout.write("Importing the bundled models (the first time takes about a minute)…")
+        self.stdout.write("Importing the bundled models (the first time takes about half a minute)…")
         importer = Child("import_bundled", [sys.executable, str(settings.BASE_DIR / "manage.py"),
                                             "import_bundled", "--sync"], env)
         self.children.append(importer)
