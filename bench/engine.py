@@ -170,8 +170,8 @@ def run_engine(folder: Path, quantization: str, work: Workload, single_new: int,
         results = [x.result() for x in handles]
         wall = time.perf_counter() - t
         stats = engine.stats()
-        ppl = perplexity(engine.stack, ppl_ids)
         engine.close()
+    ppl = perplexity(engine.stack, ppl_ids)  # outside the RSS window: 1,024 × vocab logits are not serving memory
     del engine
     _trim()
     generated = sum(x.usage.completion_tokens for x in results)

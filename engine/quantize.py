@@ -68,15 +68,19 @@ class Int8Linear(nn.Module):
         xo = x[:, self.outliers] if self.outliers is not None else None
         if self.in_scale is not None:
             x = x * self.in_scale
-        a = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / QMAX  # per-token scale [M, 1]
-        xn = x / a
+        # per-token scale [M, 1]: each row spans ±63 after dividing by it
+        a = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True).clamp_(min=1e-12).div_(QMAX)
         if self.two_pass:
-            m = xn.shape[0]
-            rows = torch.cat([xn, (xn - xn.round()) * RESIDUAL])  # [2M, K]
+            m = x.shape[0]
+            rows = x.new_empty((2 * m, self.in_features))  # [x / a ; (x / a - round(x / a)) * 126]
+            xn, res = rows[:m], rows[m:]
+            torch.div(x, a, out=xn)
+            torch.round(xn, out=res)
+            res.sub_(xn).mul_(-RESIDUAL)
             y2 = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(rows, 1.0, 64, self.packed)
             y = torch.add(y2[:m], y2[m:], alpha=1.0 / RESIDUAL)
         else:
-            y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(xn, 1.0, 64, self.packed)
+            y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x / a, 1.0, 64, self.packed)
         y = y * a
         if xo is not None:
             y = torch.addmm(y, xo, self.w_outliers)
