@@ -27,6 +27,16 @@ class User(AbstractUser):
         """True when this user's role is `role` or above (admin ⊃ maintainer ⊃ user)."""
         return self.is_active and RANK[Role(self.effective_role)] >= RANK[Role(role)]
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.is_staff = self.is_superuser or self.role == Role.ADMIN  # admins may open /admin/
+        super().save(*args, **kwargs)
+
+    def has_perm(self, perm: str, obj: Any = None) -> bool:
+        return self.has_role(Role.ADMIN) or super().has_perm(perm, obj)
+
+    def has_module_perms(self, app_label: str) -> bool:
+        return self.has_role(Role.ADMIN) or super().has_module_perms(app_label)
+
     @property
     def is_maintainer(self) -> bool:
         return self.has_role(Role.MAINTAINER)
