@@ -92,6 +92,22 @@ def anon_api() -> APIClient:
     return APIClient()
 
 
+@pytest.fixture
+def llm(bob):  # type: ignore[no-untyped-def]
+    """A registered text-generation model owned by bob, with no versions yet."""
+    from console.registry.models import Model
+
+    return Model.objects.create(name="tiny-llm", task="text-generation", owner=bob)
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """A tiny random Llama folder (safetensors + tokenizer), built once per session."""
+    from tests.modelfactory import tiny_llama_dir
+
+    return tiny_llama_dir(tmp_path_factory.mktemp("llama") / "tiny-llama")
+
+
 def _database_url() -> str:
     from django.db import connection
 

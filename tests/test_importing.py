@@ -27,7 +27,7 @@ from console.registry.importing import (
 from console.registry.models import Model, ModelVersion
 from tests.ggufactory import CHAT_TEMPLATE as GGUF_CHAT_TEMPLATE
 from tests.ggufactory import tiny_llama_gguf
-from tests.modelfactory import CHAT_TEMPLATE, targz_dir, tiny_llama_dir, zip_dir
+from tests.modelfactory import CHAT_TEMPLATE, targz_dir, zip_dir
 
 pytestmark = pytest.mark.django_db
 
@@ -54,16 +54,6 @@ def run_job_here(job: Job) -> Job:
         importing.import_failed(job)
     job.refresh_from_db()
     return job
-
-
-@pytest.fixture
-def llm(bob) -> Model:
-    return Model.objects.create(name="tiny-llm", task="text-generation", owner=bob)
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory) -> Path:
-    return tiny_llama_dir(tmp_path_factory.mktemp("llama") / "tiny-llama")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from console.registry.models import Alias, AliasEvent, Model, ModelVersion
 from tests.conftest import ROOT, _database_url, wait_for
 from tests.ggufactory import tiny_llama_gguf
-from tests.modelfactory import targz_dir, tiny_llama_dir, zip_dir
+from tests.modelfactory import targz_dir, zip_dir
 from tests.test_archives import tar_bytes, zip_bytes
 
 pytestmark = pytest.mark.django_db
@@ -32,16 +32,6 @@ VERSIONS = "/api/models/tiny-llm/versions/"
 
 
 # --- fixtures and helpers ------------------------------------------------------------------------
-
-@pytest.fixture
-def llm(bob) -> Model:
-    return Model.objects.create(name="tiny-llm", task="text-generation", owner=bob)
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory) -> Path:
-    return tiny_llama_dir(tmp_path_factory.mktemp("llama") / "tiny-llama")
-
 
 @pytest.fixture(scope="module")
 def llama_files(llama_dir) -> dict[str, bytes]:
