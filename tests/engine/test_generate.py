@@ -115,3 +115,14 @@ def test_smollm2_mixed_batch_with_a_late_arrival_matches_hf_generate(smol: tuple
     for chat, handle in zip(CHATS, handles, strict=True):
         ids = engine.encode(chat)
         assert_greedy_parity(hf, ids, handle.result(120).token_ids, hf_greedy(hf, ids, 12, eos=False))
+
+
+def test_engine_from_pretrained_picks_the_llm_engine_and_reports_stats(tiny_llama: Path) -> None:
+    from engine import Engine
+
+    with Engine.from_pretrained(tiny_llama, EngineConfig(kv_cache_bytes=2 << 20, block_size=8)) as engine:
+        assert isinstance(engine, LLMEngine)
+        engine.generate(PROMPTS[0], greedy(6)).result(60)
+        stats = engine.stats()
+    assert stats.generated_tokens == 6 and stats.running == 0 and stats.waiting == 0
+    assert stats.kv_blocks_total > 0 and 0.0 <= stats.kv_cache_usage <= 1.0 and stats.peak_batch_size == 1
