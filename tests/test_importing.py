@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import shutil
 import socket
 import struct
 import time
@@ -330,3 +331,22 @@ def test_temp_folders_left_by_a_killed_process_are_swept_on_the_next_import(llm,
     os.utime(stale, (time.time() - 3 * 86400, time.time() - 3 * 86400))
     add_version_from_upload(llm, upload_of(llama_zip), bob)
     assert not stale.exists()
+
+
+def test_a_version_folder_whose_transaction_never_committed_is_swept_but_real_versions_stay(llm, bob, llama_zip):
+    import os
+
+    kept = add_version_from_upload(llm, upload_of(llama_zip), bob)
+    orphan = Path(settings.TAUON_STORAGE) / "models" / "0123456789abcdef0123456789abcdef"
+    (orphan / "model.safetensors").parent.mkdir(parents=True)
+    (orphan / "model.safetensors").write_bytes(b"x")
+    long_ago = time.time() - 3 * 86400
+    os.utime(orphan, (long_ago, long_ago))
+    os.utime(kept.path, (long_ago, long_ago))
+    try:
+        add_version_from_upload(llm, upload_of(llama_zip), bob)
+        assert not orphan.exists()
+        assert (kept.path / "config.json").exists()
+    finally:  # this test's rows roll back; its folders must not look like old orphans to later tests
+        shutil.rmtree(orphan, ignore_errors=True)
+        shutil.rmtree(kept.path, ignore_errors=True)

@@ -68,14 +68,23 @@ def storage_dir(name: str) -> Path:
 
 
 def sweep_stale_staging(older_than_s: float = STALE_STAGING_S) -> None:
-    """Remove temp folders a killed process left behind (a normal exit always removes its own)."""
+    """Remove what a killed process left behind (a normal exit always cleans up its own): temp
+    folders, and version folders moved into place whose transaction never committed (no row)."""
     cutoff = time.time() - older_than_s
-    for path in storage_dir("tmp").glob("import-*"):
-        try:
-            if path.stat().st_mtime < cutoff:
-                shutil.rmtree(path, ignore_errors=True)
-        except FileNotFoundError:
-            pass
+    old = [p for p in storage_dir("tmp").glob("import-*") if _mtime(p) < cutoff]
+    candidates = {p.name: p for p in storage_dir("models").iterdir() if _mtime(p) < cutoff}
+    if candidates:
+        known = set(ModelVersion.objects.filter(storage_key__in=list(candidates)).values_list("storage_key", flat=True))
+        old += [path for key, path in candidates.items() if key not in known]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
 
 
 @contextmanager
