@@ -11,18 +11,15 @@ from django.views.decorators.http import require_POST
 
 from console.accounts.decorators import require_maintainer
 from console.jobs.choices import JobStatus
+from console.jobs.filters import JobFilter
 from console.jobs.models import Job
 
 
 @login_required
 def job_list(request: HttpRequest) -> HttpResponse:
-    jobs = Job.objects.select_related("created_by")
+    jobs = JobFilter(request.GET, queryset=Job.objects.select_related("created_by")).qs  # the API's filters
     kind = request.GET.get("kind", "")
     status = request.GET.get("status", "")
-    if kind:
-        jobs = jobs.filter(kind=kind)
-    if status in JobStatus.values:
-        jobs = jobs.filter(status=status)
     page = Paginator(jobs, 50).get_page(request.GET.get("page"))
     context = {
         "page": page,
