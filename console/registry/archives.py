@@ -106,7 +106,11 @@ class _Extractor:
         self.seen: set[PurePosixPath] = set()
         self.written = 0
 
-    def target(self, rel: PurePosixPath, *, is_dir: bool) -> Path | None:
+    def target(self, name: str, *, is_dir: bool) -> Path | None:
+        """Where the entry `name` goes, or None for a folder or an entry we skip (checked, not written)."""
+        rel = member_path(name)
+        if rel is None:
+            return None
         if rel in self.seen:
             raise ArchiveRefused(f"Archive entry '{rel}' appears twice.", code="unsafe_path")
         self.seen.add(rel)
@@ -155,10 +159,7 @@ def extract_zip(fileobj: BinaryIO, size: int, dest: Path, limits: Limits) -> Non
             member_path(info.filename)
         ex = _Extractor(dest, limits, size)
         for info in infos:
-            rel = member_path(info.filename)
-            if rel is None:
-                continue
-            target = ex.target(rel, is_dir=info.is_dir())
+            target = ex.target(info.filename, is_dir=info.is_dir())
             if target is None:
                 continue
             try:
@@ -189,10 +190,7 @@ def extract_tar(fileobj: BinaryIO, size: int, dest: Path, limits: Limits) -> Non
                                          f"only files and folders are accepted.", code="special_file_refused")
                 declared += member.size
                 limits.check_total(declared, size)
-                rel = member_path(member.name)
-                if rel is None:
-                    continue
-                target = ex.target(rel, is_dir=member.isdir())
+                target = ex.target(member.name, is_dir=member.isdir())
                 if target is None:
                     continue
                 src = tf.extractfile(member)
