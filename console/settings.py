@@ -44,6 +44,8 @@ INSTALLED_APPS = [
     "console.audit",
     "console.jobs",
     "console.registry",
+    "console.deployments",
+    "console.inference",
 ]
 
 MIDDLEWARE = [
@@ -152,6 +154,13 @@ TAUON_JOB_HARD_LIMIT_S = env_int("TAUON_JOB_HARD_LIMIT_S", 4 * 3600)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": TAUON_JOB_HARD_LIMIT_S + 600}
 TAUON_JOB_HEARTBEAT_S = env_int("TAUON_JOB_HEARTBEAT_S", 5)
 TAUON_JOB_STALE_S = env_int("TAUON_JOB_STALE_S", 60)
+CELERY_IMPORTS = ["workers.serving"]
+# Serving: replicas beat every TAUON_REPLICA_HEARTBEAT_S; one silent for TAUON_REPLICA_LOST_S is lost.
+TAUON_REPLICA_HEARTBEAT_S = env_int("TAUON_REPLICA_HEARTBEAT_S", 1)
+TAUON_REPLICA_LOST_S = env_int("TAUON_REPLICA_LOST_S", 5)
+# Inference: per-API-key limits unless the key sets its own (0 = unlimited).
+TAUON_KEY_REQUESTS_PER_MINUTE = env_int("TAUON_KEY_REQUESTS_PER_MINUTE", 600)
+TAUON_KEY_TOKENS_PER_MINUTE = env_int("TAUON_KEY_TOKENS_PER_MINUTE", 200_000)
 TAUON_JOB_KIND_MODULES = [m for m in env_str("TAUON_JOB_KIND_MODULES").split(",") if m]
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-jobs": {"task": "workers.tasks.reap_stale_jobs", "schedule": 30.0, "options": {"queue": "default"}},

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -125,8 +126,10 @@ def _database_url() -> str:
 class WorkerProcess:
     """A real `celery -A workers worker` process on the test database and the test Redis."""
 
-    def __init__(self, name: str, queues: str = "default,jobs", concurrency: int = 1):
-        self.name, self.queues, self.concurrency = name, queues, concurrency
+    def __init__(self, name: str, queues: str = "default,jobs", concurrency: int = 1, extra: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None):
+        self.name, self.queues, self.concurrency, self.extra = name, queues, concurrency, list(extra)
+        self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix=f"tauon-{name}-", suffix=".log")[1])
 
@@ -136,12 +139,13 @@ class WorkerProcess:
                    TAUON_STORAGE=str(settings.TAUON_STORAGE), DJANGO_SETTINGS_MODULE="console.settings",
                    TAUON_JOB_HEARTBEAT_S="1", PYTHONUNBUFFERED="1",
                    TAUON_JOB_KIND_MODULES="tests.job_kinds")
+        env.update(self.extra_env)
         return env
 
     def start(self) -> WorkerProcess:
         cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "threads",
                "--concurrency", str(self.concurrency), "-Q", self.queues, "-n", f"{self.name}@%h",
-               "--without-gossip", "--without-mingle", "-l", "INFO"]
+               "--without-gossip", "--without-mingle", "-l", "INFO", *self.extra]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env(), stdout=self.log_path.open("wb"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
@@ -199,3 +203,72 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+SERVING_ENV = {"TAUON_REPLICA_LOST_S": "3"}
+# The deployments the session's serving worker hosts; tests that start workers of their own use other names.
+SESSION_DEPLOYMENTS = ("chat", "slow", "small", "embed", "classify", "promote", "stop-start")
+
+
+def serving_worker(name: str, deployments: str = "all", concurrency: int = 16) -> WorkerProcess:
+    """A worker that hosts replicas of `deployments` (threads pool, so requests share one engine)."""
+    return WorkerProcess(name, queues=f"serve.{name}", concurrency=concurrency,
+                         extra=("--deployments", deployments), env=SERVING_ENV)
+
+
+class WebServer:
+    """The real ASGI app under uvicorn, on the test database and Redis, on a free port."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(tempfile.mkstemp(prefix="tauon-web-", suffix=".log")[1])
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> WebServer:
+        env = WorkerProcess("web").env()
+        cmd = [sys.executable, "-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1",
+               "--port", str(self.port), "--lifespan", "off", "--log-level", "warning"]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log_path.open("wb"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"web server exited early:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"web server did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def web_server(django_db_setup, django_db_blocker) -> Iterator[WebServer]:  # type: ignore[no-untyped-def]
+    """uvicorn serving the console (and /v1) for the session; tests need django_db(transaction=True)."""
+    with django_db_blocker.unblock():
+        server = WebServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def serving(django_db_setup, django_db_blocker, web_server) -> Iterator[WorkerProcess]:  # type: ignore[no-untyped-def]
+    """One serving worker for the session (hosting SESSION_DEPLOYMENTS) beside the web server."""
+    with django_db_blocker.unblock():
+        worker = serving_worker("serving", ",".join(SESSION_DEPLOYMENTS)).start()
+    yield worker
+    worker.stop()

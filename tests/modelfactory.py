@@ -16,8 +16,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 CHAT_TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}"
 
 
-def tiny_llama_dir(dest: Path, *, seed: int = 0, chat_template: bool = True) -> Path:
-    """A 2-layer Llama with hidden size 32 and the MiniLM vocabulary, saved as safetensors."""
+def tiny_llama_dir(dest: Path, *, seed: int = 0, chat_template: bool = True, **overrides: int) -> Path:
+    """A 2-layer Llama with hidden size 32 and the MiniLM vocabulary, saved as safetensors
+    (`overrides` change its config, e.g. a longer context)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -25,6 +26,8 @@ def tiny_llama_dir(dest: Path, *, seed: int = 0, chat_template: bool = True) -> 
     config = LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          bos_token_id=101, eos_token_id=102, pad_token_id=0, tie_word_embeddings=True)
+    for key, value in overrides.items():
+        setattr(config, key, value)
     model = LlamaForCausalLM(config)
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest, safe_serialization=True)

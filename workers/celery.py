@@ -1,11 +1,47 @@
-"""The Celery app. Start a worker with `celery -A workers worker` (see README)."""
+"""The Celery app. Start a worker with `celery -A workers worker` (see README).
+
+`--deployments NAME[,NAME…]` or `--deployments all` makes the worker host engine replicas for those
+deployments (workers/serving.py); give it the threads pool (`--pool threads --concurrency 64`) so
+that concurrent requests share one engine's batches."""
 
 import os
 
-from celery import Celery
+import click
+from celery import Celery, bootsteps
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
 app = Celery("tauon")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["workers"])
+
+app.user_options["worker"].add(click.Option(
+    ["--deployments"], default=None, metavar="NAMES",
+    help="Serve these deployments (comma-separated names, or 'all' for every deployment not stopped)."))
+
+
+class ServeDeployments(bootsteps.StartStopStep):
+    """Starts the worker's serving host when `--deployments` is given."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker, deployments=None, **options):  # type: ignore[no-untyped-def]
+        super().__init__(worker, **options)
+        names = [n.strip() for n in (deployments or "").split(",") if n.strip()]
+        self.scope = None if names == ["all"] else names
+        self.enabled = bool(names)
+        self.host = None
+
+    def start(self, worker):  # type: ignore[no-untyped-def]
+        from workers.serving import Host
+
+        self.host = Host(worker.app, worker.hostname, self.scope)
+        self.host.start()
+
+    def stop(self, worker):  # type: ignore[no-untyped-def]
+        if self.host is not None:
+            self.host.stop()
+            self.host = None
+
+
+app.steps["worker"].add(ServeDeployments)

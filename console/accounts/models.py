@@ -70,6 +70,9 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Inference rate limits; empty means the site default (TAUON_KEY_REQUESTS_PER_MINUTE / _TOKENS_), 0 means none.
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
 
     objects = ApiKeyQuerySet.as_manager()
 
@@ -80,14 +83,16 @@ class ApiKey(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
     @classmethod
-    def issue(cls, user: User, name: str, expires_at: datetime | None = None, *, actor: Any = None) -> tuple[ApiKey, str]:
+    def issue(cls, user: User, name: str, expires_at: datetime | None = None, *, actor: Any = None,
+              requests_per_minute: int | None = None, tokens_per_minute: int | None = None) -> tuple[ApiKey, str]:
         """Create a key; return it with the raw secret, which is never stored.
 
         With `actor` (every user-facing path passes one) the creation lands in the audit log."""
         prefix = secrets.token_hex(4)
         raw = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
         with transaction.atomic():
-            key = cls.objects.create(user=user, name=name, prefix=prefix, hashed_key=hash_key(raw), expires_at=expires_at)
+            key = cls.objects.create(user=user, name=name, prefix=prefix, hashed_key=hash_key(raw), expires_at=expires_at,
+                                     requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute)
             if actor is not None:
                 record(actor, "apikey.create", key, user=user.username, name=name, prefix=prefix,
                        expires_at=expires_at.isoformat() if expires_at else None)
@@ -104,6 +109,13 @@ class ApiKey(models.Model):
             cls.objects.filter(pk=key.pk).update(last_used_at=now)
             key.last_used_at = now
         return key
+
+    def limits(self) -> tuple[int, int]:
+        """(requests, tokens) per minute for inference; 0 is unlimited."""
+        rpm = self.requests_per_minute
+        tpm = self.tokens_per_minute
+        return (settings.TAUON_KEY_REQUESTS_PER_MINUTE if rpm is None else rpm,
+                settings.TAUON_KEY_TOKENS_PER_MINUTE if tpm is None else tpm)
 
     @property
     def status(self) -> str:

@@ -18,7 +18,8 @@ class ApiKeySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ApiKey
-        fields = ["id", "name", "prefix", "user", "status", "created_at", "expires_at", "last_used_at", "revoked_at"]
+        fields = ["id", "name", "prefix", "user", "status", "created_at", "expires_at", "last_used_at", "revoked_at",
+                  "requests_per_minute", "tokens_per_minute"]
         read_only_fields = fields
 
 
@@ -26,6 +27,19 @@ class ApiKeyCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100, help_text="What the key is for, e.g. 'ci' or 'laptop'.")
     expires_at = serializers.DateTimeField(required=False, allow_null=True, help_text="When it stops working; "
                                            "never when absent.")
+    requests_per_minute = serializers.IntegerField(
+        required=False, allow_null=True, min_value=0,
+        help_text="Inference requests per minute (admins only); 0 is unlimited, absent is the site default.")
+    tokens_per_minute = serializers.IntegerField(
+        required=False, allow_null=True, min_value=0,
+        help_text="Prompt + completion tokens per minute (admins only); 0 is unlimited, absent is the site default.")
+
+    def validate(self, attrs: dict[str, object]) -> dict[str, object]:
+        request = self.context.get("request")
+        limited = [f for f in ("requests_per_minute", "tokens_per_minute") if attrs.get(f) is not None]
+        if limited and not (request and request.user.is_admin):
+            raise serializers.ValidationError({limited[0]: "Only admins set a key's rate limits."})
+        return attrs
 
     def validate_expires_at(self, value: datetime | None) -> datetime | None:
         if value is not None and value <= timezone.now():

@@ -51,10 +51,12 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVie
     @extend_schema(request=ApiKeyCreateSerializer, responses={201: ApiKeyCreatedSerializer},
                    description="Create a key for yourself. The raw key is in the answer's `key` field, once.")
     def create(self, request: Request) -> Response:
-        body = ApiKeyCreateSerializer(data=request.data)
+        body = ApiKeyCreateSerializer(data=request.data, context={"request": request})
         body.is_valid(raise_exception=True)
-        key, raw = ApiKey.issue(request.user, body.validated_data["name"], body.validated_data.get("expires_at"),
-                                actor=request.user)
+        data = body.validated_data
+        key, raw = ApiKey.issue(request.user, data["name"], data.get("expires_at"), actor=request.user,
+                                requests_per_minute=data.get("requests_per_minute"),
+                                tokens_per_minute=data.get("tokens_per_minute"))
         return Response({**ApiKeySerializer(key).data, "key": raw}, status=status.HTTP_201_CREATED)
 
     def revoke_key(self, request: Request) -> ApiKey:

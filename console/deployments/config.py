@@ -1,0 +1,92 @@
+"""A deployment's `config`: the engine settings of each replica, the caps every request is checked
+against, and the sampling defaults requests start from. Stored normalized (defaults filled in)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from rest_framework.exceptions import ValidationError
+
+from engine.config import EngineConfig
+
+ENGINE_FIELDS = {f.name: f.default for f in dataclasses.fields(EngineConfig)}
+LIMITS = {  # name: (default, low, high)
+    "max_tokens": (512, 1, 32768),  # cap on max_tokens per request
+    "max_n": (4, 1, 16),  # cap on n (choices per request)
+    "max_input_items": (256, 1, 4096),  # texts per embeddings / predict request
+    "timeout_s": (120, 1, 3600),  # every request ends by then
+}
+SAMPLING = {  # the defaults a request starts from
+    "temperature": 0.7,
+    "top_p": 1.0,
+    "max_tokens": 128,
+}
+
+
+def _fail(field: str, message: str) -> ValidationError:
+    return ValidationError({f"config.{field}": [message]})
+
+
+def _number(field: str, value: Any, low: float, high: float, *, integer: bool) -> int | float:
+    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok_type or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise _fail(field, f"must be {kind} between {low} and {high}, got {value!r}")
+    return value
+
+
+def normalize(config: Any, *, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check `config` and return it complete. Keys left out keep their `previous` value (on edit) or
+    the default. Unknown keys are refused so that typos don't pass silently."""
+    if not isinstance(config, dict):
+        raise ValidationError({"config": ["must be an object"]})
+    base = previous or {}
+    unknown = set(config) - {"engine", "sampling", *LIMITS}
+    if unknown:
+        raise _fail(sorted(unknown)[0], f"unknown setting; known: engine, sampling, {', '.join(LIMITS)}")
+    out: dict[str, Any] = {}
+
+    engine_in = config.get("engine", {})
+    if not isinstance(engine_in, dict):
+        raise _fail("engine", "must be an object")
+    for key in engine_in:
+        if key not in ENGINE_FIELDS:
+            raise _fail(f"engine.{key}", f"unknown engine setting; known: {', '.join(ENGINE_FIELDS)}")
+    engine = {**ENGINE_FIELDS, **base.get("engine", {}), **engine_in}
+    try:
+        EngineConfig(**engine)
+    except (TypeError, ValueError) as exc:
+        name = next((k for k in engine_in if k in str(exc)), "")
+        raise _fail(f"engine.{name}" if name else "engine", str(exc)) from exc
+    out["engine"] = engine
+
+    for key, (default, low, high) in LIMITS.items():
+        value = config.get(key, base.get(key, default))
+        out[key] = _number(key, value, low, high, integer=True)
+
+    sampling_in = config.get("sampling", {})
+    if not isinstance(sampling_in, dict):
+        raise _fail("sampling", "must be an object")
+    for key in sampling_in:
+        if key not in SAMPLING:
+            raise _fail(f"sampling.{key}", f"unknown sampling default; known: {', '.join(SAMPLING)}")
+    sampling = {**SAMPLING, **base.get("sampling", {}), **sampling_in}
+    if "max_tokens" not in sampling_in and "max_tokens" not in base.get("sampling", {}):
+        sampling["max_tokens"] = min(sampling["max_tokens"], out["max_tokens"])  # a default under a lower cap
+    _number("sampling.temperature", sampling["temperature"], 0, 2, integer=False)
+    _number("sampling.top_p", sampling["top_p"], 0.001, 1, integer=False)
+    _number("sampling.max_tokens", sampling["max_tokens"], 1, out["max_tokens"], integer=True)
+    out["sampling"] = sampling
+    return out
+
+
+def engine_config(config: dict[str, Any]) -> EngineConfig:
+    return EngineConfig(**config["engine"])
+
+
+def capacity(config: dict[str, Any]) -> int:
+    """Requests one replica takes at once: its running batch plus its waiting queue."""
+    engine = config["engine"]
+    return int(engine["max_num_seqs"]) + int(engine["max_queue"])
+

@@ -1,0 +1,103 @@
+"""What deployments share through Redis, between the web side and the workers: which replicas are
+alive, which requests are in flight, the token streams, cancel flags and recent figures.
+
+Every key starts with `tauon:`. The web side uses redis.asyncio and the workers plain redis-py;
+both take the key names and scripts from here."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+from django.conf import settings
+
+STREAM_TTL_S = 600  # a token stream outlives its request by this much, for late readers
+FIGURES_KEPT = 600  # samples per deployment (one per replica heartbeat)
+
+
+def stream_key(request_id: str) -> str:
+    return f"tauon:gen:{request_id}"
+
+
+def cancel_key(request_id: str) -> str:
+    return f"tauon:cancel:{request_id}"
+
+
+def replica_key(replica: str) -> str:
+    return f"tauon:replica:{replica}"  # the replica's latest figures; expires when it stops beating
+
+
+def live_key(deployment: str) -> str:
+    return f"tauon:live:{deployment}"  # zset: ready replica key → expiry (epoch seconds)
+
+
+def inflight_key(deployment: str) -> str:
+    return f"tauon:inflight:{deployment}"  # zset: request id → deadline (epoch seconds)
+
+
+def slot_key(deployment: str, slot: int) -> str:
+    return f"tauon:slot:{deployment}:{slot}"
+
+
+def figures_key(deployment: str) -> str:
+    return f"tauon:figures:{deployment}"
+
+
+# Admit a request if the deployment has a live replica and a free place among
+# replicas × (max_num_seqs + max_queue). Returns -1 (no replica), 0 (full) or 1 (admitted).
+ADMIT = """
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local replicas = redis.call('ZCARD', KEYS[1])
+if replicas == 0 then return -1 end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) >= replicas * tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+redis.call('EXPIRE', KEYS[2], 3600)
+return 1
+"""
+
+# Keep a slot only while we own it.
+REFRESH_SLOT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+RELEASE_SLOT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_client: redis.Redis | None = None
+
+
+def client() -> redis.Redis:
+    """This process's (thread-safe, pooled) redis-py client."""
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True, health_check_interval=30)
+    return _client
+
+
+def figures(deployment: str, since: float = 0.0) -> list[dict[str, Any]]:
+    """Recent samples, oldest first: {t, replica, running, waiting, batch_size, kv_cache_usage, tokens_per_s}."""
+    raw = client().lrange(figures_key(deployment), 0, FIGURES_KEPT - 1)
+    rows = [json.loads(r) for r in reversed(raw)]
+    return [r for r in rows if r.get("t", 0) > since]
+
+
+def live_replicas(deployment: str) -> int:
+    r = client()
+    r.zremrangebyscore(live_key(deployment), "-inf", time.time())
+    return int(r.zcard(live_key(deployment)))
+
+
+def inflight(deployment: str) -> int:
+    r = client()
+    r.zremrangebyscore(inflight_key(deployment), "-inf", time.time())
+    return int(r.zcard(inflight_key(deployment)))

@@ -1,0 +1,150 @@
+"""Deployments (what should be served) and replicas (engines that workers run for them).
+
+A deployment's status is derived from its replicas' rows, which the workers keep fresh with a
+heartbeat; a replica whose heartbeat stopped is shown as lost."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
+
+from console.audit.models import record
+from console.deployments import config as deployment_config
+from console.deployments.choices import ACTIVE_REPLICA, DeploymentStatus, ReplicaStatus
+from console.registry.choices import VersionStatus
+from console.registry.models import Alias, Model, ModelVersion
+
+
+class Deployment(models.Model):
+    name = models.SlugField(max_length=64, unique=True)  # the `model` field of the OpenAI API
+    model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="deployments")
+    alias = models.CharField(max_length=32, blank=True)  # follow this alias…
+    version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT,
+                                related_name="deployments")  # …or serve this pinned version
+    config = models.JSONField(default=dict)  # deployments.config.normalize
+    replicas = models.PositiveSmallIntegerField(default=1)
+    stopped = models.BooleanField(default=False)  # the wanted state; replicas follow within seconds
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def queue(self) -> str:
+        """The Celery queue its inference tasks travel on."""
+        return f"deploy.{self.name}"
+
+    @property
+    def task(self) -> str:
+        return self.model.task
+
+    def target_version(self) -> ModelVersion | None:
+        """The version replicas should serve now: the pinned one, or where the alias points."""
+        if self.version_id:
+            return self.version
+        alias = Alias.objects.filter(model_id=self.model_id, name=self.alias).select_related("version").first()
+        return alias.version if alias else None
+
+    def live_replicas(self) -> list[Replica]:
+        return [r for r in self.replica_set.all() if r.state in ACTIVE_REPLICA]
+
+    def status_and_reason(self) -> tuple[str, str]:
+        if self.stopped:
+            return DeploymentStatus.STOPPED, "Stopped; start it to serve again."
+        target = self.target_version()
+        if target is None:
+            return DeploymentStatus.FAILED, (f"Alias '{self.alias}' of {self.model.name} points to no version; "
+                                             f"promote a version to '{self.alias}'.")
+        if target.status != VersionStatus.READY:
+            return DeploymentStatus.FAILED, f"Version {target.number} is {target.status}, not ready to serve."
+        replicas = list(self.replica_set.all())
+        ready = [r for r in replicas if r.state == ReplicaStatus.READY]
+        lost = [r for r in replicas if r.state == "lost"]
+        tail = f"; {len(lost)} lost" if lost else ""
+        if ready:
+            return DeploymentStatus.READY, f"{len(ready)} of {self.replicas} replicas ready{tail}."
+        if any(r.state == ReplicaStatus.LOADING for r in replicas):
+            return DeploymentStatus.LOADING, f"Loading version {target.number}{tail}."
+        failed = [r for r in replicas if r.state == ReplicaStatus.FAILED]
+        if failed:
+            return DeploymentStatus.FAILED, failed[0].status_reason or "A replica failed to load."
+        return DeploymentStatus.PENDING, (f"Waiting for a worker{tail}: start one with "
+                                          f"`celery -A workers worker --deployments {self.name}` (or `all`).")
+
+    @property
+    def status(self) -> str:
+        return self.status_and_reason()[0]
+
+    # -- changes (each audited) --
+    @classmethod
+    def create(cls, actor: Any, **fields: Any) -> Deployment:
+        fields["config"] = deployment_config.normalize(fields.get("config", {}))
+        with transaction.atomic():
+            deployment = cls.objects.create(created_by=actor, **fields)
+            record(actor, "deployment.create", deployment, model=deployment.model.name,
+                   alias=deployment.alias, version=deployment.version.number if deployment.version else None,
+                   replicas=deployment.replicas)
+        return deployment
+
+    def change(self, actor: Any, **fields: Any) -> None:
+        if "config" in fields:
+            fields["config"] = deployment_config.normalize(fields["config"], previous=self.config)
+        with transaction.atomic():
+            for name, value in fields.items():
+                setattr(self, name, value)
+            self.save()
+            changes = {k: (v.number if isinstance(v, ModelVersion) else v) for k, v in fields.items()}
+            record(actor, "deployment.change", self, **changes)
+
+    def remove(self, actor: Any) -> None:
+        with transaction.atomic():
+            record(actor, "deployment.delete", self, model=self.model.name)
+            self.delete()
+
+
+class Replica(models.Model):
+    """One engine in one worker process serving one deployment. Workers create and update these rows;
+    `key` names its heartbeat in Redis too."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="replica_set")
+    key = models.CharField(max_length=32, unique=True)
+    worker = models.CharField(max_length=255)  # Celery node name
+    pid = models.PositiveIntegerField()
+    slot = models.PositiveSmallIntegerField()
+    version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    status = models.CharField(max_length=16, choices=ReplicaStatus.choices, default=ReplicaStatus.LOADING)
+    status_reason = models.TextField(blank=True)
+    stats = models.JSONField(default=dict, blank=True)  # the engine's latest figures
+    started_at = models.DateTimeField(default=timezone.now)
+    heartbeat_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["slot", "-started_at"]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name}#{self.slot} on {self.worker}"
+
+    @property
+    def lost(self) -> bool:
+        stale = timezone.now() - self.heartbeat_at > timedelta(seconds=settings.TAUON_REPLICA_LOST_S)
+        return self.status in ACTIVE_REPLICA and stale
+
+    @property
+    def state(self) -> str:
+        """The status, or `lost` when the worker stopped beating without saying goodbye."""
+        return "lost" if self.lost else self.status
+
+    @classmethod
+    def prune(cls, older_than: timedelta = timedelta(hours=1)) -> int:
+        """Forget replicas that stopped, failed or were lost more than an hour ago."""
+        return cls.objects.filter(heartbeat_at__lt=timezone.now() - older_than).delete()[0]

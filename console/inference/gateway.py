@@ -1,0 +1,144 @@
+"""The web side of the inference path: admit a request (or refuse it at once), send it to the
+deployment's queue as a Celery task, then read its events from the Redis stream the worker writes.
+
+A request waits at most the deployment's `timeout_s`. While it waits, a silent stream is checked
+against the heartbeat of the replica that took the request, so a worker that dies mid-request turns
+into a 503 within a few seconds instead of a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from django.conf import settings
+
+from console.deployments import live
+from console.deployments.config import capacity
+from console.inference.errors import ApiError
+
+_clients: dict[int, aioredis.Redis] = {}
+
+
+def redis_client() -> aioredis.Redis:
+    """One asyncio Redis client per event loop (uvicorn has one; tests may make several)."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(id(loop))
+    if client is None:
+        client = _clients[id(loop)] = aioredis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    return client
+
+
+def _send_task(queue: str, deployment: str, request_id: str, work: dict[str, Any]) -> None:
+    from workers.celery import app
+
+    app.send_task("tauon.infer", args=[deployment, request_id, work], queue=queue)
+
+
+class Call:
+    """One request in flight: `open()` admits and sends it, `first()` waits until a worker accepted
+    it (or refused it with an error), `events()` yields the rest, `close()` lets go of its place."""
+
+    def __init__(self, deployment: str, queue: str, config: dict[str, Any], work: dict[str, Any]):
+        self.deployment, self.queue, self.config = deployment, queue, config
+        self.request_id = f"req-{uuid.uuid4().hex}"
+        self.timeout_s = float(config["timeout_s"])
+        self.deadline = time.time() + self.timeout_s
+        self.work = {**work, "deadline": self.deadline}
+        self.redis = redis_client()
+        self.key = live.stream_key(self.request_id)
+        self.last_id = "0-0"
+        self.replica: str | None = None
+        self.admitted = False
+        self.finished = False
+        self._buffer: deque[dict[str, Any]] = deque()
+
+    async def open(self) -> None:
+        admitted = await self.redis.eval(live.ADMIT, 2, live.live_key(self.deployment),
+                                         live.inflight_key(self.deployment), time.time(), capacity(self.config),
+                                         self.request_id, self.deadline)
+        if admitted == -1:
+            raise ApiError(503, f"Deployment '{self.deployment}' has no ready replica right now; "
+                                "retry shortly (a worker may still be loading it).",
+                           code="deployment_unavailable", retry_after=5)
+        if admitted == 0:
+            raise ApiError(429, f"Deployment '{self.deployment}' is at capacity (its queue is full); "
+                                "retry after a moment.", code="queue_full", retry_after=1)
+        self.admitted = True
+        await asyncio.to_thread(_send_task, self.queue, self.deployment, self.request_id, self.work)
+
+    async def _read(self) -> list[dict[str, Any]]:
+        """The next events; [] after a quiet second (then liveness has been checked)."""
+        remaining = self.deadline - time.time()
+        if remaining <= 0:
+            raise ApiError(504, f"The request did not finish within the deployment's timeout of "
+                                f"{self.timeout_s:.0f} s.", code="timeout")
+        block_ms = max(1, int(min(1.0, remaining) * 1000))
+        reply = await self.redis.xread({self.key: self.last_id}, block=block_ms, count=256)
+        if not reply:
+            await self._check_alive()
+            return []
+        out = []
+        for entry_id, fields in reply[0][1]:
+            self.last_id = entry_id
+            out.append(json.loads(fields["e"]))
+        return out
+
+    async def _check_alive(self) -> None:
+        if self.replica is not None:
+            if not await self.redis.exists(live.replica_key(self.replica)):
+                raise ApiError(503, "The worker serving this request stopped responding; retry (another "
+                                    "replica will take it).", code="replica_lost", retry_after=1)
+        else:
+            await self.redis.zremrangebyscore(live.live_key(self.deployment), "-inf", time.time())
+            if not await self.redis.zcard(live.live_key(self.deployment)):
+                raise ApiError(503, f"Deployment '{self.deployment}' lost its last ready replica before a "
+                                    "worker took this request; retry shortly.", code="replica_lost", retry_after=5)
+
+    async def _next(self) -> dict[str, Any]:
+        while not self._buffer:
+            self._buffer.extend(await self._read())
+        event = self._buffer.popleft()
+        if event["type"] == "error":
+            self.finished = True
+            status = int(event["status"])
+            raise ApiError(status, event["message"], param=event.get("param"), code=event.get("code"),
+                           retry_after=1 if status in (429, 503) else None)
+        if event["type"] == "done":
+            self.finished = True
+        return event
+
+    async def first(self) -> dict[str, Any]:
+        """Wait until a worker accepted the request (returned) or refused it (raised as ApiError)."""
+        event = await self._next()
+        if event["type"] == "accepted":
+            self.replica = event.get("replica")
+        return event
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """The events after `accepted`, up to and including `done`."""
+        while not self.finished:
+            yield await self._next()
+
+    async def done(self) -> dict[str, Any]:
+        """The final event (for answers that are not streamed)."""
+        event = await self.first()
+        while event["type"] != "done":
+            event = await self._next()
+        return event
+
+    async def close(self) -> None:
+        """Free the request's place; if it did not finish, ask its worker to cancel it."""
+        if not self.admitted:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        if not self.finished:
+            pipe.set(live.cancel_key(self.request_id), "1", ex=int(self.timeout_s) + 60)
+        pipe.zrem(live.inflight_key(self.deployment), self.request_id)
+        pipe.delete(self.key)
+        await pipe.execute()
