@@ -109,6 +109,16 @@ def llama_dir(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
     return tiny_llama_dir(tmp_path_factory.mktemp("llama") / "tiny-llama")
 
 
+@pytest.fixture(scope="session")
+def slow_llama_dir(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """A wider tiny Llama with a 4k context: slow enough (a few hundred tokens/s) to interrupt mid-answer."""
+    from tests.modelfactory import tiny_llama_dir
+
+    return tiny_llama_dir(tmp_path_factory.mktemp("slow") / "slow-llama", hidden_size=256, intermediate_size=768,
+                          num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=4096)
+
+
 def _database_url() -> str:
     from django.db import connection
 

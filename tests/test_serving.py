@@ -31,16 +31,6 @@ def client_for(user, web_server, **limits) -> openai.OpenAI:  # type: ignore[no-
     return openai.OpenAI(base_url=f"{web_server.url}/v1", api_key=raw_key(user, **limits), max_retries=0, timeout=60)
 
 
-@pytest.fixture(scope="session")
-def slow_llama_dir(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
-    """A wider tiny Llama with a 4k context: slow enough (a few hundred tokens/s) to interrupt mid-answer."""
-    from tests.modelfactory import tiny_llama_dir
-
-    return tiny_llama_dir(tmp_path_factory.mktemp("slow") / "slow-llama", hidden_size=256, intermediate_size=768,
-                          num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                          max_position_embeddings=4096)
-
-
 def test_the_openai_client_chats_streamed_and_not_with_the_same_answer(serving, web_server, llama_dir, charlie, bob):
     deploy("chat", llama_dir, owner=bob)
     client = client_for(charlie, web_server)

@@ -1,0 +1,66 @@
+"""Two worker processes serve one deployment: they share the load, and when one is killed (SIGKILL)
+mid-answer its client gets an error within seconds while the other keeps serving."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from console.deployments.models import Deployment, Replica
+from tests.conftest import serving_worker, wait_for
+from tests.serving_rows import deploy
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def two_workers(django_db_blocker):  # type: ignore[no-untyped-def]
+    workers = [serving_worker(f"failover{i}", "failover", concurrency=8).start() for i in (1, 2)]
+    yield workers
+    for worker in workers:
+        worker.stop()
+
+
+def test_two_workers_share_a_deployment_and_a_killed_one_fails_its_request_fast(
+        web_server, two_workers, slow_llama_dir, charlie, bob):
+    from console.accounts.models import ApiKey
+
+    deploy("failover", slow_llama_dir, owner=bob, replicas=2, config={"max_tokens": 3000})
+    assert Deployment.objects.get(name="failover").status_and_reason() == ("ready", "2 of 2 replicas ready.")
+    http = httpx.Client(base_url=web_server.url, timeout=60,
+                        headers={"Authorization": f"Bearer {ApiKey.issue(charlie, name='t')[1]}"})
+    short = {"model": "failover", "prompt": "Hi", "max_tokens": 16, "ignore_eos": True, "temperature": 0}
+
+    def ask(_: int) -> str:
+        response = http.post("/v1/completions", json=short)
+        assert response.status_code == 200, response.text
+        assert response.json()["usage"]["completion_tokens"] == 16
+        return response.headers["X-Tauon-Replica"]
+
+    with ThreadPoolExecutor(8) as pool:
+        served_by = list(pool.map(ask, range(16)))
+    keys = set(Replica.objects.filter(deployment__name="failover").values_list("key", flat=True))
+    assert set(served_by) == keys and len(keys) == 2  # both replicas took requests
+
+    long = {**short, "max_tokens": 3000, "stream": True}
+    with http.stream("POST", "/v1/completions", json=long) as response:
+        replica = Replica.objects.get(key=response.headers["X-Tauon-Replica"])
+        victim = next(w for w in two_workers if replica.worker.startswith(w.name + "@"))
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data:"))
+        victim.kill(signal.SIGKILL)
+        killed = time.perf_counter()
+        events = [json.loads(line[5:]) for line in lines if line.startswith("data:") and line != "data: [DONE]"]
+    waited = time.perf_counter() - killed
+    assert events and "error" in events[-1], events[-3:]
+    assert events[-1]["error"]["code"] == "replica_lost" and waited < 10, waited
+
+    assert ask(0) != replica.key  # the other replica keeps serving
+    wait_for(lambda: Replica.objects.get(pk=replica.pk).state == "lost", timeout=10, what="the replica shown lost")
+    status, reason = Deployment.objects.get(name="failover").status_and_reason()
+    assert status == "ready" and "1 lost" in reason
