@@ -50,7 +50,23 @@ def test_healthz_answers_without_auth(client):
 def test_readyz_answers_200_when_the_database_and_redis_answer(client):
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "checks": {"database": "ok", "redis": "ok"}}
+    assert response.json() == {"status": "ready", "checks": {"database": "ok", "redis": "ok", "deployments": "ok"}}
+
+
+@pytest.mark.django_db
+def test_readyz_answers_503_naming_a_deployment_that_no_replica_serves(client, bob):
+    from console.deployments.models import Deployment
+    from console.registry.models import Alias
+    from tests.api_rows import make_model, make_version
+
+    model = make_model("tiny-llm", owner=bob)
+    Alias.move(model, "production", make_version(model), actor=bob)
+    Deployment.create(bob, name="nobody-serves-me", model=model, alias="production")
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["deployments"] == "no ready replica: nobody-serves-me"
+    Deployment.objects.filter(name="nobody-serves-me").update(stopped=True)  # stopped on purpose: ready again
+    assert client.get("/readyz").status_code == 200
 
 
 @pytest.mark.django_db
@@ -199,6 +215,7 @@ def start_and_stop(var: Path) -> str:
         commands = [" ".join(p.cmdline()) for p in started]
         assert any("uvicorn console.asgi:application" in c for c in commands), commands
         assert any("celery -A workers worker -B" in c for c in commands), commands
+        assert any("--pool threads" in c and "--deployments all" in c for c in commands), commands
         assert any("redis-server" in c for c in commands), commands
         assert up.terminate() == 0, up.log()
         psutil.wait_procs([p for p in started if alive(p)], timeout=10)

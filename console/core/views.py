@@ -13,7 +13,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
-    """The database and Redis answer. No auth."""
+    """The database and Redis answer, and every deployment that should serve has a live replica. No auth."""
     checks: dict[str, str] = {}
     try:
         with connection.cursor() as cursor:
@@ -26,8 +26,23 @@ def readyz(request: HttpRequest) -> JsonResponse:
         checks["redis"] = "ok"
     except Exception as exc:  # noqa: BLE001
         checks["redis"] = f"error: {exc.__class__.__name__}"
+    if checks["database"] == "ok" and checks["redis"] == "ok":
+        checks["deployments"] = _deployments_serving()
     ready = all(v == "ok" for v in checks.values())
     return JsonResponse({"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503)
+
+
+def _deployments_serving() -> str:
+    """Every deployment that should serve has a replica whose heartbeat is fresh."""
+    from console.deployments import live
+    from console.deployments.models import Deployment
+
+    waiting = []
+    for deployment in Deployment.objects.filter(stopped=False).select_related("version"):
+        target = deployment.target_version()
+        if target is not None and target.status == "ready" and not live.live_replicas(deployment.name):
+            waiting.append(deployment.name)  # (one with nothing ready to serve shows as failed on its page)
+    return "ok" if not waiting else f"no ready replica: {', '.join(sorted(waiting)[:10])}"
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

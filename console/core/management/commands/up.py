@@ -1,8 +1,10 @@
 """`python manage.py up [--host H] [--port N] [--workers N]`: set up and run Tauon in the foreground.
 
 Migrates, collects static files, creates an admin if there is none (printing its password once),
-imports the bundled models, then runs the web server (uvicorn, ASGI) and a Celery worker (with
-beat embedded, so the stale-job reaper runs) as child processes until Ctrl-C or SIGTERM. If a
+imports and deploys the bundled models, then runs the web server (uvicorn, ASGI), a Celery worker for
+background jobs (with beat embedded, so the stale-job reaper runs) and a serving worker that hosts
+every deployment (threads pool: requests share each engine's batches) as child processes until
+Ctrl-C or SIGTERM. If a
 child dies, everything stops. With REDIS_URL unset, this process owns the embedded Redis and
 hands its socket to the children, so they all share one server."""
 
@@ -74,11 +76,14 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1", help="address the web server binds (default 127.0.0.1)")
         parser.add_argument("--port", type=int, default=8000, help="port of the web server (default 8000)")
-        parser.add_argument("--workers", type=int, default=2, help="Celery worker processes (default 2)")
+        parser.add_argument("--workers", type=int, default=2, help="Celery worker processes for jobs (default 2)")
+        parser.add_argument("--serving-threads", type=int, default=64,
+                            help="threads of the serving worker: requests it takes at once (default 64)")
         parser.add_argument("--skip-bundled", action="store_true",
                             help="don't import the bundled models (for tests that only need the stack up)")
 
-    def handle(self, *args: Any, host: str, port: int, workers: int, skip_bundled: bool, **options: Any) -> None:
+    def handle(self, *args: Any, host: str, port: int, workers: int, serving_threads: int, skip_bundled: bool,
+               **options: Any) -> None:
         if workers < 1:
             raise CommandError("--workers must be 1 or more.")
         self._check_port_free(host, port)
@@ -95,6 +100,10 @@ class Command(BaseCommand):
                 sys.executable, "-m", "celery", "-A", "workers", "worker", "-B", "-Q", "default,jobs",
                 "--concurrency", str(workers), "-n", "tauon@%h", "-l", "INFO",
                 "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")], env))
+            self.children.append(Child("serving worker", [
+                sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "threads",
+                "--concurrency", str(serving_threads), "-Q", "default", "-n", "serve@%h", "-l", "INFO",
+                "--deployments", "all"], env))
             self._wait_until_ready(_local_url(host, port))
             self.stdout.write(self.style.SUCCESS(
                 f"Tauon is up at {_local_url(host, port)}/ — log in as {self._admin_name()} "
@@ -162,6 +171,8 @@ class Command(BaseCommand):
             self.stderr.write(self.style.WARNING(
                 "WARNING: importing the bundled models failed (see above); the console starts without them. "
                 "Retry with `python manage.py import_bundled`."))
+        call_command("deploy_bundled")
+        connections.close_all()
 
     def _admin_name(self) -> str:
         from console.accounts.models import User
@@ -178,14 +189,14 @@ class Command(BaseCommand):
         web_ready = worker_ready = False
         while time.monotonic() < deadline:
             self._check_children()
-            if not web_ready:
-                web_ready = _answers_200(f"{base_url}/readyz")
             if not worker_ready:
-                worker_ready = bool(app.control.ping(timeout=0.5))
+                worker_ready = len(app.control.ping(timeout=0.5)) >= 2  # jobs and serving
+            if not web_ready:
+                web_ready = _answers_200(f"{base_url}/readyz")  # includes: every deployment serves
             if web_ready and worker_ready:
                 return
             time.sleep(0.5)
-        missing = " and ".join(n for n, ok in (("/readyz", web_ready), ("the worker", worker_ready)) if not ok)
+        missing = " and ".join(n for n, ok in (("/readyz", web_ready), ("the workers", worker_ready)) if not ok)
         raise _ChildDied(f"{missing} did not become ready within {READY_TIMEOUT_S:.0f}s; stopping.")
 
     def _supervise(self) -> None:
