@@ -63,4 +63,8 @@ def run_job(self, job_id: int) -> None:  # type: ignore[no-untyped-def]
 
 @shared_task(ignore_result=True)
 def reap_stale_jobs() -> list[int]:
+    """Beat-driven housekeeping: fail jobs whose worker died; forget replicas gone for an hour."""
+    from console.deployments.models import Replica
+
+    Replica.prune()
     return Job.reap_stale()
