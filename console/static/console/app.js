@@ -203,3 +203,342 @@ document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("#hub-form").forEach(setupHubImport);
   document.querySelectorAll("[data-copy]").forEach(setupCopy);
 });
+
+// ---- Deployments: live status and replicas, charts of recent figures, and the create/change/stop/start/delete
+// ---- actions. Every change goes through the REST API (session + CSRF header), like the uploads above.
+
+const DEPLOY_POLL_MS = 2000;
+const FIGURES_WINDOW_S = 600; // the charts show the last ten minutes
+const REPLICA_COLORS = ["#3b4bd8", "#d8553b", "#1f8a4c", "#b7791f", "#8a3bd8", "#2b6cb0", "#c53074", "#4a5568"];
+
+async function apiCall(url, method, body, scope) {
+  const headers = { Accept: "application/json", "X-CSRFToken": csrfToken(scope) };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const resp = await fetch(url, {
+    method, credentials: "same-origin", headers, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await resp.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (e) { /* not JSON */ }
+  return { ok: resp.ok, status: resp.status, text, data, now: Date.parse(resp.headers.get("Date")) || Date.now() };
+}
+
+function setText(scope, selector, text) {
+  scope.querySelectorAll(selector).forEach((el) => { el.textContent = text; });
+}
+
+function el(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (className) node.className = className;
+  return node;
+}
+
+function sortedJson(value) {
+  const sortKeys = (k, v) => (v && typeof v === "object" && !Array.isArray(v)
+    ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) : v);
+  return JSON.stringify(value, sortKeys, 2);
+}
+
+// Status badge, reason, serving version and ready/wanted replicas, wherever `scope` shows them.
+function renderDeploymentSummary(scope, d) {
+  const ready = (d.replica_set || []).filter((r) => r.state === "ready").length;
+  scope.querySelectorAll("[data-deployment-status]").forEach((badge) => {
+    badge.textContent = d.status;
+    badge.className = "badge status-" + d.status;
+  });
+  setText(scope, "[data-status-reason]", d.status_reason);
+  setText(scope, "[data-serving-version]", d.serving_version ? "v" + d.serving_version : "—");
+  setText(scope, "[data-replica-count]", `${ready}/${d.replicas}`);
+}
+
+function replicaRow(r, serverNow) {
+  const tr = el("tr");
+  tr.dataset.replica = r.key;
+  const stats = r.stats || {};
+  const shown = (v) => (v === undefined || v === null ? "—" : v);
+  const age = Math.max(0, Math.round((serverNow - Date.parse(r.heartbeat_at)) / 1000));
+  const state = el("td");
+  const badge = el("span", r.state, "badge status-" + r.state);
+  badge.dataset.replicaState = "";
+  state.append(badge);
+  if (r.status_reason) state.append(el("div", r.status_reason, "muted small"));
+  const kv = stats.kv_cache_usage;
+  tr.append(el("td", "#" + r.slot), el("td", r.worker), el("td", r.pid, "num"),
+    el("td", r.version ? "v" + r.version : "—"), state, el("td", `${age} s ago`, "num"),
+    el("td", shown(stats.running), "num"), el("td", shown(stats.waiting), "num"),
+    el("td", kv === undefined || kv === null ? "—" : Math.round(kv * 100) + "%", "num"),
+    el("td", shown(stats.tokens_per_s), "num"));
+  return tr;
+}
+
+function renderDeployment(root, d, serverNow) {
+  renderDeploymentSummary(root, d);
+  const follows = root.querySelector("[data-follows]");
+  if (follows) {
+    if (d.version) follows.replaceChildren(`pinned v${d.version}`);
+    else follows.replaceChildren("alias ", el("span", d.alias, "tag alias"));
+  }
+  const body = root.querySelector("#replica-table tbody");
+  if (body) {
+    const rows = (d.replica_set || []).map((r) => replicaRow(r, serverNow));
+    if (!rows.length) {
+      const empty = el("tr", undefined, "empty");
+      const td = el("td", "No replicas yet.", "muted");
+      td.colSpan = 10;
+      empty.append(td);
+      rows.push(empty);
+    }
+    body.replaceChildren(...rows);
+  }
+  const config = root.querySelector("#config-json");
+  if (config) config.textContent = sortedJson(d.config);
+  const stop = root.querySelector("#stop-button");
+  const start = root.querySelector("#start-button");
+  if (stop && start) { stop.hidden = d.stopped; start.hidden = !d.stopped; }
+}
+
+// The detail page: poll GET /api/deployments/{name}/ and redraw; returns a handle the actions use.
+function setupDeploymentPage(root) {
+  const url = root.dataset.apiUrl;
+  const pollMs = Number(root.dataset.pollMs) || DEPLOY_POLL_MS;
+  let gone = false;
+  const tick = async () => {
+    if (gone) return;
+    if (!document.hidden) {
+      try {
+        const res = await apiCall(url, "GET", undefined, root);
+        if (res.status === 404) {
+          gone = true;
+          setText(root, "[data-status-reason]", "This deployment no longer exists.");
+          return;
+        }
+        if (res.ok) renderDeployment(root, res.data, res.now);
+      } catch (err) { /* the next tick tries again */ }
+    }
+    setTimeout(tick, pollMs);
+  };
+  setTimeout(tick, pollMs); // the first view is the server's
+  return { update: (d, serverNow) => renderDeployment(root, d, serverNow || Date.now()) };
+}
+
+// The list page: keep each row's status, reason and replica count fresh.
+function setupDeploymentList(table) {
+  const tick = async () => {
+    if (!document.hidden) {
+      try {
+        const res = await apiCall(table.dataset.liveList, "GET", undefined, table);
+        const items = res.ok && res.data ? (Array.isArray(res.data) ? res.data : res.data.results || []) : [];
+        items.forEach((d) => {
+          const row = table.querySelector(`tr[data-deployment="${CSS.escape(d.name)}"]`);
+          if (row) renderDeploymentSummary(row, d);
+        });
+      } catch (err) { /* the next tick tries again */ }
+    }
+    setTimeout(tick, DEPLOY_POLL_MS * 2);
+  };
+  setTimeout(tick, DEPLOY_POLL_MS * 2);
+}
+
+// Charts of GET /api/deployments/{name}/figures?since=… : one line per replica, the last ten minutes.
+function setupDeploymentCharts(box) {
+  const empty = document.getElementById("figures-empty");
+  if (typeof Plotly === "undefined") { // loads async (it is large): start once it is there
+    const script = document.getElementById("plotly-js");
+    if (script && !script.dataset.waited) {
+      script.dataset.waited = "1";
+      script.addEventListener("load", () => setupDeploymentCharts(box));
+      script.addEventListener("error", () => setupDeploymentCharts(box));
+      return;
+    }
+    if (empty) empty.textContent = "The charting library could not be loaded; reload the page to try again.";
+    return;
+  }
+  const series = new Map(); // replica key → {slot, t, tokens, running, waiting, kv}
+  let since = 0;
+  const color = (i) => REPLICA_COLORS[i % REPLICA_COLORS.length];
+  const name = (key, s) => `#${s.slot} · ${key.slice(0, 6)}`;
+  const line = (key, s, i, y, extra) => ({
+    x: s.t, y, name: name(key, s), legendgroup: key, type: "scatter", mode: "lines",
+    line: { color: color(i), width: 2, ...(extra || {}) }, connectgaps: false,
+  });
+  const charts = [
+    { id: "chart-tokens", traces: (key, s, i) => [line(key, s, i, s.tokens)] },
+    { id: "chart-queue", traces: (key, s, i) => [
+      { ...line(key, s, i, s.running), name: name(key, s) + " running" },
+      { ...line(key, s, i, s.waiting, { dash: "dot" }), name: name(key, s) + " waiting" },
+    ] },
+    { id: "chart-kv", traces: (key, s, i) => [line(key, s, i, s.kv)], yaxis: { range: [0, 100], ticksuffix: "%" } },
+  ];
+  let revision = 0;
+  const draw = () => {
+    revision += 1; // the arrays grow in place; a new datarevision tells Plotly.react to look again
+    charts.forEach((chart) => {
+      const node = document.getElementById(chart.id);
+      if (!node) return;
+      const traces = [...series.entries()].flatMap(([key, s], i) => chart.traces(key, s, i));
+      const layout = {
+        title: { text: node.dataset.title, font: { size: 13 } }, height: 260, margin: { l: 48, r: 12, t: 36, b: 36 },
+        xaxis: { type: "date" }, yaxis: { rangemode: "tozero", ...(chart.yaxis || {}) },
+        showlegend: true, legend: { orientation: "h", y: -0.2 }, font: { size: 11 }, datarevision: revision,
+      };
+      Plotly.react(node, traces, layout, { displayModeBar: false, responsive: true });
+    });
+  };
+  const value = (v) => (v === undefined ? null : v);
+  const tick = async () => {
+    if (!document.hidden) {
+      try {
+        const res = await apiCall(`${box.dataset.figuresUrl}?since=${since}`, "GET", undefined, box);
+        if (res.ok && res.data) {
+          res.data.samples.forEach((sample) => {
+            if (!series.has(sample.replica)) {
+              series.set(sample.replica, { slot: sample.slot, t: [], tokens: [], running: [], waiting: [], kv: [] });
+            }
+            const s = series.get(sample.replica);
+            s.t.push(new Date(sample.t * 1000));
+            s.tokens.push(value(sample.tokens_per_s));
+            s.running.push(value(sample.running));
+            s.waiting.push(value(sample.waiting));
+            s.kv.push(sample.kv_cache_usage === undefined ? null : sample.kv_cache_usage * 100);
+            since = Math.max(since, sample.t);
+          });
+          const cutoff = new Date((res.data.now - FIGURES_WINDOW_S) * 1000);
+          for (const [key, s] of series) {
+            const keep = s.t.findIndex((t) => t >= cutoff);
+            if (keep === -1) { series.delete(key); continue; }
+            for (const field of ["t", "tokens", "running", "waiting", "kv"]) s[field].splice(0, keep);
+          }
+          box.dataset.samples = String([...series.values()].reduce((n, s) => n + s.t.length, 0));
+          if (empty) empty.hidden = series.size > 0;
+          const wasHidden = box.hidden;
+          box.hidden = series.size === 0; // Plotly sizes a chart from its box, so draw only once it shows
+          if (series.size && (wasHidden || res.data.samples.length)) draw();
+        }
+      } catch (err) { /* the next tick tries again */ }
+    }
+    setTimeout(tick, DEPLOY_POLL_MS);
+  };
+  tick();
+}
+
+// The API's error names its field ("replicas", "config.engine.max_num_seqs"): mark that input, name it.
+function showDeploymentError(form, res) {
+  form.querySelectorAll(".invalid").forEach((input) => input.classList.remove("invalid"));
+  const message = apiError(res.status, res.text);
+  const field = res.data && res.data.error ? res.data.error.field : null;
+  const input = field && [...form.querySelectorAll("[data-field]")].find((x) => x.dataset.field.split(" ").includes(field));
+  if (input) input.classList.add("invalid");
+  const label = input && input.closest("label") && input.closest("label").querySelector("span");
+  const title = label ? label.firstChild.textContent.trim() : field;
+  showError(form, title ? `${title}: ${message}` : message);
+}
+
+function deploymentPayload(form) {
+  const f = form.elements;
+  const number = (name) => {
+    const raw = f[name] ? f[name].value.trim() : "";
+    return raw === "" ? undefined : Number(raw);
+  };
+  const payload = {};
+  if (f.name) payload.name = f.name.value.trim();
+  if (f.model) payload.model = f.model.value;
+  const target = f.target ? f.target.value : "";
+  const cut = target.indexOf(":");
+  if (cut > 0 && target.slice(0, cut) === "version") payload.version = Number(target.slice(cut + 1));
+  if (cut > 0 && target.slice(0, cut) === "alias") payload.alias = target.slice(cut + 1);
+  payload.replicas = number("replicas");
+  payload.config = {
+    engine: { quantization: f.quantization.value, max_num_seqs: number("max_num_seqs"), max_queue: number("max_queue") },
+    max_tokens: number("max_tokens"),
+    timeout_s: number("timeout_s"),
+  };
+  return payload;
+}
+
+// The new-deployment form: the "Serve" choices follow the chosen model (its aliases and ready versions).
+function setupServeTargets(form) {
+  const select = form.querySelector("[data-targets-for]");
+  const blob = document.getElementById("deployment-targets");
+  if (!select || !blob) return;
+  const targets = JSON.parse(blob.textContent);
+  const model = form.elements[select.dataset.targetsFor];
+  const fill = () => {
+    const options = (targets[model.value] || {}).options || [];
+    select.replaceChildren(...options.map((o) => new Option(o.label, o.value)));
+    if (!options.length) select.append(new Option("nothing ready to serve yet", ""));
+    if (options.some((o) => o.value === "alias:production")) select.value = "alias:production";
+  };
+  const firstReady = [...model.options].find((o) => ((targets[o.value] || {}).options || []).length);
+  if (firstReady && !((targets[model.value] || {}).options || []).length) model.value = firstReady.value;
+  model.addEventListener("change", fill);
+  fill();
+}
+
+function setupDeploymentForm(form, live) {
+  const saved = form.querySelector(".form-saved");
+  form.querySelector("button[type=submit]").disabled = false; // rendered disabled until this handler is on
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    showError(form, "");
+    if (saved) saved.hidden = true;
+    const button = form.querySelector("button[type=submit]");
+    button.disabled = true;
+    try {
+      const res = await apiCall(form.dataset.apiUrl, form.dataset.method, deploymentPayload(form), form);
+      if (!res.ok) { showDeploymentError(form, res); return; }
+      form.querySelectorAll(".invalid").forEach((input) => input.classList.remove("invalid"));
+      if (form.dataset.method === "POST") {
+        window.location.assign(`/deployments/${encodeURIComponent(res.data.name)}/`);
+        return;
+      }
+      if (live) live.update(res.data, res.now);
+      if (saved) { saved.textContent = "Saved."; saved.hidden = false; }
+    } catch (err) {
+      showError(form, apiError(0, ""));
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+function setupDeploymentActions(box, url, live) {
+  box.querySelectorAll("button[data-action]").forEach((button) => {
+    button.disabled = false;
+    button.addEventListener("click", async () => {
+      const action = button.dataset.action;
+      const name = url.split("/").filter(Boolean).pop();
+      if (action === "delete" && !window.confirm(`Delete deployment '${name}'? Its replicas stop and clients `
+                                                 + "calling it get errors.")) return;
+      showError(box, "");
+      button.disabled = true;
+      try {
+        const res = action === "delete" ? await apiCall(url, "DELETE", undefined, box)
+          : await apiCall(url + action, "POST", undefined, box);
+        if (!res.ok) { showError(box, apiError(res.status, res.text)); return; }
+        if (action === "delete") { window.location.assign("/deployments/"); return; }
+        live.update(res.data, res.now);
+      } catch (err) {
+        showError(box, apiError(0, ""));
+      } finally {
+        button.disabled = false;
+      }
+    });
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("table[data-live-list]").forEach(setupDeploymentList);
+  const root = document.getElementById("deployment");
+  const live = root ? setupDeploymentPage(root) : null;
+  document.querySelectorAll("form.deployment-form").forEach((form) => {
+    setupServeTargets(form);
+    setupDeploymentForm(form, live);
+  });
+  if (root) {
+    const actions = document.getElementById("deployment-actions");
+    if (actions) setupDeploymentActions(actions, root.dataset.apiUrl, live);
+    const charts = document.getElementById("charts");
+    if (charts) setupDeploymentCharts(charts);
+  }
+});

@@ -1,0 +1,146 @@
+"""Deployment pages (browser). They render what is there now; every change goes through the REST API
+from the page's JavaScript (session + CSRF), and the pages poll the API to stay live."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+from dataclasses import dataclass
+from importlib import metadata, resources
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.db.models import Prefetch, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.utils import timezone
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_GET
+
+from console.accounts.decorators import role_required
+from console.deployments import config as deployment_config
+from console.deployments.choices import ReplicaStatus
+from console.deployments.models import Deployment, Replica
+from console.registry.choices import VersionStatus
+from console.registry.models import Model, ModelVersion
+from engine.config import QUANTIZATIONS
+
+QUANTIZATION_LABELS = {"none": "none (full precision)", "int8": "int8 (weight-only)",
+                       "w8a8": "w8a8 (int8 weights and activations)", "int4": "int4 (CUDA only)"}
+
+
+@dataclass
+class Row:
+    """A deployment as the pages show it: the derived status computed once."""
+
+    deployment: Deployment
+    status: str
+    reason: str
+    serving: ModelVersion | None
+    ready: int
+
+    @classmethod
+    def of(cls, deployment: Deployment) -> Row:
+        status, reason = deployment.status_and_reason()
+        ready = sum(r.state == ReplicaStatus.READY for r in deployment.replica_set.all())
+        return cls(deployment, status, reason, deployment.target_version(), ready)
+
+
+def serve_options(model: Model, current: str = "") -> list[dict[str, str]]:
+    """What a deployment of `model` can serve: follow one of its aliases, or pin one ready version.
+    Values read `alias:NAME` or `version:N`; the page's script turns them into the API's fields."""
+    options = [{"value": f"alias:{a.name}", "label": f"follow '{a.name}' (now v{a.version.number})"}
+               for a in sorted(model.aliases.all(), key=lambda a: a.name)]
+    options += [{"value": f"version:{v.number}", "label": f"pin v{v.number}"}
+                for v in model.versions.all() if v.status == VersionStatus.READY]
+    if current and current not in {o["value"] for o in options}:  # e.g. its alias was removed since
+        options.insert(0, {"value": current, "label": f"follow '{current.partition(':')[2]}' (points nowhere)"})
+    return options
+
+
+def with_targets() -> QuerySet[Model]:
+    """Models with their aliases and ready versions loaded, for serve_options."""
+    ready = ModelVersion.objects.filter(status=VersionStatus.READY).order_by("-number")
+    return Model.objects.order_by("name").prefetch_related("aliases__version", Prefetch("versions", ready))
+
+
+def settings_context(config: dict[str, Any]) -> dict[str, Any]:
+    """The engine settings and caps the forms edit, with their current values and bounds."""
+    return {
+        "config": config,
+        "limits": deployment_config.LIMITS,
+        "quantizations": [(q, QUANTIZATION_LABELS.get(q, q)) for q in QUANTIZATIONS],
+    }
+
+
+@role_required("user")
+def deployment_list(request: HttpRequest) -> HttpResponse:
+    deployments = Deployment.objects.select_related("model", "version").prefetch_related("replica_set")
+    context: dict[str, Any] = {"rows": [Row.of(d) for d in deployments]}
+    if request.user.is_maintainer:  # type: ignore[union-attr]
+        models = list(with_targets())
+        context.update(settings_context(deployment_config.normalize({})))
+        context["models"] = models
+        context["targets"] = {m.name: {"options": serve_options(m)} for m in models}
+    return render(request, "deployments/list.html", context)
+
+
+@role_required("user")
+def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
+    deployment = get_object_or_404(Deployment.objects.select_related("model", "version", "created_by")
+                                   .prefetch_related("replica_set__version"), name=name)
+    now = timezone.now()
+    replicas: list[Replica] = list(deployment.replica_set.all())
+    for replica in replicas:  # what the replica table shows; None where the engine gave no figure yet
+        stats = replica.stats or {}
+        kv = stats.get("kv_cache_usage")
+        replica.shown = {  # type: ignore[attr-defined]
+            "heartbeat_age": max(0, round((now - replica.heartbeat_at).total_seconds())),
+            "running": stats.get("running"), "waiting": stats.get("waiting"),
+            "kv_percent": None if kv is None else round(kv * 100), "tokens_per_s": stats.get("tokens_per_s"),
+        }
+    context: dict[str, Any] = {
+        "deployment": deployment,
+        "row": Row.of(deployment),
+        "replicas": replicas,
+        "site": request.build_absolute_uri("/").rstrip("/"),
+        "poll_ms": 2000,
+        "plotly_version": plotly_version(),
+    }
+    if request.user.is_maintainer:  # type: ignore[union-attr]
+        model = with_targets().get(pk=deployment.model_id)
+        current = f"alias:{deployment.alias}" if not deployment.version_id else f"version:{deployment.version.number}"
+        context.update(settings_context(deployment.config))
+        context["serve_options"] = serve_options(model, current)
+        context["serve_current"] = current
+    return render(request, "deployments/detail.html", context)
+
+
+@functools.cache
+def plotly_version() -> str:
+    """The installed `plotly` package's version, or "" without it (the pages then go without charts)."""
+    try:
+        return metadata.version("plotly")
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+@functools.cache
+def plotly_bundle() -> tuple[bytes, bytes]:
+    """plotly.js as the `plotly` package ships it (the console works offline): plain and gzipped."""
+    raw = (resources.files("plotly") / "package_data" / "plotly.min.js").read_bytes()
+    return raw, gzip.compress(raw, compresslevel=6, mtime=0)
+
+
+@login_required
+@require_GET
+def plotly_js(request: HttpRequest) -> HttpResponse:
+    """The charting library for the deployment pages; its URL carries the version, so it is cached for good."""
+    raw, packed = plotly_bundle()
+    accepts_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
+    response = HttpResponse(packed if accepts_gzip else raw, content_type="text/javascript; charset=utf-8")
+    if accepts_gzip:
+        response["Content-Encoding"] = "gzip"
+    response["Cache-Control"] = "private, max-age=31536000, immutable"
+    patch_vary_headers(response, ["Accept-Encoding"])
+    return response
