@@ -9,6 +9,7 @@ api_patterns = [
     path("", include("console.jobs.api.urls")),
     path("", include("console.audit.api.urls")),
     path("", include("console.accounts.api.urls")),
+    path("", include("console.deployments.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
 ]
@@ -17,10 +18,12 @@ urlpatterns = [
     path("healthz", core_views.healthz, name="healthz"),
     path("readyz", core_views.readyz, name="readyz"),
     path("api/", include(api_patterns)),
+    path("", include("console.inference.urls")),
     path("admin/", admin.site.urls),
     path("", include("console.accounts.urls")),
     path("jobs/", include("console.jobs.urls")),
     path("audit/", include("console.audit.urls")),
+    path("deployments/", include("console.deployments.urls")),
     path("", include("console.registry.urls")),
 ]
 
