@@ -280,3 +280,28 @@ def test_a_stopped_deployment_refuses_requests_and_serves_again_once_started(ser
     wait_for(lambda: live.live_replicas("stop-start") == 1, timeout=30, what="the replica to load again")
     assert client.chat.completions.create(model="stop-start", messages=HELLO, max_tokens=2).choices
     assert Deployment.objects.get(name="stop-start").status == "ready"
+
+
+def test_a_request_that_outlives_the_deployment_timeout_gets_504_and_its_generation_stops(
+        serving, web_server, slow_llama_dir, charlie, bob):
+    deploy("slow", slow_llama_dir, owner=bob, config={"max_tokens": 3000, "timeout_s": 2})
+    headers = {"Authorization": f"Bearer {raw_key(charlie)}"}
+    body = {"model": "slow", "prompt": "Once", "max_tokens": 3000, "temperature": 0, "ignore_eos": True}
+    started = time.perf_counter()
+    response = httpx.post(f"{web_server.url}/v1/completions", json=body, headers=headers, timeout=60)
+    assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
+    assert time.perf_counter() - started < 5
+    with httpx.stream("POST", f"{web_server.url}/v1/completions", json={**body, "stream": True}, headers=headers,
+                      timeout=60) as streamed:
+        replica = streamed.headers["X-Tauon-Replica"]
+        last = [line for line in streamed.iter_lines() if line.startswith("data:")][-1]
+    assert json.loads(last[5:])["error"]["code"] == "timeout"
+    wait_for(lambda: json.loads(live.client().get(live.replica_key(replica)) or "{}").get("running") == 0,
+             timeout=5, what="the worker to drop the timed-out request")
+
+
+def test_a_body_over_the_size_limit_gets_413(serving, web_server, charlie, settings):
+    huge = {"model": "chat", "messages": [{"role": "user", "content": "x" * 11_000_000}]}
+    response = httpx.post(f"{web_server.url}/v1/chat/completions", json=huge, timeout=60,
+                          headers={"Authorization": f"Bearer {raw_key(charlie)}"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"

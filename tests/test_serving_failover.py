@@ -64,3 +64,21 @@ def test_two_workers_share_a_deployment_and_a_killed_one_fails_its_request_fast(
     wait_for(lambda: Replica.objects.get(pk=replica.pk).state == "lost", timeout=10, what="the replica shown lost")
     status, reason = Deployment.objects.get(name="failover").status_and_reason()
     assert status == "ready" and "1 lost" in reason
+
+
+def test_scaling_up_lets_an_idle_worker_take_a_replica_and_scaling_down_drains_one(
+        web_server, two_workers, llama_dir, bob, maintainer_api):
+    from console.deployments import live
+
+    deploy("failover", llama_dir, owner=bob, replicas=1)
+    time.sleep(2)  # both workers had time to try: only one slot exists
+    assert live.live_replicas("failover") == 1
+    assert maintainer_api.patch("/api/deployments/failover/", {"replicas": 2}, format="json").status_code == 200
+    wait_for(lambda: live.live_replicas("failover") == 2, timeout=30, what="a second replica")
+    workers = set(Replica.objects.filter(deployment__name="failover", status="ready").values_list("worker", flat=True))
+    assert len(workers) == 2
+    maintainer_api.patch("/api/deployments/failover/", {"replicas": 1}, format="json")
+    wait_for(lambda: live.live_replicas("failover") == 1, timeout=15, what="the surplus replica to leave")
+    wait_for(lambda: Replica.objects.filter(deployment__name="failover", status="stopped", slot=1).exists(),
+             timeout=15, what="the surplus replica to stop")
+    assert Deployment.objects.get(name="failover").status_and_reason() == ("ready", "1 of 1 replicas ready.")

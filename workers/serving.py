@@ -62,6 +62,7 @@ class Runner:
         self.failed_signature: str | None = None  # not retried until the version or config changes
         self.stopping = False
         self.consuming = False
+        self.progress = ProgressWatch(max(10.0, 3 * host.lost_s))
         self.lock = threading.Lock()
         self.row = Replica.objects.create(deployment=deployment, key=self.key, worker=host.hostname,
                                           pid=os.getpid(), slot=slot, status=ReplicaStatus.LOADING)
@@ -152,12 +153,30 @@ class Runner:
             s = engine.stats()
             figures.update(running=s.running, waiting=s.waiting, batch_size=s.batch_size,
                            kv_cache_usage=round(s.kv_cache_usage, 4), tokens_per_s=round(s.tokens_per_s, 2),
-                           generated_tokens=s.generated_tokens)
+                           generated_tokens=s.generated_tokens, steps=s.steps)
+            figures["stalled"] = self.progress.stalled(s.steps, bool(s.running or s.waiting))
         return figures
 
 
 class NotServing(Exception):
     pass
+
+
+class ProgressWatch:
+    """Tells a wedged engine from a busy one: it has requests but its step count stood still for
+    `limit_s` seconds (a live process with a stuck engine must not keep taking requests)."""
+
+    def __init__(self, limit_s: float):
+        self.limit_s = limit_s
+        self.steps = -1
+        self.since = time.monotonic()
+
+    def stalled(self, steps: int, has_work: bool, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        if steps != self.steps or not has_work:
+            self.steps, self.since = steps, now
+            return False
+        return now - self.since > self.limit_s
 
 
 def _close(engine: Any) -> None:
@@ -286,6 +305,15 @@ class Host:
         for runner in list(self.runners.values()) + self.stopping_runners:
             figures = runner.stats()
             runner.row.stats = figures
+            if runner.row.status == ReplicaStatus.FAILED:
+                continue  # no heartbeat: its waiting clients learn it is lost
+            if figures.get("stalled") and not runner.stopping:
+                log.error("replica %s#%s: the engine made no progress with work queued; letting it go",
+                          runner.name, runner.slot)
+                self._let_go(runner)
+                runner._set_status(ReplicaStatus.FAILED, "The engine stopped making progress (wedged); "
+                                                         "its requests fail and another replica takes over.")
+                continue
             pipe.set(live.replica_key(runner.key), json.dumps(figures), ex=self.lost_s)
             if runner.current is not None and runner.consuming and not runner.stopping:
                 pipe.zadd(live.live_key(runner.name), {runner.key: now + self.lost_s})
