@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.db import connections
 from rest_framework.test import APIClient
 
 from console import embedded_redis
@@ -282,3 +283,41 @@ def serving(django_db_setup, django_db_blocker, web_server) -> Iterator[WorkerPr
         worker = serving_worker("serving", ",".join(SESSION_DEPLOYMENTS)).start()
     yield worker
     worker.stop()
+
+
+# --- the browser (headless Debian Chromium through Playwright) ------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+IMPORT_TIMEOUT_MS = 180_000
+
+
+@pytest.fixture
+def page(live_server, monkeypatch) -> Iterator:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an asyncio loop on this thread; the test's ORM calls around it
+    # are still plain synchronous code.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        context = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        yield page
+        context.close()
+        browser.close()
+        # Inside sync_playwright the test's ORM calls ran in another context (greenlet), so on another
+        # connection than pytest-django's; close it, or it keeps the test database from being dropped.
+        connections.close_all()
+
+
+def log_in(page, username: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto("/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", f"{username}-Pass-123!")
+    page.click("button:has-text('Log in')")
+    page.wait_for_url("**/")
+
+

@@ -4,41 +4,14 @@ log in → register a model → upload two versions (with progress bars) → pro
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from django.db import connections
 
+from tests.conftest import IMPORT_TIMEOUT_MS, log_in
 from tests.modelfactory import tiny_llama_dir, zip_dir
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
-IMPORT_TIMEOUT_MS = 180_000
-
-
-@pytest.fixture
-def page(live_server, monkeypatch) -> Iterator:  # type: ignore[no-untyped-def]
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an asyncio loop on this thread; the test's ORM calls around it
-    # are still plain synchronous code.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 900})
-        page = context.new_page()
-        page.set_default_timeout(20_000)
-        yield page
-        context.close()
-        browser.close()
-        # Inside sync_playwright the test's ORM calls ran in another context (greenlet), so on another
-        # connection than pytest-django's; close it, or it keeps the test database from being dropped.
-        connections.close_all()
-
 
 def archive(tmp_path: Path, name: str, seed: int) -> Path:
     return zip_dir(tiny_llama_dir(tmp_path / name, seed=seed), tmp_path / f"{name}.zip")
@@ -142,14 +115,6 @@ def test_a_maintainer_uploads_two_versions_promotes_and_rolls_back_in_the_browse
         expect(actions.filter(has_text=action).first).to_be_visible()
     expect(actions.filter(has_text="alias.")).to_have_count(3)
     page.screenshot(path="/tmp/tauon-audit.png", full_page=True)
-
-
-def log_in(page, username: str) -> None:  # type: ignore[no-untyped-def]
-    page.goto("/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", f"{username}-Pass-123!")
-    page.click("button:has-text('Log in')")
-    page.wait_for_url("**/")
 
 
 def test_a_new_api_key_is_shown_once_and_can_be_revoked_in_the_browser(page, charlie):

@@ -21,7 +21,7 @@ from console.deployments import live
 from console.deployments.models import Deployment, Replica
 from console.registry.models import Alias, Model
 from tests.api_rows import make_model, make_version
-from tests.test_browser import log_in, page  # noqa: F401 - `page`: the headless Chromium fixture
+from tests.conftest import log_in
 
 pytestmark = pytest.mark.django_db
 
@@ -200,7 +200,7 @@ def api_json(browser, url: str) -> dict[str, Any]:  # type: ignore[no-untyped-de
 
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
-def test_a_maintainer_creates_edits_stops_and_deletes_a_deployment_in_the_browser(page, bob):  # noqa: F811
+def test_a_maintainer_creates_edits_stops_and_deletes_a_deployment_in_the_browser(page, bob):
     from playwright.sync_api import expect
 
     served_model(bob)
@@ -277,7 +277,7 @@ def test_a_maintainer_creates_edits_stops_and_deletes_a_deployment_in_the_browse
 
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
-def test_the_detail_page_follows_replicas_and_charts_their_figures_live(page, bob, charlie):  # noqa: F811
+def test_the_detail_page_follows_replicas_and_charts_their_figures_live(page, bob, charlie):
     from playwright.sync_api import expect
 
     name = f"live-{uuid.uuid4().hex[:8]}"  # the figures live in the session's Redis
