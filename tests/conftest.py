@@ -120,6 +120,19 @@ def slow_llama_dir(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
                           max_position_embeddings=4096)
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """The bundled SmolLM2-135M-Instruct as the registry stores it (safetensors), converted once and
+    cached across sessions where /tmp allows."""
+    from tests.engine.conftest import SMOLLM2_CACHE, convert_smollm2
+
+    if (SMOLLM2_CACHE / "model.safetensors").is_file():
+        return SMOLLM2_CACHE
+    if SMOLLM2_CACHE.parent.is_dir() and os.access(SMOLLM2_CACHE.parent, os.W_OK):
+        return convert_smollm2(SMOLLM2_CACHE)
+    return convert_smollm2(tmp_path_factory.mktemp("smollm2") / "smollm2")
+
+
 def _database_url() -> str:
     from django.db import connection
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -98,3 +99,15 @@ def test_both_bundled_models_import_and_smollm2_then_loads_in_well_under_a_secon
     reply = model.generate(**prompt, max_new_tokens=8, do_sample=False)
     assert "Paris" in tokenizer.decode(reply[0, prompt["input_ids"].shape[1]:])
     assert "already ready; nothing to do" in import_bundled("--sync")
+
+    # `up` then deploys both under their names, following 'production' (idempotent)
+    from console.deployments.models import Deployment
+
+    out = StringIO()
+    call_command("deploy_bundled", stdout=out)
+    assert "deployed" in out.getvalue()
+    for name in (SMOLLM, MINILM):
+        deployment = Deployment.objects.get(name=name)
+        assert deployment.alias == "production" and deployment.target_version().status == "ready"
+    call_command("deploy_bundled", stdout=out)
+    assert out.getvalue().count("deployment exists") == 2 and Deployment.objects.count() == 2

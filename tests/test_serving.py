@@ -304,3 +304,19 @@ def test_a_body_over_the_size_limit_gets_413(serving, web_server, charlie, setti
     response = httpx.post(f"{web_server.url}/v1/chat/completions", json=huge, timeout=60,
                           headers={"Authorization": f"Bearer {raw_key(charlie)}"})
     assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.slow
+def test_smollm2_answers_through_the_stack_exactly_as_the_engine_does(serving, web_server, smollm2_dir, charlie,
+                                                                      bob):
+    from engine import LLMEngine, SamplingParams
+
+    deploy("small", smollm2_dir, owner=bob, config={"engine": {"kv_cache_bytes": 64 * 1024**2}})
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    reply = client_for(charlie, web_server).chat.completions.create(model="small", messages=question, max_tokens=12,
+                                                                     temperature=0)
+    assert "Paris" in reply.choices[0].message.content
+    with LLMEngine.from_pretrained(smollm2_dir) as engine:
+        direct = engine.generate(question, SamplingParams(max_new_tokens=12)).result(timeout=120)
+    assert reply.choices[0].message.content == direct.text
+    assert reply.usage.prompt_tokens == direct.usage.prompt_tokens

@@ -79,10 +79,3 @@ def convert_smollm2(dest: Path) -> Path:
     return dest
 
 
-@pytest.fixture(scope="session")
-def smollm2_dir(engine_tmp: Path) -> Path:
-    if (SMOLLM2_CACHE / "model.safetensors").is_file():
-        return SMOLLM2_CACHE
-    if SMOLLM2_CACHE.parent.is_dir() and os.access(SMOLLM2_CACHE.parent, os.W_OK):
-        return convert_smollm2(SMOLLM2_CACHE)
-    return convert_smollm2(engine_tmp / "smollm2")
