@@ -17,7 +17,8 @@ from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db
 
-LISTED_FIELDS = {"id", "name", "prefix", "user", "status", "created_at", "expires_at", "last_used_at", "revoked_at"}
+LISTED_FIELDS = {"id", "name", "prefix", "user", "status", "created_at", "expires_at", "last_used_at", "revoked_at",
+                 "requests_per_minute", "tokens_per_minute"}
 
 
 def bearer(raw: str) -> APIClient:
@@ -168,3 +169,14 @@ def test_the_command_refuses_what_would_not_work(bob, args, says):
     with pytest.raises(CommandError, match=says):
         create_api_key(*args)
     assert not ApiKey.objects.exists()
+
+
+def test_only_admins_give_a_key_its_own_rate_limits(admin_api, user_api):
+    made = admin_api.post("/api/keys/", {"name": "batch", "requests_per_minute": 0, "tokens_per_minute": 5000},
+                          format="json")
+    assert made.status_code == 201, made.content
+    assert (made.json()["requests_per_minute"], made.json()["tokens_per_minute"]) == (0, 5000)
+    refused = user_api.post("/api/keys/", {"name": "mine", "requests_per_minute": 0}, format="json")
+    assert refused.status_code == 400
+    assert refused.json()["error"]["field"] == "requests_per_minute"
+    assert "Only admins" in refused.json()["error"]["message"]
