@@ -121,7 +121,8 @@ def test_an_admin_revokes_anyones_key(alice, bob, admin_api):
     key, raw = ApiKey.issue(bob, "leaked")
     assert admin_api.post(f"/api/keys/{key.pk}/revoke").json() | {"revoked_at": None, "created_at": None} == {
         "id": key.pk, "name": "leaked", "prefix": key.prefix, "user": "bob", "status": "revoked",
-        "created_at": None, "expires_at": None, "last_used_at": None, "revoked_at": None}
+        "created_at": None, "expires_at": None, "last_used_at": None, "revoked_at": None,
+        "requests_per_minute": None, "tokens_per_minute": None}
     error_of(bearer(raw).get("/api/models/"), 401)
     event = AuditEvent.objects.get(action="apikey.revoke")
     assert event.actor == alice and event.data["user"] == "bob"
