@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from console.deployments.models import Deployment
 from console.inference import formats, metrics
 from console.inference import requests as parse
-from console.inference.auth import authenticate, charge_tokens, check_rate
+from console.inference.auth import Caller, authenticate, charge_tokens, check_rate
 from console.inference.errors import ApiError
 from console.inference.gateway import Call
 
@@ -43,8 +43,8 @@ def _errors(view: Callable[..., Awaitable[HttpResponse]]) -> Callable[..., Await
     return csrf_exempt(wrapped)  # API keys, not cookies: nothing for CSRF to protect
 
 
-async def _deployment(request: HttpRequest, tasks: tuple[str, ...], endpoint: str) -> tuple[Any, Deployment, dict]:
-    key = await authenticate(request)
+async def _deployment(request: HttpRequest, tasks: tuple[str, ...], endpoint: str) -> tuple[Caller, Deployment, dict]:
+    caller = await authenticate(request)
     try:
         data = parse.load_json(request.body)
     except RequestDataTooBig as exc:
@@ -62,8 +62,8 @@ async def _deployment(request: HttpRequest, tasks: tuple[str, ...], endpoint: st
     if deployment.stopped:
         raise ApiError(503, f"Deployment '{name}' is stopped; a maintainer can start it again.",
                        code="deployment_stopped")
-    await check_rate(key)
-    return key, deployment, data
+    await check_rate(caller)
+    return caller, deployment, data
 
 
 def _log(call: Call, endpoint: str, status: int, started: float, usage: dict[str, int] | None,
@@ -88,7 +88,7 @@ def _log(call: Call, endpoint: str, status: int, started: float, usage: dict[str
 async def _generate(request: HttpRequest, chat: bool) -> HttpResponse:
     started = time.perf_counter()
     endpoint = "/v1/chat/completions" if chat else "/v1/completions"
-    key, deployment, data = await _deployment(request, GENERATION, endpoint)
+    caller, deployment, data = await _deployment(request, GENERATION, endpoint)
     parsed = (parse.chat if chat else parse.completion)(data, deployment.config)
     call = Call(deployment.name, deployment.queue, deployment.config, parsed.work)
     try:
@@ -104,7 +104,7 @@ async def _generate(request: HttpRequest, chat: bool) -> HttpResponse:
     builder = formats.Builder(call.request_id, deployment.name, chat=chat, n=parsed.n,
                               version=accepted.get("version"))
     if parsed.stream:
-        response = StreamingHttpResponse(_sse(call, builder, parsed, key, endpoint, started),
+        response = StreamingHttpResponse(_sse(call, builder, parsed, caller, endpoint, started),
                                          content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
@@ -120,7 +120,7 @@ async def _generate(request: HttpRequest, chat: bool) -> HttpResponse:
         raise
     finally:
         await call.close()
-    await charge_tokens(key, builder.usage["total_tokens"] if builder.usage else 0)
+    await charge_tokens(caller, builder.usage["total_tokens"] if builder.usage else 0)
     _log(call, endpoint, 200, started, builder.usage, ttft)
     return _tagged(JsonResponse(builder.body(parsed.logprobs)), call)
 
@@ -137,7 +137,7 @@ def _sse_line(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
-async def _sse(call: Call, builder: formats.Builder, parsed: parse.Parsed, key: Any, endpoint: str,
+async def _sse(call: Call, builder: formats.Builder, parsed: parse.Parsed, caller: Caller, endpoint: str,
                started: float) -> AsyncIterator[str]:
     ttft, status, code = None, 200, None
     try:
@@ -163,7 +163,7 @@ async def _sse(call: Call, builder: formats.Builder, parsed: parse.Parsed, key: 
     finally:
         await call.close()
         if builder.usage:
-            await charge_tokens(key, builder.usage["total_tokens"])
+            await charge_tokens(caller, builder.usage["total_tokens"])
         _log(call, endpoint, status, started, builder.usage, ttft, code)
 
 
@@ -183,7 +183,7 @@ async def completions(request: HttpRequest) -> HttpResponse:
 @_errors
 async def embeddings(request: HttpRequest) -> HttpResponse:
     started = time.perf_counter()
-    key, deployment, data = await _deployment(request, ("embeddings",), "/v1/embeddings")
+    caller, deployment, data = await _deployment(request, ("embeddings",), "/v1/embeddings")
     parsed = parse.embeddings(data, deployment.config)
     call = Call(deployment.name, deployment.queue, deployment.config, parsed.work)
     try:
@@ -195,7 +195,7 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
     finally:
         await call.close()
     tokens = int(done["usage"]["prompt_tokens"])
-    await charge_tokens(key, tokens)
+    await charge_tokens(caller, tokens)
     _log(call, "/v1/embeddings", 200, started, done["usage"], None)
     return JsonResponse(formats.embeddings_body(deployment.name, done["embeddings"], tokens,
                                                 parsed.work["encoding_format"]))

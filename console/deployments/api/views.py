@@ -11,14 +11,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.viewsets import GenericViewSet
 
-from console.accounts.models import ApiKey
 from console.accounts.permissions import IsUser, ReadUserWriteMaintainer
 from console.core.api import error_response
 from console.deployments import live
 from console.deployments.api.serializers import DeploymentSerializer, PredictSerializer
 from console.deployments.models import Deployment
 from console.inference import requests as parse
-from console.inference.auth import charge_tokens, check_rate
+from console.inference.auth import Caller, caller_for, charge_tokens, check_rate
 from console.inference.errors import ApiError
 from console.inference.gateway import Call
 
@@ -89,7 +88,7 @@ class PredictViewSet(GenericViewSet):
             texts = parse.texts(request.data if isinstance(request.data, dict) else {}, deployment.config, "input")
             body = PredictSerializer(data=request.data)
             body.is_valid(raise_exception=True)
-            done = async_to_sync(self._run)(request.auth, deployment,
+            done = async_to_sync(self._run)(caller_for(request.user, request.auth), deployment,
                                             {"kind": "predict", "input": texts,
                                              "top_k": body.validated_data.get("top_k")})
         except ApiError as exc:
@@ -100,9 +99,8 @@ class PredictViewSet(GenericViewSet):
                          "version": done.get("version"), "results": done["results"]})
 
     @staticmethod
-    async def _run(key: Any, deployment: Deployment, work: dict[str, Any]) -> dict[str, Any]:
-        if isinstance(key, ApiKey):
-            await check_rate(key)
+    async def _run(caller: Caller, deployment: Deployment, work: dict[str, Any]) -> dict[str, Any]:
+        await check_rate(caller)
         call = Call(deployment.name, deployment.queue, deployment.config, work)
         try:
             await call.open()
@@ -110,6 +108,5 @@ class PredictViewSet(GenericViewSet):
             done = accepted if accepted["type"] == "done" else await call.done()
         finally:
             await call.close()
-        if isinstance(key, ApiKey):
-            await charge_tokens(key, int(done["usage"]["prompt_tokens"]))
+        await charge_tokens(caller, int(done["usage"]["prompt_tokens"]))
         return {**done, "version": accepted.get("version")}
