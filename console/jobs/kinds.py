@@ -19,7 +19,7 @@ class JobKind:
     handler: str  # dotted path of `fn(job) -> result`, run inside a worker
     on_failed: Callable[[Job], None] | None = None  # clean up after failure or cancel
     validate: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None  # params, user → cleaned params
-    queue: str = "jobs"
+    queue: str | Callable[[dict[str, Any]], str] = "jobs"  # or, from the params, e.g. a deployment's queue
     user_creatable: bool = False  # may POST /api/jobs/ create it directly?
 
 
@@ -36,6 +36,11 @@ def get(name: str) -> JobKind:
 
 def handler_for(name: str) -> Callable[[Job], Any]:
     return import_string(KINDS[name].handler)
+
+
+def queue_for(name: str, params: dict[str, Any]) -> str:
+    queue = KINDS[name].queue
+    return queue(params) if callable(queue) else queue
 
 
 def on_failed(job: Job) -> None:

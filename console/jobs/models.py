@@ -56,13 +56,13 @@ class Job(models.Model):
         """Create a queued job and send it to a worker once the surrounding transaction commits."""
         from console.jobs import kinds
 
-        spec = kinds.get(kind)
+        kinds.get(kind)  # an unknown kind fails here, before any row exists
         job = cls.objects.create(kind=kind, params=params, created_by=user if getattr(user, "is_authenticated", False) else None)
 
         def send() -> None:
             from workers.tasks import run_job
 
-            run_job.apply_async(args=[job.pk], queue=spec.queue)
+            run_job.apply_async(args=[job.pk], queue=kinds.queue_for(kind, job.params))
 
         transaction.on_commit(send)
         return job
