@@ -38,12 +38,25 @@ def run_job(self, job_id: int) -> None:  # type: ignore[no-untyped-def]
     if job is None:
         log.warning("job %s vanished before it ran", job_id)
         return
-    if not job.claim(worker=self.request.hostname or "worker"):
-        if job.status == JobStatus.RUNNING and job.deliveries > 1:
-            # Redelivered while marked running: the worker that had it died mid-job.
-            if job.fail(f"The worker running this job died (delivery {job.deliveries} of at most {MAX_DELIVERIES})."):
+    worker = self.request.hostname or "worker"
+    if not job.claim(worker=worker):
+        if job.status != JobStatus.RUNNING or job.deliveries <= 1:
+            return
+        # Redelivered while marked running: the worker that had it died mid-job. Idempotent kinds
+        # run again, up to MAX_DELIVERIES deliveries in all; the others fail at once.
+        spec = kinds.KINDS.get(job.kind)
+        if spec is not None and spec.retry_on_worker_lost and job.deliveries <= MAX_DELIVERIES:
+            if not job.restart(worker):  # another delivery won, or a cancel came in meanwhile
+                if job.cancel_requested and job.mark_cancelled():
+                    kinds.on_failed(job)
+                return
+        else:
+            why = (f"{job.deliveries - 1} times; gave up after {MAX_DELIVERIES} deliveries"
+                   if spec is not None and spec.retry_on_worker_lost
+                   else f"(delivery {job.deliveries} of at most {MAX_DELIVERIES})")
+            if job.fail(f"The worker running this job died {why}."):
                 kinds.on_failed(job)
-        return
+            return
     beat = _Heartbeat(job)
     beat.start()
     try:

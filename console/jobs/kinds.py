@@ -21,6 +21,9 @@ class JobKind:
     validate: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None  # params, user → cleaned params
     queue: str | Callable[[dict[str, Any]], str] = "jobs"  # or, from the params, e.g. a deployment's queue
     user_creatable: bool = False  # may POST /api/jobs/ create it directly?
+    soft_time_limit: int | None = None  # seconds; past it the job's next report() fails it (JobTimedOut)
+    time_limit: int | None = None  # seconds; a prefork worker kills the task, the reaper fails the job
+    retry_on_worker_lost: bool = False  # idempotent kinds: a redelivery after its worker died runs it again
 
 
 KINDS: dict[str, JobKind] = {}

@@ -23,6 +23,10 @@ class JobCancelled(Exception):
     """Raised inside a running job when a user asked to cancel it."""
 
 
+class JobTimedOut(Exception):
+    """Raised inside a running job that ran past its kind's soft time limit."""
+
+
 class Job(models.Model):
     kind = models.CharField(max_length=32, db_index=True)
     params = models.JSONField(default=dict, blank=True)
@@ -51,6 +55,26 @@ class Job(models.Model):
     def is_terminal(self) -> bool:
         return self.status in TERMINAL
 
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the pace so far (running jobs past 1 % only)."""
+        if self.status != JobStatus.RUNNING or not self.started_at or self.progress < 0.01:
+            return None
+        elapsed = (timezone.now() - self.started_at).total_seconds()
+        return max(0.0, elapsed * (1 - self.progress) / self.progress)
+
+    def rerun(self, actor: Any) -> Job:
+        """A new job of the same kind with the same parameters (validated again), audited."""
+        from console.audit.models import record
+        from console.jobs import kinds
+
+        spec = kinds.get(self.kind)
+        params = spec.validate(self.params, actor) if spec.validate else self.params
+        with transaction.atomic():
+            job = Job.enqueue(self.kind, params, actor)
+            record(actor, "job.rerun", job, kind=self.kind, params=params, rerun_of=self.pk)
+        return job
+
     @classmethod
     def enqueue(cls, kind: str, params: dict[str, Any], user: Any = None) -> Job:
         """Create a queued job and send it to a worker once the surrounding transaction commits."""
@@ -62,7 +86,10 @@ class Job(models.Model):
         def send() -> None:
             from workers.tasks import run_job
 
-            run_job.apply_async(args=[job.pk], queue=kinds.queue_for(kind, job.params))
+            spec = kinds.get(kind)
+            limits = {name: value for name in ("soft_time_limit", "time_limit")
+                      if (value := getattr(spec, name)) is not None}
+            run_job.apply_async(args=[job.pk], queue=kinds.queue_for(kind, job.params), **limits)
 
         transaction.on_commit(send)
         return job
@@ -77,6 +104,19 @@ class Job(models.Model):
         )
         self.refresh_from_db()
         return bool(claimed)
+
+    def restart(self, worker: str) -> bool:
+        """A redelivery found this job running: its worker died. Run it again from the start here
+        (only one redelivery can win: the delivery count must be unchanged)."""
+        now = timezone.now()
+        line = f"{now:%Y-%m-%dT%H:%M:%SZ} The worker running this job died; running it again " \
+               f"(delivery {self.deliveries} of at most {MAX_DELIVERIES})."
+        restarted = Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING, deliveries=self.deliveries,
+                                       cancel_requested=False).update(
+            started_at=now, heartbeat_at=now, worker=worker[:200], progress=0.0, progress_message="Restarted",
+            log=(self.log + [line])[-MAX_LOG_LINES:])
+        self.refresh_from_db()
+        return bool(restarted)
 
     def _finish(self, status: str, **fields: Any) -> bool:
         now = timezone.now()
@@ -128,6 +168,15 @@ class Job(models.Model):
             setattr(self, name, value)
         if Job.objects.filter(pk=self.pk, cancel_requested=True).exists():
             raise JobCancelled()
+        limit = self._limit("soft_time_limit")
+        if limit and self.started_at and (now - self.started_at).total_seconds() > limit:
+            raise JobTimedOut(f"The job ran past its soft time limit of {limit} s.")
+
+    def _limit(self, name: str) -> int | None:
+        from console.jobs import kinds
+
+        spec = kinds.KINDS.get(self.kind)
+        return getattr(spec, name) if spec else None
 
     def beat(self) -> None:
         Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(heartbeat_at=timezone.now())
@@ -138,12 +187,20 @@ class Job(models.Model):
         """Fail running jobs whose worker stopped heartbeating (it died or was killed)."""
         older_than_s = older_than_s if older_than_s is not None else settings.TAUON_JOB_STALE_S
         cutoff = timezone.now() - timedelta(seconds=older_than_s)
+        from console.jobs.kinds import on_failed
+
         reaped = []
         for job in cls.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff):
             if job.fail(f"The worker running this job ({job.worker or 'unknown'}) stopped responding "
                         f"for over {older_than_s}s and is presumed dead."):
                 reaped.append(job.pk)
-                from console.jobs.kinds import on_failed
-
+                on_failed(job)
+        # A thread-pool worker cannot kill a task: fail what runs past its kind's hard limit (+1 min).
+        now = timezone.now()
+        for job in cls.objects.filter(status=JobStatus.RUNNING, started_at__isnull=False):
+            limit = job._limit("time_limit")
+            if limit and (now - job.started_at).total_seconds() > limit + 60 and \
+                    job.fail(f"The job ran past its hard time limit of {limit} s."):
+                reaped.append(job.pk)
                 on_failed(job)
         return reaped

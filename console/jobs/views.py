@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from console.accounts.decorators import require_maintainer
+from console.jobs.api.serializers import creatable_kinds
 from console.jobs.choices import JobStatus
 from console.jobs.filters import JobFilter
 from console.jobs.models import Job
@@ -20,13 +22,20 @@ def job_list(request: HttpRequest) -> HttpResponse:
     jobs = JobFilter(request.GET, queryset=Job.objects.select_related("created_by")).qs  # the API's filters
     kind = request.GET.get("kind", "")
     status = request.GET.get("status", "")
+    created_by = request.GET.get("created_by", "")
+    active = request.GET.get("active", "")
     page = Paginator(jobs, 50).get_page(request.GET.get("page"))
     context = {
         "page": page,
         "kinds": Job.objects.order_by("kind").values_list("kind", flat=True).distinct(),
         "statuses": JobStatus.choices,
+        "creators": Job.objects.exclude(created_by=None).order_by("created_by__username")
+                       .values_list("created_by__username", flat=True).distinct(),
         "kind": kind,
         "status": status,
+        "created_by": created_by,
+        "active": active,
+        "filtered": any((kind, status, created_by, active)),
     }
     return render(request, "jobs/job_list.html", context)
 
@@ -34,7 +43,24 @@ def job_list(request: HttpRequest) -> HttpResponse:
 @login_required
 def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     job = get_object_or_404(Job.objects.select_related("created_by"), pk=pk)
-    return render(request, "jobs/job_detail.html", {"job": job})
+    return render(request, "jobs/job_detail.html", {"job": job, "rerunnable": job.kind in creatable_kinds()})
+
+
+@login_required
+@require_POST
+def job_rerun(request: HttpRequest, pk: int) -> HttpResponse:
+    require_maintainer(request, "Re-running a job")
+    job = get_object_or_404(Job, pk=pk)
+    if job.kind not in creatable_kinds():
+        messages.error(request, f"{job} is started by the console, not directly; it cannot be re-run.")
+        return redirect("jobs:job-detail", pk=job.pk)
+    try:
+        new = job.rerun(request.user)
+    except ValidationError as exc:
+        messages.error(request, "Cannot re-run it: " + " ".join(exc.messages))
+        return redirect("jobs:job-detail", pk=job.pk)
+    messages.success(request, f"Started {new}, a re-run of #{job.pk} with the same parameters.")
+    return redirect("jobs:job-detail", pk=new.pk)
 
 
 @login_required

@@ -13,11 +13,14 @@ class JobSerializer(serializers.ModelSerializer):
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
     log = serializers.ListField(child=serializers.CharField(), read_only=True)
     result = serializers.JSONField(read_only=True, allow_null=True)
+    eta_s = serializers.FloatField(read_only=True, allow_null=True,
+                                   help_text="Seconds left at the pace so far (running jobs only).")
 
     class Meta:
         model = Job
         fields = ["id", "kind", "params", "status", "progress", "progress_message", "log", "result", "error",
-                  "cancel_requested", "created_by", "created_at", "started_at", "finished_at", "worker"]
+                  "cancel_requested", "created_by", "created_at", "started_at", "finished_at", "worker",
+                  "deliveries", "eta_s"]
         read_only_fields = fields
 
 

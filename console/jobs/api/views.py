@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, status
+from rest_framework import mixins, serializers, status
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -11,7 +12,7 @@ from rest_framework.viewsets import GenericViewSet
 from console.accounts.permissions import ReadUserWriteMaintainer
 from console.audit.models import record
 from console.core.api import Conflict
-from console.jobs.api.serializers import JobCreateSerializer, JobSerializer
+from console.jobs.api.serializers import JobCreateSerializer, JobSerializer, creatable_kinds
 from console.jobs.filters import JobFilter
 from console.jobs.models import Job
 
@@ -41,6 +42,23 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericViewSe
             job = Job.enqueue(kind, params, request.user)
             record(request.user, "job.create", job, kind=kind, params=params)
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: JobSerializer},
+                   description="Start a new job of the same kind with the same parameters (validated again); "
+                               "only kinds that may be started directly.")
+    def rerun(self, request: Request, pk: int) -> Response:
+        job = self.get_object()
+        if job.kind not in creatable_kinds():
+            raise Conflict(f"Job #{job.pk} is a '{job.kind}' job, which is started by the console, not directly; "
+                           "it cannot be re-run.")
+        try:
+            new = job.rerun(request.user)
+        except DjangoValidationError as exc:
+            detail = exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+            raise serializers.ValidationError({"params": detail}) from exc
+        except serializers.ValidationError as exc:
+            raise serializers.ValidationError({"params": exc.detail}) from exc
+        return Response(JobSerializer(new).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=None, responses={202: JobSerializer},
                    description="Cancel a queued job at once; ask a running job to stop at its next progress report.")
