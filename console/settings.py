@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "console.registry",
     "console.deployments",
     "console.inference",
+    "console.playground",
 ]
 
 MIDDLEWARE = [
@@ -161,6 +162,9 @@ TAUON_REPLICA_LOST_S = env_int("TAUON_REPLICA_LOST_S", 5)
 # Inference: per-API-key limits unless the key sets its own (0 = unlimited).
 TAUON_KEY_REQUESTS_PER_MINUTE = env_int("TAUON_KEY_REQUESTS_PER_MINUTE", 600)
 TAUON_KEY_TOKENS_PER_MINUTE = env_int("TAUON_KEY_TOKENS_PER_MINUTE", 200_000)
+# explain (token attribution) caps: longer answers or prompts are refused with the cap named
+TAUON_EXPLAIN_MAX_OUTPUT_TOKENS = env_int("TAUON_EXPLAIN_MAX_OUTPUT_TOKENS", 64)
+TAUON_EXPLAIN_MAX_PROMPT_TOKENS = env_int("TAUON_EXPLAIN_MAX_PROMPT_TOKENS", 512)
 TAUON_JOB_KIND_MODULES = [m for m in env_str("TAUON_JOB_KIND_MODULES").split(",") if m]
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-jobs": {"task": "workers.tasks.reap_stale_jobs", "schedule": 30.0, "options": {"queue": "default"}},

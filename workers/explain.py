@@ -1,0 +1,118 @@
+"""The `explain` job: token attributions for one answer, on a worker that hosts the deployment (the job
+travels on the deployment's queue). It borrows the replica's loaded engine for its tokenizer and weights
+(engine/attribute.py runs its own forward over them, so the engine's running batches are untouched),
+reports progress as it goes (cancel takes effect at the next report), and returns the result the job keeps."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.conf import settings
+
+from console.jobs.models import Job
+
+REPORT_EVERY_S = 0.5
+
+
+class ExplainError(Exception):
+    pass
+
+
+def explain(job: Job) -> dict[str, Any]:
+    from workers.serving import Host, NotServing
+
+    p = job.params
+    name = p["deployment"]
+    host = Host.current
+    runner = host.runner(name) if host else None
+    if runner is None:
+        raise ExplainError(f"this worker does not host '{name}' (any more); run Explain again")
+    try:
+        loaded = runner.acquire()
+    except NotServing as exc:
+        raise ExplainError(f"{exc}; run Explain again") from exc
+    try:
+        if p["task"] == "text-classification":
+            result = _classification(job, loaded.engine, p)
+        else:
+            result = _generation(job, loaded.engine, p)
+        result.update(deployment=name, version=loaded.version_number)
+        return result
+    finally:
+        runner.release(loaded)
+
+
+def _progress(job: Job, what: str):  # type: ignore[no-untyped-def]
+    last = [0.0]
+
+    def report(done: int, planned: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= REPORT_EVERY_S or done >= planned:
+            last[0] = now
+            job.report(0.05 + 0.95 * done / max(planned, 1), f"{what}: {done} of {planned}")
+
+    return report
+
+
+def _generation(job: Job, engine: Any, p: dict[str, Any]) -> dict[str, Any]:
+    from engine import SamplingParams
+    from engine import attribute as A
+
+    tokenizer = engine.tokenizer
+    source = p.get("messages") or p.get("prompt")
+    prompt = A.build_prompt(tokenizer, source, span=p.get("span", "prompt"), words=bool(p.get("words")))
+    if prompt.ids != engine.encode(source):
+        raise ExplainError("the prompt tokenizes differently here than in the engine; cannot attribute exactly")
+    prompt_cap, output_cap = settings.TAUON_EXPLAIN_MAX_PROMPT_TOKENS, settings.TAUON_EXPLAIN_MAX_OUTPUT_TOKENS
+    if len(prompt.ids) > prompt_cap:
+        raise ExplainError(f"the prompt has {len(prompt.ids)} tokens; attribution is capped at {prompt_cap} "
+                           "(TAUON_EXPLAIN_MAX_PROMPT_TOKENS)")
+    output = p.get("output")
+    generated = output is None
+    if generated:  # the deployment's own greedy answer, token for token
+        job.report(0.01, "Generating the answer greedily", log="No answer given: generating one greedily.")
+        done = engine.generate(prompt.ids, SamplingParams(max_new_tokens=output_cap)).result(timeout=600)
+        targets = [t for t in done.token_ids if t not in engine.eos_ids]
+    elif isinstance(output, list):
+        targets = [int(t) for t in output]
+    else:  # the answer's text: tokenized as the engine's detokenizer emitted it (checked to round-trip)
+        targets = list(tokenizer(output, add_special_tokens=False)["input_ids"])
+        if tokenizer.decode(targets, skip_special_tokens=False) != output:
+            job.report(log="Note: the answer's text does not round-trip through the tokenizer exactly.")
+    if len(targets) > output_cap:
+        raise ExplainError(f"the answer has {len(targets)} tokens; attribution is capped at {output_cap} output "
+                           "tokens (TAUON_EXPLAIN_MAX_OUTPUT_TOKENS)")
+    if not targets:
+        raise ExplainError("the answer is empty; there is nothing to explain")
+    method = p["method"]
+    options = {k: p[k] for k in ("steps", "samples") if p.get(k)}
+    plan = A.estimate(method, len(prompt.features), len(targets), **options)
+    job.report(0.05, f"{method}: {plan['sequences']} sequences in {plan['batches']} forward passes",
+               log=f"Estimate: {len(prompt.features)} input features × {len(targets)} output tokens → "
+                   f"{plan['sequences']} sequences in {plan['batches']} batched forward passes"
+                   + (f" and {plan['backwards'] * plan['batches']} backward passes" if plan["backwards"] else "") + ".")
+    result = A.explain_generation(engine.stack, tokenizer, prompt, targets, method,
+                                  progress=_progress(job, method.replace("_", " ")), **options)
+    out = result.as_dict()
+    out.update(output_text=tokenizer.decode(targets, skip_special_tokens=False), output_ids=targets,
+               generated=generated, span=p.get("span", "prompt"), words=bool(p.get("words")),
+               prompt_tokens=len(prompt.ids), estimate=plan)
+    job.report(1.0, f"Done in {result.seconds:.1f} s",
+               log=f"{result.forward_passes} sequences in {result.batches} forward passes, {result.seconds:.1f} s.")
+    return out
+
+
+def _classification(job: Job, engine: Any, p: dict[str, Any]) -> dict[str, Any]:
+    from engine import attribute as A
+
+    if not hasattr(engine, "classify"):
+        raise ExplainError("this deployment does not classify texts")
+    steps = int(p.get("steps") or 32)
+    job.report(0.05, "integrated gradients", log=f"Estimate: {steps} path points through the model, one backward each.")
+    result = A.explain_classification(engine.model, engine.tokenizer, p["input"], label=p.get("label"),
+                                      words=bool(p.get("words")), steps=steps, max_length=engine.max_length,
+                                      progress=_progress(job, "integrated gradients"))
+    out = result.as_dict()
+    out.update(words=bool(p.get("words")), text=p["input"])
+    return out
