@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "console.audit",
     "console.jobs",
     "console.registry",
+    "console.evaluation",
     "console.deployments",
     "console.inference",
     "console.playground",
@@ -165,6 +166,11 @@ TAUON_KEY_TOKENS_PER_MINUTE = env_int("TAUON_KEY_TOKENS_PER_MINUTE", 200_000)
 # explain (token attribution) caps: longer answers or prompts are refused with the cap named
 TAUON_EXPLAIN_MAX_OUTPUT_TOKENS = env_int("TAUON_EXPLAIN_MAX_OUTPUT_TOKENS", 64)
 TAUON_EXPLAIN_MAX_PROMPT_TOKENS = env_int("TAUON_EXPLAIN_MAX_PROMPT_TOKENS", 512)
+# Evaluation jobs: their queue (give long jobs workers of their own), time limits, the dataset size cap.
+TAUON_EVALUATION_QUEUE = env_str("TAUON_EVALUATION_QUEUE", "jobs")
+TAUON_EVALUATION_SOFT_LIMIT_S = env_int("TAUON_EVALUATION_SOFT_LIMIT_S", 2 * 3600)
+TAUON_EVALUATION_HARD_LIMIT_S = env_int("TAUON_EVALUATION_HARD_LIMIT_S", 2 * 3600 + 600)  # < TAUON_JOB_HARD_LIMIT_S
+TAUON_MAX_DATASET_BYTES = env_int("TAUON_MAX_DATASET_BYTES", 64 * 1024**2)
 TAUON_JOB_KIND_MODULES = [m for m in env_str("TAUON_JOB_KIND_MODULES").split(",") if m]
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-jobs": {"task": "workers.tasks.reap_stale_jobs", "schedule": 30.0, "options": {"queue": "default"}},

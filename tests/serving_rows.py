@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from console.deployments import live
-from console.deployments.models import Deployment
+from console.deployments.models import Deployment, Replica
 from console.registry.models import Alias, Model, ModelVersion
 from tests.api_rows import make_model, make_version
 from tests.conftest import wait_for
@@ -28,9 +28,14 @@ def deploy(name: str, folder: Path, *, task: str = "text-generation", owner: Any
     deployment = Deployment.create(owner, name=name, model=model, alias="production", config=config or {},
                                    replicas=replicas)
     if wait:
-        wait_ready(name, replicas)
+        wait_ready(deployment, replicas)
     return deployment
 
 
-def wait_ready(name: str, replicas: int = 1, timeout: float = 60) -> None:
-    wait_for(lambda: live.live_replicas(name) >= replicas, timeout=timeout, what=f"{replicas} ready replica(s) of {name}")
+def wait_ready(deployment: Deployment, replicas: int = 1, timeout: float = 60) -> None:
+    """Until `replicas` replicas of this very deployment (not one of an earlier test under the same name) serve."""
+    def ready() -> bool:
+        rows = Replica.objects.filter(deployment=deployment, status="ready").count()
+        return rows >= replicas and live.live_replicas(deployment.name) >= replicas
+
+    wait_for(ready, timeout=timeout, what=f"{replicas} ready replica(s) of {deployment.name}")

@@ -54,6 +54,7 @@ class Runner:
 
     def __init__(self, host: Host, deployment: Deployment, slot: int, key: str):
         self.host, self.name, self.slot, self.key = host, deployment.name, slot, key
+        self.deployment_id = deployment.pk  # a deployment deleted and re-created under its name is a new one
         self.task = deployment.task
         self.queue = deployment.queue
         self.current: Loaded | None = None
@@ -83,7 +84,7 @@ class Runner:
 
         started = time.perf_counter()
         try:
-            engine = Engine.from_pretrained(path, engine_config(config), task=self.task)
+            engine = Engine.from_pretrained(path, _with_headroom(engine_config(config)), task=self.task)
         except Exception as exc:  # noqa: BLE001 - any failure is the replica's reason
             log.exception("replica %s could not load version %s", self.name, number)
             with self.lock:
@@ -179,6 +180,14 @@ class ProgressWatch:
         return now - self.since > self.limit_s
 
 
+def _with_headroom(config: Any) -> Any:
+    """The web side admits at most max_num_seqs + max_queue requests per replica; the engine's own queue
+    gets room for as many again, so requests whose cancel it has not yet reaped never turn away new ones."""
+    import dataclasses
+
+    return dataclasses.replace(config, max_queue=config.max_queue + config.max_num_seqs)
+
+
 def _close(engine: Any) -> None:
     try:
         engine.close()
@@ -236,11 +245,14 @@ class Host:
         deployments = {d.name: d for d in Deployment.objects.filter(name__in=names).select_related("model", "version")}
         for name, runner in list(self.runners.items()):
             dep = deployments.get(name)
-            if dep is None or dep.stopped or runner.slot >= dep.replicas or not self._keep_slot(runner):
+            if (dep is None or dep.pk != runner.deployment_id or dep.stopped or runner.slot >= dep.replicas
+                    or not self._keep_slot(runner)):
                 self._let_go(runner)
+        self._finish_stopping()
         for name, dep in deployments.items():
-            if dep.stopped:
-                continue
+            if dep.stopped or any(r.name == name and r.row.status != ReplicaStatus.FAILED
+                                  for r in self.stopping_runners):
+                continue  # (a new replica of it waits until the one going away has drained)
             runner = self.runners.get(name)
             if runner is None:
                 claimed = self._claim_slot(dep)
