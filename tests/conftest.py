@@ -147,14 +147,36 @@ def _database_url() -> str:
     return f"postgres://{auth}{'@' if auth else ''}{host}{port}/{s['NAME']}"
 
 
-class WorkerProcess:
+class ChildProcess:
+    """A process the tests start in its own process group, logging to a temp file."""
+
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class WorkerProcess(ChildProcess):
     """A real `celery -A workers worker` process on the test database and the test Redis."""
 
     def __init__(self, name: str, queues: str = "default,jobs", concurrency: int = 1, extra: tuple[str, ...] = (),
                  env: dict[str, str] | None = None):
         self.name, self.queues, self.concurrency, self.extra = name, queues, concurrency, list(extra)
         self.extra_env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix=f"tauon-{name}-", suffix=".log")[1])
 
     def env(self) -> dict[str, str]:
@@ -180,22 +202,6 @@ class WorkerProcess:
                 raise RuntimeError(f"worker exited early:\n{self.log()}")
             time.sleep(0.2)
         raise RuntimeError(f"worker did not become ready:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 def purge_queues() -> None:
@@ -240,11 +246,10 @@ def serving_worker(name: str, deployments: str = "all", concurrency: int = 16) -
                          extra=("--deployments", deployments), env=SERVING_ENV)
 
 
-class WebServer:
+class WebServer(ChildProcess):
     """The real ASGI app under uvicorn, on the test database and Redis, on a free port."""
 
     def __init__(self) -> None:
-        self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="tauon-web-", suffix=".log")[1])
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
@@ -267,17 +272,6 @@ class WebServer:
             except OSError:
                 time.sleep(0.2)
         raise RuntimeError(f"web server did not start:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,17 @@ def _number(field: str, value: Any, low: float, high: float, *, integer: bool) -
     return value
 
 
+def _section(config: dict[str, Any], name: str, known: dict[str, Any], what: str) -> dict[str, Any]:
+    """The object `config[name]` (empty when absent), refusing keys not in `known`."""
+    section = config.get(name, {})
+    if not isinstance(section, dict):
+        raise _fail(name, "must be an object")
+    for key in section:
+        if key not in known:
+            raise _fail(f"{name}.{key}", f"unknown {what}; known: {', '.join(known)}")
+    return section
+
+
 def normalize(config: Any, *, previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """Check `config` and return it complete. Keys left out keep their `previous` value (on edit) or
     the default. Unknown keys are refused so that typos don't pass silently."""
@@ -47,12 +58,7 @@ def normalize(config: Any, *, previous: dict[str, Any] | None = None) -> dict[st
         raise _fail(sorted(unknown)[0], f"unknown setting; known: engine, sampling, {', '.join(LIMITS)}")
     out: dict[str, Any] = {}
 
-    engine_in = config.get("engine", {})
-    if not isinstance(engine_in, dict):
-        raise _fail("engine", "must be an object")
-    for key in engine_in:
-        if key not in ENGINE_FIELDS:
-            raise _fail(f"engine.{key}", f"unknown engine setting; known: {', '.join(ENGINE_FIELDS)}")
+    engine_in = _section(config, "engine", ENGINE_FIELDS, "engine setting")
     engine = {**ENGINE_FIELDS, **base.get("engine", {}), **engine_in}
     try:
         EngineConfig(**engine)
@@ -65,12 +71,7 @@ def normalize(config: Any, *, previous: dict[str, Any] | None = None) -> dict[st
         value = config.get(key, base.get(key, default))
         out[key] = _number(key, value, low, high, integer=True)
 
-    sampling_in = config.get("sampling", {})
-    if not isinstance(sampling_in, dict):
-        raise _fail("sampling", "must be an object")
-    for key in sampling_in:
-        if key not in SAMPLING:
-            raise _fail(f"sampling.{key}", f"unknown sampling default; known: {', '.join(SAMPLING)}")
+    sampling_in = _section(config, "sampling", SAMPLING, "sampling default")
     sampling = {**SAMPLING, **base.get("sampling", {}), **sampling_in}
     if "max_tokens" not in sampling_in and "max_tokens" not in base.get("sampling", {}):
         sampling["max_tokens"] = min(sampling["max_tokens"], out["max_tokens"])  # a default under a lower cap
