@@ -92,6 +92,22 @@ def _starts_word(text: str, prev: str) -> bool:
     return not (text[0].isalnum() and prev[-1].isalnum())
 
 
+def _group_words(chosen: list[int], text: str, offsets: list[tuple[int, int]], special: list[bool]) -> list[list[int]]:
+    """Consecutive tokens form one word when nothing separates them in the text (no gap, no space, no
+    punctuation on either side, neither is a special token)."""
+    groups: list[list[int]] = []
+    for i in chosen:
+        prev = i - 1
+        glued = (groups and groups[-1][-1] == prev and not special[i] and not special[prev]
+                 and offsets[i][0] == offsets[prev][1]
+                 and not _starts_word(text[offsets[i][0]:offsets[i][1]], text[offsets[prev][0]:offsets[prev][1]]))
+        if glued:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def build_prompt(tokenizer: Any, prompt: str | list[dict[str, str]], *, span: str = "prompt",
                  words: bool = False) -> Prompt:
     """Tokenize `prompt` exactly as the engine does, and pick the features: each token in `span`, or
@@ -116,14 +132,8 @@ def build_prompt(tokenizer: Any, prompt: str | list[dict[str, str]], *, span: st
                   if b > a and ids[i] not in special_ids and any(lo <= a and b <= hi for lo, hi in ranges)]
         if not chosen:
             raise AttributionError("the user messages hold no tokens to attribute to; use span 'prompt'")
-    features: list[list[int]] = []
-    for i in chosen:
-        glued = (words and features and features[-1][-1] == i - 1 and ids[i] not in special_ids
-                 and ids[i - 1] not in special_ids and not _starts_word(tokens[i], tokens[i - 1]))
-        if glued:
-            features[-1].append(i)
-        else:
-            features.append([i])
+    special = [i in special_ids for i in ids]
+    features = _group_words(chosen, text, offsets, special) if words else [[i] for i in chosen]
     labels = ["".join(tokens[i] for i in group) for group in features]
     if words:
         labels = [label.strip() or label for label in labels]
@@ -383,13 +393,8 @@ def explain_classification(model: Any, tokenizer: Any, text: str, *, label: str 
     raw = tokenizer.convert_ids_to_tokens(ids)
     tokens = [text[a:b] if b > a else raw[i] for i, (a, b) in enumerate(offsets)]
     real = [i for i, (a, b) in enumerate(offsets) if b > a and ids[i] not in special_ids]
-    features: list[list[int]] = []
-    for i in real:
-        if words and features and features[-1][-1] == i - 1 and not _starts_word(text[offsets[i][0]:offsets[i][1]],
-                                                                                 text[offsets[i - 1][0]:offsets[i - 1][1]]):
-            features[-1].append(i)
-        else:
-            features.append([i])
+    special = [i in special_ids for i in ids]
+    features = _group_words(real, text, offsets, special) if words else [[i] for i in real]
     labels = [text[offsets[g[0]][0]:offsets[g[-1]][1]] if words else tokens[g[0]] for g in features]
     pad = tokenizer.pad_token_id if isinstance(tokenizer.pad_token_id, int) else 0
     base_ids = ids_t.clone()
