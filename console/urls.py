@@ -10,6 +10,7 @@ api_patterns = [
     path("", include("console.audit.api.urls")),
     path("", include("console.accounts.api.urls")),
     path("", include("console.deployments.api.urls")),
+    path("", include("console.evaluation.api.urls")),
     path("", include("console.playground.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
@@ -26,6 +27,7 @@ urlpatterns = [
     path("audit/", include("console.audit.urls")),
     path("deployments/", include("console.deployments.urls")),
     path("playground/", include("console.playground.urls")),
+    path("", include("console.evaluation.urls")),
     path("", include("console.registry.urls")),
 ]
 

@@ -40,6 +40,7 @@ class PromoteForm(forms.Form):
                             error_messages={"invalid": "An alias is a slug: letters, digits, '-' and '_' (e.g. 'production')."},
                             widget=forms.TextInput(attrs={"list": "alias-names"}))
     comment = forms.CharField(required=False, max_length=500, label="Comment")
+    override_reason = forms.CharField(required=False, max_length=500, label="Override the gate (admins): reason")
 
     def __init__(self, model: Model, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -56,7 +57,8 @@ class PromoteForm(forms.Form):
         """Move the alias; on a refusal put the reason on the form and return None."""
         version = self.model.versions.get(number=self.cleaned_data["version"])
         try:
-            return Alias.move(self.model, self.cleaned_data["alias"], version, actor, comment=self.cleaned_data["comment"])
+            return Alias.move(self.model, self.cleaned_data["alias"], version, actor, comment=self.cleaned_data["comment"],
+                              override_reason=self.cleaned_data["override_reason"])
         except ValidationError as exc:
             self.add_error("version" if hasattr(exc, "error_dict") and "version" in exc.error_dict else None, exc.messages)
             return None

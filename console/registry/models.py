@@ -4,6 +4,7 @@ Every state change is a method here, run in a transaction with the audit record.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,15 @@ from django.db import models, transaction
 
 from console.audit.models import record
 from console.registry.choices import AliasAction, Task, VersionFormat, VersionSource, VersionStatus
+
+
+class PromotionRefused(ValidationError):
+    """A promotion check (e.g. the evaluation app's gate) refused an alias move; the message has the numbers."""
+
+
+# Checks an alias move by promotion must pass: fn(model, alias, version, actor, override_reason), raising
+# PromotionRefused. Apps register theirs in AppConfig.ready(); rollbacks and deletes skip them.
+PROMOTION_CHECKS: list[Callable[..., None]] = []
 
 
 class Model(models.Model):
@@ -104,12 +114,16 @@ class Alias(models.Model):
 
     @classmethod
     def move(cls, model: Model, name: str, version: ModelVersion, actor: Any, comment: str = "",
-             action: str = AliasAction.SET) -> AliasEvent:
-        """Point alias `name` of `model` at `version`: one atomic step with its history and audit records."""
+             action: str = AliasAction.SET, override_reason: str = "") -> AliasEvent:
+        """Point alias `name` of `model` at `version`: one atomic step with its history and audit records.
+        A promotion (action set) must pass PROMOTION_CHECKS; `override_reason` is for an admin's override."""
         validate_slug(name)
         cls.check_target(model, version)
         with transaction.atomic():
             Model.objects.select_for_update().get(pk=model.pk)  # serialise alias moves per model
+            if action == AliasAction.SET:
+                for check in PROMOTION_CHECKS:
+                    check(model, name, version, actor, override_reason)
             alias = cls.objects.filter(model=model, name=name).select_related("version").first()
             old = alias.version if alias else None
             if alias is None:

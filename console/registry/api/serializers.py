@@ -166,6 +166,9 @@ class AliasSerializer(serializers.ModelSerializer):
 class AliasMoveSerializer(serializers.Serializer):
     version = serializers.IntegerField(min_value=1, help_text="The version number to point the alias at.")
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+    override_reason = serializers.CharField(
+        required=False, allow_blank=True, default="", max_length=2000,
+        help_text="Admins only: promote although the model's promotion gate refuses; the reason is recorded.")
 
     def validate_version(self, value: int) -> ModelVersion:
         return version_or_error(self.context["model"], value)

@@ -34,7 +34,7 @@ from console.registry.api.serializers import (
 )
 from console.registry.choices import VersionStatus
 from console.registry.filters import ModelFilter, VersionFilter
-from console.registry.models import Alias, AliasEvent, Model, ModelVersion
+from console.registry.models import Alias, AliasEvent, Model, ModelVersion, PromotionRefused
 
 ALIAS_MAX_LENGTH = Alias._meta.get_field("name").max_length
 
@@ -209,8 +209,12 @@ class AliasViewSet(mixins.ListModelMixin, ModelScopedViewSet):
             return error_response(f"Alias names are at most {ALIAS_MAX_LENGTH} characters.", field="alias")
         body = AliasMoveSerializer(data=request.data, context={"model": self.registry_model})
         body.is_valid(raise_exception=True)
-        Alias.move(self.registry_model, alias, body.validated_data["version"], request.user,
-                   comment=body.validated_data["comment"])
+        try:
+            Alias.move(self.registry_model, alias, body.validated_data["version"], request.user,
+                       comment=body.validated_data["comment"], override_reason=body.validated_data["override_reason"])
+        except PromotionRefused as exc:
+            return error_response(exc.messages[0], code="gate_failed", field="version",
+                                  status_code=status.HTTP_409_CONFLICT)
         return Response(AliasSerializer(self.get_alias()).data)
 
     def destroy(self, request: Request, name: str, alias: str) -> Response:

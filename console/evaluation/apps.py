@@ -1,0 +1,23 @@
+from django.apps import AppConfig
+from django.conf import settings
+
+
+class EvaluationConfig(AppConfig):
+    name = "console.evaluation"
+    label = "evaluation"
+    verbose_name = "Evaluation"
+
+    def ready(self) -> None:
+        from console.evaluation.config import validate_params
+        from console.evaluation.gates import check_promotion
+        from console.jobs import kinds
+        from console.registry import models as registry
+
+        # Idempotent (results are stored only at the end, in one transaction): a redelivery after a
+        # dead worker runs it again. Long: its own queue (TAUON_EVALUATION_QUEUE, default `jobs`).
+        kinds.register(kinds.JobKind(
+            name="evaluate", handler="workers.evaluation.evaluate", validate=validate_params,
+            queue=lambda params: settings.TAUON_EVALUATION_QUEUE, user_creatable=True, retry_on_worker_lost=True,
+            soft_time_limit=settings.TAUON_EVALUATION_SOFT_LIMIT_S, time_limit=settings.TAUON_EVALUATION_HARD_LIMIT_S))
+        if check_promotion not in registry.PROMOTION_CHECKS:
+            registry.PROMOTION_CHECKS.append(check_promotion)

@@ -1,0 +1,80 @@
+"""The `evaluate` job: rows in, engine.evaluate.run() per version, rows out.
+
+Each version is loaded under the job's engine config, measured, and unloaded before the next. The
+results are stored only at the end, in one transaction with the job's success, and only while the
+job is still running: a cancel, a reaped job or a killed worker leaves no partial result behind,
+and a redelivered job can simply run again."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import transaction
+
+from console.evaluation.config import key_of, summary
+from console.evaluation.models import DatasetVersion, EvaluationResult
+from console.jobs.choices import JobStatus
+from console.jobs.models import Job, JobCancelled
+from console.registry.models import Model
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(job: Job) -> dict[str, Any]:
+    from engine.config import EngineConfig
+    from engine.evaluate import Settings, run
+    from engine.loader import release_memory
+
+    params = job.params
+    model = Model.objects.get(name=params["model"])
+    versions = [model.versions.get(number=n) for n in params["versions"]]
+    dataset_version = DatasetVersion.objects.select_related("dataset").get(
+        dataset__name=params["dataset"], number=params["dataset_version"])
+    config = params["config"]
+    engine_config = EngineConfig(**config["engine"])
+    settings = Settings(**{k: v for k, v in config.items() if k != "engine"})
+    kind = dataset_version.dataset.kind
+    data = dataset_version.load()
+    job.report(0.0, "starting", log=f"Evaluating {model.name} v{', v'.join(map(str, params['versions']))} on "
+                                    f"{dataset_version} ({kind}); config: {summary(config)}")
+    metrics: dict[str, dict[str, Any]] = {}
+    n = len(versions)
+    for i, version in enumerate(versions):
+        def progress(fraction: float, message: str, i: int = i, number: int = version.number) -> None:
+            job.report((i + fraction) / n, f"v{number}: {message}")
+
+        try:
+            result = run(version.path, kind, data, engine_config, settings, on_progress=progress)
+        finally:
+            release_memory()
+        result.update(parameter_count=version.parameter_count, size_bytes=version.total_size)
+        metrics[str(version.number)] = result
+        job.report((i + 1) / n, f"v{version.number} done", log=f"v{version.number}: {_headline(result)}")
+    outcome = {"metrics": metrics, "model": model.name, "dataset": dataset_version.dataset.name,
+               "dataset_version": dataset_version.number, "config_key": key_of(config)}
+    _store(job, versions, dataset_version, config, outcome)
+    return outcome
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    shown = ("perplexity", "exact_match", "token_f1", "accuracy", "macro_f1", "entity_f1", "tokens_per_s", "ttft_s")
+    return ", ".join(f"{k} {metrics[k]:.4g}" for k in shown if isinstance(metrics.get(k), int | float))
+
+
+def _store(job: Job, versions: list[Any], dataset_version: DatasetVersion, config: dict[str, Any],
+           outcome: dict[str, Any]) -> None:
+    """All results and the job's success in one transaction, or nothing if the job stopped running."""
+    with transaction.atomic():
+        locked = Job.objects.select_for_update().filter(pk=job.pk).first()
+        if locked is None or locked.status != JobStatus.RUNNING:
+            log.warning("evaluation job %s is no longer running (%s); its results are dropped", job.pk,
+                        locked.status if locked else "deleted")
+            return
+        if locked.cancel_requested:
+            raise JobCancelled()
+        for version in versions:
+            EvaluationResult.objects.update_or_create(
+                version=version, dataset_version=dataset_version, config_key=outcome["config_key"],
+                defaults={"config": config, "metrics": outcome["metrics"][str(version.number)], "job": job})
+        job.succeed(outcome)
