@@ -90,7 +90,12 @@ def _tokenizer(path: str) -> Any:
     from tokenizers import Tokenizer
 
     file = Path(path) / "tokenizer.json"
-    return Tokenizer.from_file(str(file)) if file.is_file() else None
+    if not file.is_file():
+        return None
+    tokenizer = Tokenizer.from_file(str(file))
+    tokenizer.no_padding()  # some files pad every text to a fixed length
+    tokenizer.no_truncation()
+    return tokenizer
 
 
 def count_tokens(folder: Path, text: str) -> int | None:
@@ -124,10 +129,6 @@ def prepare(deployment: Deployment, data: dict[str, Any]) -> dict[str, Any]:
         raise Refused(f"integrated_gradients needs gradients through the model, and '{name}' runs {quantization} "
                       "quantized layers, which have none; use feature_ablation or shapley.",
                       code="unsupported_method", field="method")
-    status, reason = deployment.status_and_reason()
-    if status != DeploymentStatus.READY:
-        raise Refused(f"Deployment '{name}' is not ready ({status}): {reason}", code="deployment_not_ready",
-                      status=409)
     cap = settings.TAUON_EXPLAIN_MAX_OUTPUT_TOKENS
     output = req.get("output")
     n_out: int | None = None
@@ -167,4 +168,8 @@ def prepare(deployment: Deployment, data: dict[str, Any]) -> dict[str, Any]:
         if req.get(key) is not None:
             params[key] = req[key]
     params["output_tokens"] = n_out
+    status, reason = deployment.status_and_reason()
+    if status != DeploymentStatus.READY:
+        raise Refused(f"Deployment '{name}' is not ready ({status}): {reason}", code="deployment_not_ready",
+                      status=409)
     return params
