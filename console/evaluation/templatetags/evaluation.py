@@ -26,7 +26,9 @@ def metric(metrics: dict[str, Any] | None, name: str) -> str:
         return f"{value:.1f}"
     if name.endswith("_s"):
         return f"{value:.3f}"
-    return f"{value:.4g}" if name == "perplexity" else f"{value:.4f}"
+    if name == "perplexity":
+        return f"{value:,.0f}" if value >= 1000 else f"{value:.4g}"
+    return f"{value:.4f}"
 
 
 @register.filter

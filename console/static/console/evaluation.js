@@ -17,7 +17,7 @@ function setupEvaluateForm(form) {
     const quantization = form.elements.quantization.value;
     if (quantization !== "none") config = { ...config, engine: { ...(config.engine || {}), quantization } };
     const dataset = form.elements.dataset.value;
-    const params = { model: form.dataset.model, versions, dataset, config };
+    const params = { model: form.getAttribute("data-model"), versions, dataset, config }; // (form.dataset is the select)
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;
     try {
@@ -33,7 +33,7 @@ function setupEvaluateForm(form) {
         const r = job.result || {};
         const query = new URLSearchParams({ dataset: r.dataset || dataset, dataset_version: r.dataset_version || "",
                                             config: r.config_key || "" });
-        setTimeout(() => { window.location.search = query.toString(); }, 400);
+        setTimeout(() => { window.location.search = query.toString(); }, 800);
       });
     } catch (err) {
       button.disabled = false;
