@@ -154,6 +154,7 @@ class Command(BaseCommand):
         self.stdout.write("Collecting static files…")
         call_command("collectstatic", interactive=False, verbosity=0)
         call_command("ensure_admin")
+        call_command("import_datasets")  # the built-in evaluation datasets (a few KB; idempotent)
         connections.close_all()
         if skip_bundled:
             self.stdout.write("Bundled models: skipped (--skip-bundled).")
