@@ -56,6 +56,8 @@ def main() -> None:
     done = engine.generate(prompt.ids, SamplingParams(max_new_tokens=args.answer_tokens, ignore_eos=True))
     targets = done.result(timeout=300).token_ids
     rows: list[tuple[str, float, int, int]] = []
+    warm = A.Prompt(prompt.ids[:8], prompt.tokens[:8], [[i] for i in range(8)], prompt.labels[:8])
+    A.explain_generation(engine.stack, tok, warm, targets[:4], batch_size=args.batch_size)  # first-call costs
 
     def run(label: str, method: str, **kw: int) -> None:
         r = A.explain_generation(engine.stack, tok, prompt, targets, method, **kw)
