@@ -109,13 +109,13 @@ def test_a_finished_job_cannot_be_cancelled(bob, maintainer_api):
 def test_only_user_creatable_kinds_can_be_started_here(maintainer_api, kind):
     error = error_of(maintainer_api.post("/api/jobs/", {"kind": kind}, format="json"), 400)
     assert error == {"code": "unknown_kind", "field": "kind",
-                     "message": f"Unknown job kind '{kind}'; known kinds: none yet."}
+                     "message": f"Unknown job kind '{kind}'; known kinds: evaluate."}
     assert not Job.objects.exists()
 
 
 def test_the_refusal_lists_the_kinds_that_can_be_started(echo_kind, maintainer_api):
     error = error_of(maintainer_api.post("/api/jobs/", {"kind": "nonsense"}, format="json"), 400)
-    assert error["message"] == "Unknown job kind 'nonsense'; known kinds: test-echo."
+    assert error["message"] == "Unknown job kind 'nonsense'; known kinds: evaluate, test-echo."
 
 
 def test_a_maintainer_starts_a_job_with_validated_params_and_it_is_audited(echo_kind, bob, maintainer_api):

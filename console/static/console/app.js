@@ -40,11 +40,11 @@ function jobLabel(job) {
   if (job.status === "cancelled") return "cancelled";
   if (job.status === "queued") return "queued, waiting for a worker";
   const label = job.progress_message ? `${pct} · ${job.progress_message}` : pct;
-  return job.eta_s === null || job.eta_s === undefined ? label : `${label} · ${etaText(job.eta_s)}`;
+  return job.eta_s === null || job.eta_s === undefined || job.eta_s < 1 ? label : `${label} · ${etaText(job.eta_s)}`;
 }
 
 function etaText(seconds) {
-  if (seconds < 90) return `about ${Math.max(1, Math.round(seconds))} s left`;
+  if (seconds < 90) return `about ${Math.round(seconds)} s left`;
   if (seconds < 5400) return `about ${Math.round(seconds / 60)} min left`;
   return `about ${(seconds / 3600).toFixed(1)} h left`;
 }
