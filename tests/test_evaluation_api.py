@@ -238,3 +238,15 @@ def test_the_evaluation_page_sets_and_removes_gates_for_admins_only(tiny, alice,
     assert made.max_regression_pct == 3 and made.config == DEFAULT
     admin.post(f"/models/tiny/evaluation/gates/{made.pk}/remove/")
     assert not PromotionGate.objects.exists() and AuditEvent.objects.filter(action="gate.delete").exists()
+
+
+def test_the_openapi_schema_documents_datasets_evaluations_gates_and_re_runs(tmp_path):
+    import yaml
+
+    out = tmp_path / "schema.yml"
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(out))
+    paths = yaml.safe_load(out.read_text())["paths"]
+    assert {"/api/datasets/", "/api/datasets/{name}/", "/api/evaluations/", "/api/gates/", "/api/gates/{id}/",
+            "/api/jobs/{id}/rerun"} <= set(paths)
+    upload = paths["/api/datasets/"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    assert upload.endswith("/DatasetUploadRequest")

@@ -30,7 +30,7 @@ from engine.evaluate import (
 from tests.modelfactory import _copy_tokenizer, tiny_bert_dir
 
 DATA = Path(__file__).resolve().parents[2] / "console" / "evaluation" / "data"
-SMALL = EngineConfig(kv_cache_bytes=4 << 20, max_num_seqs=8)
+SMALL = EngineConfig(dtype="float32", kv_cache_bytes=4 << 20, max_num_seqs=8)  # float32 on any device: parity
 
 
 # --- perplexity ----------------------------------------------------------------------------------------------
@@ -266,7 +266,7 @@ def test_a_run_stopped_by_its_progress_callback_closes_the_engine(tiny_llama: Pa
 @pytest.mark.slow
 def test_smollm2_perplexity_on_the_built_in_text_matches_transformers_within_half_a_percent(smollm2_dir: Path) -> None:
     text = (DATA / "plain-english.txt").read_text()
-    metrics = run(smollm2_dir, "text", text, EngineConfig(kv_cache_bytes=32 << 20, max_num_seqs=4),
+    metrics = run(smollm2_dir, "text", text, EngineConfig(dtype="float32", kv_cache_bytes=32 << 20, max_num_seqs=4),
                   Settings(context_length=1024, stride=512, latency_requests=2, max_new_tokens=8))
     direct = hf_guide_perplexity(smollm2_dir, text, 1024, 512)
     print(f"SmolLM2 perplexity: engine {metrics['perplexity']:.4f}, transformers {direct:.4f}, "
