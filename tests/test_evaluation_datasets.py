@@ -154,3 +154,11 @@ def test_the_datasets_page_lists_and_uploads_showing_line_numbered_errors(bob, c
     listing = reader.get("/datasets/").content.decode()
     assert 'data-dataset="quiz"' in listing and 'id="dataset-form"' not in listing
     assert reader.post("/datasets/", {"name": "x", "kind": "text"}).status_code == 403
+
+
+def test_a_user_dataset_of_another_kind_under_a_built_in_name_is_left_alone(maintainer_api, capsys):
+    upload(maintainer_api, "simple-qa", "text", "mine.txt", "my own words")
+    call_command("import_datasets")
+    assert "Built-in dataset 'simple-qa' not imported: Dataset 'simple-qa' is a text dataset" in capsys.readouterr().err
+    assert Dataset.objects.get(name="simple-qa").versions.count() == 1
+    assert Dataset.objects.get(name="plain-english").builtin

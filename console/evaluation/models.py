@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 
 from console.audit.models import record
 from console.evaluation import datasets
@@ -125,6 +125,10 @@ class DatasetVersion(models.Model):
                 version.path.write_bytes(raw)
                 record(actor, "dataset.version.create", version, dataset=name, kind=kind, number=version.number,
                        sha256=sha256, size=len(raw), examples=version.examples, created=created)
+        except IntegrityError as exc:  # lost a race with another first upload under this name
+            shutil.rmtree(folder, ignore_errors=True)
+            raise DatasetRefused(f"Dataset '{name}' was being created by another upload at the same time; "
+                                 "send yours again.", field="name", code="conflict", status=409) from exc
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

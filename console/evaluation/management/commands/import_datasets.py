@@ -10,7 +10,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from console.evaluation.models import Dataset, DatasetVersion
+from console.evaluation.models import Dataset, DatasetRefused, DatasetVersion
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 BUILTIN = [  # name, kind, file, description
@@ -32,5 +32,9 @@ class Command(BaseCommand):
             if latest and latest.sha256 == hashlib.sha256(raw).hexdigest():
                 self.stdout.write(f"{latest}: up to date")
                 continue
-            version = DatasetVersion.add(name, kind, filename, raw, None, description=description, builtin=True)
+            try:
+                version = DatasetVersion.add(name, kind, filename, raw, None, description=description, builtin=True)
+            except DatasetRefused as exc:  # e.g. a user's dataset of another kind took the name
+                self.stderr.write(f"Built-in dataset '{name}' not imported: {exc.message}")
+                continue
             self.stdout.write(self.style.SUCCESS(f"{version}: {version.examples} examples, sha256 {version.sha256[:12]}…"))
