@@ -4,7 +4,7 @@ under an engine config and measures it on one dataset.
 - perplexity: sliding windows of `context` tokens moved by `stride`, as the Hugging Face perplexity
   guide computes it; each token is scored once, with as much left context as its window gives;
 - QA: exact match and token-level F1 after SQuAD's normalisation (lower case, no punctuation or
-  articles), the best over the acceptable answers;
+  articles), and whether the answer appears in the output at all; the best over the acceptable answers;
 - classification: accuracy and macro F1 (every label seen in either list counts equally);
 - NER: entity-level precision, recall and F1 over BIO/IOBES tags, entities found as seqeval
   (conlleval) finds them;
@@ -116,16 +116,28 @@ def token_f1(prediction: str, answer: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def answer_in_output(prediction: str, answer: str) -> float:
+    """1 when the normalized answer appears as whole words in the normalized prediction: the lenient
+    score of open-ended QA, for chat models that answer in a sentence ("The capital is Paris.")."""
+    pred, gold = normalize_answer(prediction).split(), normalize_answer(answer).split()
+    if not gold:
+        return float(not pred)
+    return float(any(pred[i:i + len(gold)] == gold for i in range(len(pred) - len(gold) + 1)))
+
+
 def qa_scores(predictions: Sequence[str], answers: Sequence[str | Sequence[str]]) -> dict[str, float]:
-    """Mean exact match and token F1; an example with several acceptable answers takes its best."""
+    """Mean exact match, token F1 and answer-in-output; an example with several acceptable answers
+    takes its best."""
     if len(predictions) != len(answers) or not answers:
         raise ValueError("need one prediction per example, and at least one example")
-    em = f1 = 0.0
+    em = f1 = found = 0.0
     for pred, gold in zip(predictions, answers, strict=True):
         golds = [gold] if isinstance(gold, str) else list(gold)
         em += max(exact_match(pred, g) for g in golds)
         f1 += max(token_f1(pred, g) for g in golds)
-    return {"exact_match": em / len(answers), "token_f1": f1 / len(answers)}
+        found += max(answer_in_output(pred, g) for g in golds)
+    n = len(answers)
+    return {"exact_match": em / n, "token_f1": f1 / n, "answer_in_output": found / n}
 
 
 # --- classification --------------------------------------------------------------------------------------

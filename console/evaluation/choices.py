@@ -32,6 +32,7 @@ METRICS = {
     "perplexity": Metric("Perplexity", True),
     "exact_match": Metric("Exact match", False),
     "token_f1": Metric("Token F1", False),
+    "answer_in_output": Metric("Answer in output", False),
     "accuracy": Metric("Accuracy", False),
     "macro_f1": Metric("Macro F1", False),
     "entity_f1": Metric("Entity F1", False),
@@ -45,7 +46,7 @@ METRICS = {
 # The quality metrics of each kind, first = the headline one; latency and memory come with every kind.
 QUALITY = {
     DatasetKind.TEXT: ["perplexity"],
-    DatasetKind.QA: ["exact_match", "token_f1"],
+    DatasetKind.QA: ["token_f1", "exact_match", "answer_in_output"],
     DatasetKind.CLASSIFICATION: ["accuracy", "macro_f1"],
     DatasetKind.NER: ["entity_f1", "entity_precision", "entity_recall"],
 }

@@ -15,6 +15,7 @@ from engine.evaluate import (
     PeakMemory,
     Settings,
     Window,
+    answer_in_output,
     classification_scores,
     entities,
     entity_scores,
@@ -96,10 +97,18 @@ def test_token_f1_counts_shared_words() -> None:
     assert token_f1("", "") == 1.0 and token_f1("word", "") == 0.0
 
 
+def test_an_answer_in_the_output_counts_only_as_whole_words() -> None:
+    assert answer_in_output("The capital of France is Paris.", "paris") == 1.0
+    assert answer_in_output("It takes in carbon dioxide, mostly.", "Carbon dioxide") == 1.0
+    assert answer_in_output("Parisian food is rich.", "Paris") == 0.0
+
+
 def test_qa_scores_average_the_best_answer_of_each_example() -> None:
-    scores = qa_scores(["Paris", "whale", "it is four"], ["paris", ["the blue whale", "whale"], "four"])
-    assert scores["exact_match"] == pytest.approx(2 / 3)
-    assert scores["token_f1"] == pytest.approx((1 + 1 + 0.5) / 3)
+    scores = qa_scores(["Paris", "whale", "it is four", "I do not know"],
+                       ["paris", ["the blue whale", "whale"], "four", "Lima"])
+    assert scores["exact_match"] == pytest.approx(2 / 4)
+    assert scores["token_f1"] == pytest.approx((1 + 1 + 0.5 + 0) / 4)
+    assert scores["answer_in_output"] == pytest.approx(3 / 4)
 
 
 # --- classification ------------------------------------------------------------------------------------------
