@@ -109,6 +109,7 @@ def test_explain_answers_202_and_the_job_carries_one_row_per_output_token(servin
     job = finished(res.json()["job"])
     assert job.status == "succeeded", job.error
     assert job.result["output_text"] == "fine thanks" and len(job.result["attributions"]) == 2
+    assert job.result["output_round_trips"] is True
 
 
 @pytest.mark.django_db(transaction=True)

@@ -70,6 +70,7 @@ def _generation(job: Job, engine: Any, p: dict[str, Any]) -> dict[str, Any]:
                            "(TAUON_EXPLAIN_MAX_PROMPT_TOKENS)")
     output = p.get("output")
     generated = output is None
+    exact = True  # the answer's own token ids (generated here, or given as ids)
     if generated:  # the deployment's own greedy answer, token for token
         job.report(0.01, "Generating the answer greedily", log="No answer given: generating one greedily.")
         done = engine.generate(prompt.ids, SamplingParams(max_new_tokens=output_cap)).result(timeout=600)
@@ -78,7 +79,8 @@ def _generation(job: Job, engine: Any, p: dict[str, Any]) -> dict[str, Any]:
         targets = [int(t) for t in output]
     else:  # the answer's text: tokenized as the engine's detokenizer emitted it (checked to round-trip)
         targets = list(tokenizer(output, add_special_tokens=False)["input_ids"])
-        if tokenizer.decode(targets, skip_special_tokens=False) != output:
+        exact = tokenizer.decode(targets, skip_special_tokens=False) == output
+        if not exact:
             job.report(log="Note: the answer's text does not round-trip through the tokenizer exactly.")
     if len(targets) > output_cap:
         raise ExplainError(f"the answer has {len(targets)} tokens; attribution is capped at {output_cap} output "
@@ -96,7 +98,8 @@ def _generation(job: Job, engine: Any, p: dict[str, Any]) -> dict[str, Any]:
                                   progress=_progress(job, method.replace("_", " ")), **options)
     out = result.as_dict()
     out.update(output_text=tokenizer.decode(targets, skip_special_tokens=False), output_ids=targets,
-               generated=generated, span=p.get("span", "prompt"), words=bool(p.get("words")),
+               generated=generated, output_round_trips=exact, span=p.get("span", "prompt"),
+               words=bool(p.get("words")),
                prompt_tokens=len(prompt.ids), estimate=plan)
     job.report(1.0, f"Done in {result.seconds:.1f} s",
                log=f"{result.forward_passes} sequences in {result.batches} forward passes, {result.seconds:.1f} s.")

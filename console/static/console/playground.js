@@ -365,6 +365,10 @@
       + `input ${explanation.words ? "words" : "tokens"} · ${r.forward_passes} sequences in ${r.batches} batched `
       + `forward passes · ${fmt(r.seconds, 1)} s`;
     box.append(head);
+    if (r.output_round_trips === false) {
+      box.append(el("p", "Note: this answer's text tokenizes differently from the tokens the model produced; "
+        + "the rows are its re-tokenization.", "small error"));
+    }
     const heat = el("div", null, "chart heatmap");
     const bars = el("div", null, "chart totals");
     box.append(heat, bars);
