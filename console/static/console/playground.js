@@ -123,10 +123,9 @@
     if (readOnly) return saving;
     collect();
     saving = saving.then(async () => {
-      const body = { title: title(), mode: panelFor(deployment()) === "text-generation" ? mode()
-        : panelFor(deployment()) || "chat", deployment: $("#pg-deployment").value,
-                     compare_with: $("#pg-compare").value, data: state.data };
-      if (panelFor(deployment()) === "classify") body.mode = "classify";
+      const panel = panelFor(deployment());
+      const body = { title: title(), mode: panel === "text-generation" || !panel ? mode() : panel,
+                     deployment: $("#pg-deployment").value, compare_with: $("#pg-compare").value, data: state.data };
       const res = state.id
         ? await apiCall(`/api/playground/sessions/${state.id}/`, "PATCH", body, root)
         : await apiCall("/api/playground/sessions/", "POST", body, root);
