@@ -99,13 +99,15 @@ def evaluation_worker(name: str, **kw: Any) -> WorkerProcess:
     return WorkerProcess(name, queues=name, **kw).start()
 
 
-def smollm2_evaluation(api: Any, owner: Any, folder: Path) -> Job:
+def long_evaluation(api: Any, owner: Any, folder: Path) -> Job:
+    """A real evaluation (a tiny model, a window every other token: a few seconds) that is under way."""
     call_command("import_datasets")
-    model = make_model("smol", owner=owner)
+    model = make_model("killed", owner=owner)
     stored_version(model, folder)
-    config = {"context_length": 256, "stride": 128, "latency_requests": 2, "max_new_tokens": 8,
-              "engine": {"kv_cache_bytes": 16 << 20, "max_num_seqs": 2}}
-    return start(api, "smol", [1], "plain-english", config)
+    job = start(api, "killed", [1], "plain-english", {**FAST, "stride": 2})
+    wait_for(lambda: Job.objects.filter(pk=job.pk, status="running", progress__gt=0.1).exists(), 120,
+             what="the evaluation to be under way")
+    return job
 
 
 def other_queues_flow(owner: Any) -> None:
@@ -114,15 +116,12 @@ def other_queues_flow(owner: Any) -> None:
     assert ended(other, 60).status == "succeeded"
 
 
-@pytest.mark.slow
 def test_a_sigkilled_pool_process_mid_evaluation_is_re_run_to_success(
-        celery_worker, bob, maintainer_api, smollm2_dir, settings):
+        celery_worker, bob, maintainer_api, llama_dir, settings):
     settings.TAUON_EVALUATION_QUEUE = "evalkill-pool"
     worker = evaluation_worker("evalkill-pool", extra=("--pool", "prefork"))
     try:
-        job = smollm2_evaluation(maintainer_api, bob, smollm2_dir)
-        wait_for(lambda: Job.objects.filter(pk=job.pk, status="running", progress__gt=0.15).exists(), 120,
-                 what="the evaluation to be under way")
+        job = long_evaluation(maintainer_api, bob, llama_dir)
         children = psutil.Process(worker.proc.pid).children()  # type: ignore[union-attr]
         assert len(children) == 1
         os.kill(children[0].pid, signal.SIGKILL)
@@ -130,19 +129,16 @@ def test_a_sigkilled_pool_process_mid_evaluation_is_re_run_to_success(
         done = ended(job, timeout=180)
         assert done.status == "succeeded", done.error + worker.log()[-3000:]
         assert done.deliveries == 2 and any("died; running it again (delivery 2 of at most 3)" in x for x in done.log)
-        assert EvaluationResult.objects.filter(version__model__name="smol").count() == 1
+        assert EvaluationResult.objects.filter(version__model__name="killed").count() == 1
     finally:
         worker.stop()
 
 
-@pytest.mark.slow
 def test_a_sigkilled_worker_mid_evaluation_ends_failed_with_the_reason_and_stores_nothing(
-        celery_worker, bob, maintainer_api, smollm2_dir, settings):
+        celery_worker, bob, maintainer_api, llama_dir, settings):
     settings.TAUON_EVALUATION_QUEUE = "evalkill-worker"
     worker = evaluation_worker("evalkill-worker")
-    job = smollm2_evaluation(maintainer_api, bob, smollm2_dir)
-    wait_for(lambda: Job.objects.filter(pk=job.pk, status="running", progress__gt=0.15).exists(), 120,
-             what="the evaluation to be under way")
+    job = long_evaluation(maintainer_api, bob, llama_dir)
     worker.kill()  # SIGKILL to the whole worker: nothing of it survives to report
     other_queues_flow(bob)
     time.sleep(3)
