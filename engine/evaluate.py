@@ -411,9 +411,16 @@ def _generate(engine: Any, prompts: list[list[int]], max_new_tokens: int, ignore
     return generation_figures(ttfts, tokens, wall), [c.text for c in completions]
 
 
+def encoder_figures(examples: int, input_tokens: int, wall_s: float) -> dict[str, float]:
+    """Examples and input tokens per second of wall time (encoders have no first token to wait for)."""
+    if wall_s <= 0:
+        raise ValueError("need a positive wall time")
+    return {"examples_per_s": examples / wall_s, "tokens_per_s": input_tokens / wall_s, "wall_s": wall_s}
+
+
 def _encoder_figures(engine: Any, texts: list[str], wall_s: float) -> dict[str, float]:
     tokens = sum(len(ids) for ids in engine.tokenizer(texts, truncation=True, max_length=engine.max_length)["input_ids"])
-    return {"examples_per_s": len(texts) / wall_s, "tokens_per_s": tokens / wall_s, "wall_s": wall_s}
+    return encoder_figures(len(texts), tokens, wall_s)
 
 
 def _batched(items: list[Any], size: int) -> Iterator[tuple[int, list[Any]]]:

@@ -17,6 +17,7 @@ from engine.evaluate import (
     Window,
     answer_in_output,
     classification_scores,
+    encoder_figures,
     entities,
     entity_scores,
     exact_match,
@@ -149,6 +150,11 @@ def test_generation_figures_are_mean_and_median_ttft_and_tokens_per_wall_second(
     assert figures["ttft_s"] == pytest.approx(0.25) and figures["ttft_p50_s"] == pytest.approx(0.25)
     assert figures["tokens_per_s"] == pytest.approx(20.0)
     assert generation_figures([0.3, 0.1, 0.2], 9, 3.0)["ttft_p50_s"] == pytest.approx(0.2)
+
+
+def test_encoder_figures_are_examples_and_input_tokens_per_wall_second() -> None:
+    assert encoder_figures(examples=30, input_tokens=600, wall_s=1.5) == pytest.approx(
+        {"examples_per_s": 20.0, "tokens_per_s": 400.0, "wall_s": 1.5})
 
 
 def test_peak_memory_sees_a_short_lived_allocation() -> None:
