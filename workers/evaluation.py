@@ -1,4 +1,4 @@
-"""The `evaluate` job: rows in, engine.evaluate.run() per version, rows out.
+"""The `evaluate` job: rows in, engine.evaluator.run() per version, rows out.
 
 Each version is loaded under the job's engine config, measured, and unloaded before the next. The
 results are stored only at the end, in one transaction with the job's success, and only while the
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def evaluate(job: Job) -> dict[str, Any]:
     from engine.config import EngineConfig
-    from engine.evaluate import Settings, run
+    from engine.evaluator import Settings, run
     from engine.loader import release_memory
 
     params = job.params

@@ -12,7 +12,7 @@ from rest_framework.exceptions import ValidationError
 
 from console.evaluation.choices import TASK_OF_KIND
 from engine.config import EngineConfig
-from engine.evaluate import Settings
+from engine.evaluator import Settings
 
 ENGINE_FIELDS = {f.name: f.default for f in dataclasses.fields(EngineConfig)}
 # Evaluation runs beside other jobs: a smaller KV cache and batch than a serving replica's.

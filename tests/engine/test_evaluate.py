@@ -1,4 +1,4 @@
-"""Evaluation metrics against hand-computed values, and `run()` on tiny random models and on the real
+"""Evaluation metrics against hand-computed values, and `evaluator.run()` on tiny random models and on the real
 SmolLM2, whose sliding-window perplexity must match a direct transformers computation within 0.5 %."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import torch
 from engine.config import EngineConfig
 from engine.evaluate import (
     PeakMemory,
-    Settings,
     Window,
     answer_in_output,
     classification_scores,
@@ -24,11 +23,10 @@ from engine.evaluate import (
     generation_figures,
     perplexity,
     qa_scores,
-    run,
     token_f1,
     windows,
-    word_tags,
 )
+from engine.evaluator import Settings, run, word_tags
 from tests.modelfactory import _copy_tokenizer, tiny_bert_dir
 
 DATA = Path(__file__).resolve().parents[2] / "console" / "evaluation" / "data"
