@@ -10,6 +10,7 @@ case "${1:-web}" in
     # finds them ready and does nothing.
     python manage.py import_bundled --sync || echo "WARNING: could not import the bundled models; retry with: docker compose exec web python manage.py import_bundled" >&2
     python manage.py deploy_bundled
+    python manage.py import_datasets  # the built-in evaluation datasets; idempotent
     exec uvicorn console.asgi:application --host 0.0.0.0 --port 8000 --lifespan off \
       --proxy-headers --forwarded-allow-ips "${FORWARDED_ALLOW_IPS:-*}"
     ;;
