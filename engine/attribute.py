@@ -35,6 +35,8 @@ import torch.nn.functional as F
 METHODS = ("feature_ablation", "integrated_gradients", "shapley")
 SPANS = ("prompt", "user")  # every prompt token, or only the text of the user messages
 DEFAULTS = {"batch_size": 32, "steps": 16, "samples": 4}
+FORWARD_TOKENS = 8192  # tokens per batched forward (perturbation methods): bounds activations and logits
+GRAD_TOKENS = 1024  # tokens per batched forward + backward (integrated gradients keeps ~1 MB per token on SmolLM2)
 
 Progress = Callable[[int, int], None]  # (sequences done, sequences planned)
 
@@ -211,10 +213,18 @@ class Attribution:
         return out
 
 
+def fit_batch(method: str, batch_size: int, length: int) -> int:
+    """Sequences per forward: at most `batch_size`, and few enough that long prompts stay in memory."""
+    budget = GRAD_TOKENS if method == "integrated_gradients" else FORWARD_TOKENS
+    return max(1, min(batch_size, budget // max(length, 1)))
+
+
 def estimate(method: str, n_features: int, n_targets: int, *, batch_size: int = DEFAULTS["batch_size"],
-             steps: int = DEFAULTS["steps"], samples: int = DEFAULTS["samples"]) -> dict[str, int]:
+             steps: int = DEFAULTS["steps"], samples: int = DEFAULTS["samples"], length: int = 0) -> dict[str, int]:
     """Sequences the method runs through the model and the batched forward calls that carry them
-    (plus, for integrated gradients, one backward pass per output token)."""
+    (plus, for integrated gradients, one backward pass per output token and batch). `length`: prompt +
+    answer tokens, which may shrink the batches."""
+    batch_size = fit_batch(method, batch_size, length) if length else batch_size
     if method == "feature_ablation":
         return {"sequences": 1 + n_features, "batches": 1 + math.ceil(n_features / batch_size), "backwards": 0}
     if method == "shapley":
@@ -244,9 +254,10 @@ def explain_generation(model: Any, tokenizer: Any, prompt: Prompt, targets: list
                        progress: Progress | None = None) -> Attribution:
     """Attribute each of `targets` (the answer's exact token ids) to the features of `prompt`.
     `model`: the engine's layer stack (`LLMEngine.stack`) or a Hugging Face causal LM."""
-    plan = estimate(method, len(prompt.features), len(targets), batch_size=batch_size, steps=steps, samples=samples)
     if not targets:
         raise AttributionError("there is no answer to explain (no output tokens)")
+    batch_size = fit_batch(method, batch_size, len(prompt.ids) + len(targets))
+    plan = estimate(method, len(prompt.features), len(targets), batch_size=batch_size, steps=steps, samples=samples)
     fwd = CausalForward(model)
     baseline_id = baseline_token(tokenizer) if baseline_id is None else baseline_id
     dev = fwd.device
@@ -409,6 +420,7 @@ def explain_classification(model: Any, tokenizer: Any, text: str, *, label: str 
 
     weights, alphas = _path(steps)
     counter = _Counter(steps, progress)  # one output: one backward per path point
+    batch_size = fit_batch("integrated_gradients", batch_size, len(ids))
     grads = _path_gradients(forward, x, base, alphas, weights, batch_size, 1, counter)
     per_token = (grads * (x - base)).sum(-1)  # [1, L]
     return Attribution(labels, [str(id2label[index])], _group(per_token, features), "integrated_gradients",

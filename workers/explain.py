@@ -89,7 +89,7 @@ def _generation(job: Job, engine: Any, p: dict[str, Any]) -> dict[str, Any]:
         raise ExplainError("the answer is empty; there is nothing to explain")
     method = p["method"]
     options = {k: p[k] for k in ("steps", "samples") if p.get(k)}
-    plan = A.estimate(method, len(prompt.features), len(targets), **options)
+    plan = A.estimate(method, len(prompt.features), len(targets), length=len(prompt.ids) + len(targets), **options)
     job.report(0.05, f"{method}: {plan['sequences']} sequences in {plan['batches']} forward passes",
                log=f"Estimate: {len(prompt.features)} input features × {len(targets)} output tokens → "
                    f"{plan['sequences']} sequences in {plan['batches']} batched forward passes"

@@ -230,3 +230,12 @@ def test_a_classifier_is_explained_towards_its_predicted_label_over_the_text(tmp
     assert sum(result.attributions[0]) == pytest.approx(float(p_text - p_base), abs=0.01)
     with pytest.raises(A.AttributionError, match="unknown label"):
         A.explain_classification(engine.model, engine.tokenizer, text, label="LABEL_9")
+
+
+def test_long_prompts_get_smaller_batches_so_memory_stays_bounded():
+    assert A.fit_batch("feature_ablation", 32, 48) == 32
+    assert A.fit_batch("feature_ablation", 32, 600) == A.FORWARD_TOKENS // 600
+    assert A.fit_batch("integrated_gradients", 32, 600) == 1
+    plan = A.estimate("integrated_gradients", 512, 64, steps=16, length=576)
+    assert plan == {"sequences": 16, "batches": 16, "backwards": 64}
+    assert A.estimate("feature_ablation", 32, 16, length=48) == {"sequences": 33, "batches": 2, "backwards": 0}
