@@ -146,3 +146,15 @@ def test_cancelling_through_the_api_stops_a_job_running_on_a_real_worker(celery_
     done = wait_for(lambda: Job.objects.filter(pk=job.pk, status__in=["cancelled", "succeeded", "failed"]).first(),
                     30, what="job end")
     assert done.status == "cancelled" and done.progress < 1.0
+
+
+def test_jobs_of_a_private_kind_are_seen_only_by_their_creator_and_maintainers(charlie, maintainer_api, user_api):
+    from console.accounts.models import User
+
+    erin = User.objects.create_user(username="erin", password="x", role="user")
+    mine = Job.objects.create(kind="explain", params={"prompt": "charlie's secret"}, created_by=charlie)
+    theirs = Job.objects.create(kind="explain", params={"prompt": "erin's secret"}, created_by=erin)
+    listed = {row["id"] for row in user_api.get("/api/jobs/?kind=explain").json()["results"]}
+    assert listed == {mine.pk}
+    assert user_api.get(f"/api/jobs/{theirs.pk}/").status_code == 404
+    assert {row["id"] for row in maintainer_api.get("/api/jobs/?kind=explain").json()["results"]} == {mine.pk, theirs.pk}

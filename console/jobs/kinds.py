@@ -24,6 +24,7 @@ class JobKind:
     soft_time_limit: int | None = None  # seconds; past it the job's next report() fails it (JobTimedOut)
     time_limit: int | None = None  # seconds; a prefork worker kills the task, the reaper fails the job
     retry_on_worker_lost: bool = False  # idempotent kinds: a redelivery after its worker died runs it again
+    private: bool = False  # params/results hold user content (prompts): only its creator and maintainers see it
 
 
 KINDS: dict[str, JobKind] = {}
@@ -39,6 +40,10 @@ def get(name: str) -> JobKind:
 
 def handler_for(name: str) -> Callable[[Job], Any]:
     return import_string(KINDS[name].handler)
+
+
+def private_kinds() -> list[str]:
+    return [name for name, kind in KINDS.items() if kind.private]
 
 
 def queue_for(name: str, params: dict[str, Any]) -> str:

@@ -27,6 +27,16 @@ class JobTimedOut(Exception):
     """Raised inside a running job that ran past its kind's soft time limit."""
 
 
+class JobQuerySet(models.QuerySet["Job"]):
+    def visible_to(self, user: Any) -> JobQuerySet:
+        """Maintainers see every job; others see their own and those of kinds that are not private."""
+        if user.has_role("maintainer"):
+            return self
+        from console.jobs import kinds
+
+        return self.filter(~models.Q(kind__in=kinds.private_kinds()) | models.Q(created_by=user))
+
+
 class Job(models.Model):
     kind = models.CharField(max_length=32, db_index=True)
     params = models.JSONField(default=dict, blank=True)
@@ -44,6 +54,8 @@ class Job(models.Model):
     worker = models.CharField(max_length=200, blank=True)
     deliveries = models.PositiveSmallIntegerField(default=0)
     cancel_requested = models.BooleanField(default=False)
+
+    objects = JobQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -19,7 +19,8 @@ from console.jobs.models import Job
 
 @login_required
 def job_list(request: HttpRequest) -> HttpResponse:
-    jobs = JobFilter(request.GET, queryset=Job.objects.select_related("created_by")).qs  # the API's filters
+    visible = Job.objects.visible_to(request.user).select_related("created_by")
+    jobs = JobFilter(request.GET, queryset=visible).qs  # the API's filters
     kind = request.GET.get("kind", "")
     status = request.GET.get("status", "")
     created_by = request.GET.get("created_by", "")
@@ -42,7 +43,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    job = get_object_or_404(Job.objects.select_related("created_by"), pk=pk)
+    job = get_object_or_404(Job.objects.visible_to(request.user).select_related("created_by"), pk=pk)
     return render(request, "jobs/job_detail.html", {"job": job, "rerunnable": job.kind in creatable_kinds()})
 
 

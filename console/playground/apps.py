@@ -14,4 +14,4 @@ class PlaygroundConfig(AppConfig):
     def ready(self) -> None:
         from console.jobs.kinds import JobKind, register
 
-        register(JobKind(name="explain", handler="workers.explain.explain", queue=explain_queue))
+        register(JobKind(name="explain", handler="workers.explain.explain", queue=explain_queue, private=True))

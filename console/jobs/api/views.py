@@ -26,6 +26,11 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericViewSe
     filterset_class = JobFilter
     ordering_fields = ["created_at", "started_at", "finished_at", "status", "kind"]
 
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        if getattr(self, "swagger_fake_view", False):
+            return Job.objects.none()
+        return super().get_queryset().visible_to(self.request.user)
+
     def get_object(self) -> Job:
         job = self.get_queryset().filter(pk=self.kwargs["pk"]).first()
         if job is None:
