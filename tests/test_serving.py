@@ -53,6 +53,13 @@ def test_the_openai_client_chats_streamed_and_not_with_the_same_answer(serving, 
     with LLMEngine.from_pretrained(llama_dir) as engine:
         direct = engine.generate(HELLO, SamplingParams(max_new_tokens=8, ignore_eos=True)).result(timeout=60)
     assert direct.text == reply.choices[0].message.content
+    with_ids = client.chat.completions.create(model="chat", messages=HELLO, max_tokens=8, temperature=0,
+                                              extra_body={"ignore_eos": True, "return_token_ids": True})
+    assert with_ids.choices[0].model_extra["token_ids"] == direct.token_ids  # the extension: exact tokens
+    streamed_ids = [i for c in client.chat.completions.create(
+        model="chat", messages=HELLO, max_tokens=8, temperature=0, stream=True,
+        extra_body={"ignore_eos": True, "return_token_ids": True}) for i in c.choices[0].model_extra.get("token_ids", [])]
+    assert streamed_ids == direct.token_ids
 
     # sampling: the same seed gives the same answer; n gives that many choices
     sampled = [client.chat.completions.create(model="chat", messages=HELLO, max_tokens=12, temperature=1.0,

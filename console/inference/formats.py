@@ -35,13 +35,16 @@ def usage(u: dict[str, int]) -> dict[str, int]:
 class Builder:
     """Chunks (streaming) and the whole body (not streaming) of one chat or text completion."""
 
-    def __init__(self, request_id: str, model: str, *, chat: bool, n: int, version: int | None):
+    def __init__(self, request_id: str, model: str, *, chat: bool, n: int, version: int | None,
+                 token_ids: bool = False):
         self.id = ("chatcmpl-" if chat else "cmpl-") + request_id.removeprefix("req-")
         self.model, self.chat, self.n = model, chat, n
         self.created = int(time.time())
         self.fingerprint = f"tauon-v{version}" if version is not None else None
         self.texts = [""] * n
         self.lps: list[list[list[Any]]] = [[] for _ in range(n)]
+        self.want_ids = token_ids
+        self.ids: list[list[int]] = [[] for _ in range(n)]
         self.finish: list[str | None] = [None] * n
         self.usage: dict[str, int] | None = None
 
@@ -64,7 +67,8 @@ class Builder:
             offset = len(self.texts[i])
             self.texts[i] += text
             self.lps[i].extend(lp)
-            if not text and not (want_logprobs and lp):
+            self.ids[i].extend(event.get("ids") or [])
+            if not text and not (want_logprobs and lp) and not (self.want_ids and event.get("ids")):
                 return None
             logprobs = None
             if want_logprobs:
@@ -73,6 +77,8 @@ class Builder:
                 choice = {"index": i, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": None}
             else:
                 choice = {"index": i, "text": text, "logprobs": logprobs, "finish_reason": None}
+            if self.want_ids:
+                choice["token_ids"] = event.get("ids") or []
             return self._envelope([choice])
         if kind == "finish":
             i = event["i"]
@@ -99,6 +105,8 @@ class Builder:
             else:
                 choices.append({"index": i, "text": self.texts[i], "logprobs": logprobs,
                                 "finish_reason": self.finish[i]})
+            if self.want_ids:
+                choices[-1]["token_ids"] = self.ids[i]
         return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
                 "created": self.created, "model": self.model, "system_fingerprint": self.fingerprint,
                 "choices": choices, "usage": self.usage}

@@ -30,6 +30,7 @@ class Parsed:
     include_usage: bool = False
     n: int = 1
     logprobs: bool = False
+    token_ids: bool = False  # extension `return_token_ids`: each choice also carries its tokens' ids
 
 
 def load_json(body: bytes) -> dict[str, Any]:
@@ -180,7 +181,8 @@ def chat(data: dict[str, Any], config: dict[str, Any]) -> Parsed:
     params = _sampling(data, config, max_tokens_names=("max_completion_tokens", "max_tokens"))
     params.update(logprobs=logprobs, top_logprobs=top)
     work = {"kind": "generate", "prompt": clean, "params": params, "n": n}
-    return Parsed(model_name(data), work, stream, _stream_options(data, stream), n, logprobs)
+    return Parsed(model_name(data), work, stream, _stream_options(data, stream), n, logprobs,
+                  _flag(data, "return_token_ids"))
 
 
 def completion(data: dict[str, Any], config: dict[str, Any]) -> Parsed:
@@ -204,7 +206,8 @@ def completion(data: dict[str, Any], config: dict[str, Any]) -> Parsed:
     params = _sampling(data, config, max_tokens_names=("max_tokens",))
     params.update(logprobs=top is not None, top_logprobs=top or 0)
     work = {"kind": "generate", "prompt": prompt, "params": params, "n": n}
-    return Parsed(model_name(data), work, stream, _stream_options(data, stream), n, top is not None)
+    return Parsed(model_name(data), work, stream, _stream_options(data, stream), n, top is not None,
+                  _flag(data, "return_token_ids"))
 
 
 def texts(data: dict[str, Any], config: dict[str, Any], field: str) -> list[str]:

@@ -102,7 +102,7 @@ async def _generate(request: HttpRequest, chat: bool) -> HttpResponse:
         await call.close()
         raise
     builder = formats.Builder(call.request_id, deployment.name, chat=chat, n=parsed.n,
-                              version=accepted.get("version"))
+                              version=accepted.get("version"), token_ids=parsed.token_ids)
     if parsed.stream:
         response = StreamingHttpResponse(_sse(call, builder, parsed, caller, endpoint, started),
                                          content_type="text/event-stream")

@@ -202,6 +202,7 @@
           const choice = chunk.choices && chunk.choices[0];
           if (!choice) continue;
           const piece = choice.delta ? choice.delta.content : choice.text;
+          if (choice.token_ids) answer.token_ids = (answer.token_ids || []).concat(choice.token_ids);
           if (piece) {
             if (answer.ttft_s === null) answer.ttft_s = (performance.now() - started) / 1000;
             answer.text += piece;
@@ -239,7 +240,9 @@
     $("#pg-stop-button").disabled = false;
     controllers = names.map(() => new AbortController());
     await Promise.all(turn.answers.map(async (answer, k) => {
-      const body = { model: answer.deployment, stream: true, stream_options: { include_usage: true } };
+      // return_token_ids: the answer's exact tokens, so Explain attributes to them, not to re-tokenized text
+      const body = { model: answer.deployment, stream: true, stream_options: { include_usage: true },
+                     return_token_ids: true };
       Object.entries(answer.params).forEach(([key, v]) => { if (v !== null && v !== undefined) body[key] = v; });
       let url = "/v1/completions";
       if (turn.mode === "chat") { url = "/v1/chat/completions"; body.messages = messagesFor(index, k); }
@@ -343,7 +346,8 @@
     const opts = explainOptions();
     const request = answer.request || (state.data.turns[index].mode === "chat"
       ? { messages: messagesFor(index, column) } : { prompt: state.data.turns[index].user });
-    const body = { ...request, output: answer.text, ...opts };
+    const exact = answer.token_ids && answer.token_ids.length;
+    const body = { ...request, output: exact ? answer.token_ids : answer.text, ...opts };
     startExplain(answer.deployment, body, view.explain, (explanation) => {
       answer.explanation = explanation;
       renderExplanation(view.explain, explanation);
