@@ -20,7 +20,7 @@ import resource
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ SMOLLM2_CACHE = Path("/tmp/tauon-smollm2-cache")
 class Workload:
     prompts: list[list[int]]
     max_new: list[int]
+    chats: list[list[dict[str, str]]] = field(default_factory=list)  # the messages each prompt was templated from
 
     @property
     def tokens(self) -> int:
@@ -63,17 +64,18 @@ def make_workload(tokenizer: Any, n: int, prompt_range: tuple[int, int], new_ran
                                                                add_generation_prompt=True),
                                  add_special_tokens=False)["input_ids"])
     del overhead
-    prompts, max_new = [], []
+    prompts, max_new, chats = [], [], []
     for _ in range(n):
         target = rng.randint(*prompt_range)
         start = rng.randrange(0, len(text_ids) // 2)
         content = tokenizer.decode(text_ids[start:start + max(1, target - overhead_ids)])
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "Continue this text: " + content}],
-                                             tokenize=False, add_generation_prompt=True)
+        chat = [{"role": "user", "content": "Continue this text: " + content}]
+        text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][: prompt_range[1]]
         prompts.append(ids)
         max_new.append(rng.randint(*new_range))
-    return Workload(prompts, max_new)
+        chats.append(chat)
+    return Workload(prompts, max_new, chats)
 
 
 class RssSampler:
