@@ -82,3 +82,18 @@ def test_scaling_up_lets_an_idle_worker_take_a_replica_and_scaling_down_drains_o
     wait_for(lambda: Replica.objects.filter(deployment__name="failover", status="stopped", slot=1).exists(),
              timeout=15, what="the surplus replica to stop")
     assert Deployment.objects.get(name="failover").status_and_reason() == ("ready", "1 of 1 replicas ready.")
+
+
+def test_a_fresh_worker_loads_two_deployments_created_at_once(web_server, llama_dir, bob, django_db_blocker):
+    from console.registry.bundled import by_name
+    from tests.serving_rows import wait_ready
+
+    chat = deploy("pair-chat", llama_dir, owner=bob, wait=False)
+    embed = deploy("pair-embed", by_name("all-minilm-l6-v2").path(), task="embeddings", owner=bob, wait=False)
+    worker = serving_worker("pair", "pair-chat,pair-embed").start()
+    try:
+        wait_ready(chat, timeout=25)  # before a failed load would be retried (30 s)
+        wait_ready(embed, timeout=25)
+    finally:
+        worker.stop()
+    assert not Replica.objects.filter(status="failed").exists()

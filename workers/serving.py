@@ -30,6 +30,8 @@ from console.deployments.config import engine_config
 from console.deployments.models import Deployment, Replica
 
 log = logging.getLogger(__name__)
+RETRY_FAILED_LOAD_S = 30.0
+_LOADING = threading.Lock()
 
 
 def _settings() -> tuple[float, int]:
@@ -60,7 +62,8 @@ class Runner:
         self.current: Loaded | None = None
         self.retired: list[Loaded] = []  # old engines draining their requests after a switch
         self.loading_signature: str | None = None
-        self.failed_signature: str | None = None  # not retried until the version or config changes
+        self.failed_signature: str | None = None  # retried after RETRY_FAILED_LOAD_S, or at once on a change
+        self.failed_at = 0.0
         self.stopping = False
         self.consuming = False
         self.progress = ProgressWatch(max(10.0, 3 * host.lost_s))
@@ -70,6 +73,8 @@ class Runner:
 
     # -- engines --
     def wants(self, signature: str) -> bool:
+        if self.failed_signature and time.monotonic() - self.failed_at > RETRY_FAILED_LOAD_S:
+            self.failed_signature = None
         have = self.current.signature if self.current else None
         return signature not in (have, self.loading_signature, self.failed_signature)
 
@@ -84,11 +89,13 @@ class Runner:
 
         started = time.perf_counter()
         try:
-            engine = Engine.from_pretrained(path, _with_headroom(engine_config(config)), task=self.task)
+            with _LOADING:  # one load at a time per process (transformers' lazy imports race across threads)
+                engine = Engine.from_pretrained(path, _with_headroom(engine_config(config)), task=self.task)
         except Exception as exc:  # noqa: BLE001 - any failure is the replica's reason
             log.exception("replica %s could not load version %s", self.name, number)
             with self.lock:
                 self.loading_signature, self.failed_signature = None, signature
+                self.failed_at = time.monotonic()
                 if self.current is None:
                     self._set_status(ReplicaStatus.FAILED, f"Loading version {number} failed: "
                                                           f"{exc.__class__.__name__}: {exc}")
@@ -181,11 +188,12 @@ class ProgressWatch:
 
 
 def _with_headroom(config: Any) -> Any:
-    """The web side admits at most max_num_seqs + max_queue requests per replica; the engine's own queue
-    gets room for as many again, so requests whose cancel it has not yet reaped never turn away new ones."""
+    """The web side admits at most max_num_seqs + max_queue requests per replica, and a burst of them can
+    all wait before the engine's loop runs any; the engine's own queue takes twice that, so admitted
+    requests (and cancelled ones not yet reaped) never meet its limit."""
     import dataclasses
 
-    return dataclasses.replace(config, max_queue=config.max_queue + config.max_num_seqs)
+    return dataclasses.replace(config, max_queue=2 * (config.max_queue + config.max_num_seqs))
 
 
 def _close(engine: Any) -> None:

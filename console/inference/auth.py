@@ -14,9 +14,13 @@ from django.http import HttpRequest
 from django.middleware.csrf import CsrfViewMiddleware
 
 from console.accounts.choices import Role
-from console.accounts.models import ApiKey
+from console.accounts.models import ApiKey, hash_key
 from console.inference.errors import ApiError
 from console.inference.gateway import redis_client
+from console.inference.ttl import TTLCache
+
+# A revoked or expired key keeps working in a web process for at most this long.
+KEYS: TTLCache[ApiKey] = TTLCache(ttl_s=float(settings.TAUON_KEY_CACHE_S))
 
 
 @dataclass(slots=True)
@@ -58,7 +62,12 @@ async def authenticate(request: HttpRequest) -> Caller:
     if scheme.lower() != "bearer" or not raw.strip():
         raise ApiError(401, "Send your API key as 'Authorization: Bearer <key>' (create one under API keys).",
                        code="invalid_api_key")
-    key = await sync_to_async(ApiKey.authenticate)(raw.strip())
+    hashed = hash_key(raw.strip())
+    key = KEYS.get(hashed)
+    if key is None:
+        key = await sync_to_async(ApiKey.authenticate)(raw.strip())
+        if key is not None and key.expires_at is None:
+            KEYS.put(hashed, key)
     if key is None:
         raise ApiError(401, "Invalid, expired or revoked API key.", code="invalid_api_key")
     if not key.user.has_role(Role.USER):

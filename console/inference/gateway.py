@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections import deque
@@ -17,11 +18,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from console.deployments import live
 from console.deployments.config import capacity
 from console.inference.errors import ApiError
 
+log = logging.getLogger(__name__)
 _clients: dict[int, aioredis.Redis] = {}
 
 
@@ -30,7 +33,12 @@ def redis_client() -> aioredis.Redis:
     loop = asyncio.get_running_loop()
     client = _clients.get(id(loop))
     if client is None:
-        client = _clients[id(loop)] = aioredis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+        # Each streaming request holds a connection while it waits on its stream: a blocking pool makes a
+        # burst wait for one (then RedisError → 503) instead of failing at once past its size.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, decode_responses=True, max_connections=settings.TAUON_REDIS_MAX_CONNECTIONS,
+            timeout=5)
+        client = _clients[id(loop)] = aioredis.Redis(connection_pool=pool)
     return client
 
 
@@ -141,4 +149,7 @@ class Call:
             pipe.set(live.cancel_key(self.request_id), "1", ex=int(self.timeout_s) + 60)
         pipe.zrem(live.inflight_key(self.deployment), self.request_id)
         pipe.delete(self.key)
-        await pipe.execute()
+        try:
+            await pipe.execute()
+        except RedisError:  # its place expires with its deadline; the worker stops at the deadline too
+            log.warning("could not release request %s", self.request_id, exc_info=True)

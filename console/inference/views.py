@@ -17,6 +17,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from redis.exceptions import RedisError
 
 from console.deployments.models import Deployment
 from console.inference import formats, metrics
@@ -24,9 +25,13 @@ from console.inference import requests as parse
 from console.inference.auth import Caller, authenticate, charge_tokens, check_rate
 from console.inference.errors import ApiError
 from console.inference.gateway import Call
+from console.inference.ttl import TTLCache
 
 log = logging.getLogger("tauon.requests")
+DEPLOYMENTS: TTLCache[Deployment] = TTLCache(ttl_s=1.0)  # changes (config, stop) apply within a second
 GENERATION = ("text-generation",)
+BUSY = ApiError(503, "The server's message broker is unavailable or busy; retry shortly.", code="unavailable",
+                retry_after=1)
 ENDPOINT_FOR = {"text-generation": "/v1/chat/completions or /v1/completions", "embeddings": "/v1/embeddings",
                 "text-classification": "/api/deployments/{name}/predict",
                 "token-classification": "/api/deployments/{name}/predict"}
@@ -38,6 +43,9 @@ def _errors(view: Callable[..., Awaitable[HttpResponse]]) -> Callable[..., Await
             return await view(request, *args, **kwargs)
         except ApiError as exc:
             return exc.response()
+        except RedisError as exc:
+            log.warning("redis: %s", exc)
+            return BUSY.response()
 
     wrapped.__name__ = view.__name__
     return csrf_exempt(wrapped)  # API keys, not cookies: nothing for CSRF to protect
@@ -51,7 +59,11 @@ async def _deployment(request: HttpRequest, tasks: tuple[str, ...], endpoint: st
         raise ApiError(413, "The request body is too large; send less text per request.",
                        code="request_too_large") from exc
     name = parse.model_name(data)
-    deployment = await Deployment.objects.select_related("model").filter(name=name).afirst()
+    deployment = DEPLOYMENTS.get(name)
+    if deployment is None:
+        deployment = await Deployment.objects.select_related("model").filter(name=name).afirst()
+        if deployment is not None:
+            DEPLOYMENTS.put(name, deployment)
     if deployment is None:
         raise ApiError(404, f"The model '{name}' does not exist; GET /v1/models lists the deployments you can use.",
                        param="model", code="model_not_found")
@@ -154,9 +166,10 @@ async def _sse(call: Call, builder: formats.Builder, parsed: parse.Parsed, calle
         if parsed.include_usage:
             yield _sse_line(builder.usage_chunk())
         yield "data: [DONE]\n\n"
-    except ApiError as exc:  # headers are sent: the error travels as an event, as OpenAI does it
-        status, code = exc.status, exc.code
-        yield _sse_line(exc.body())
+    except (ApiError, RedisError) as exc:  # headers are sent: the error travels as an event, as OpenAI does
+        error = exc if isinstance(exc, ApiError) else BUSY
+        status, code = error.status, error.code
+        yield _sse_line(error.body())
     except asyncio.CancelledError:  # the client went away
         status, code = 499, "client_closed"
         raise
