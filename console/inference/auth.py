@@ -62,12 +62,9 @@ async def authenticate(request: HttpRequest) -> Caller:
     if scheme.lower() != "bearer" or not raw.strip():
         raise ApiError(401, "Send your API key as 'Authorization: Bearer <key>' (create one under API keys).",
                        code="invalid_api_key")
-    hashed = hash_key(raw.strip())
-    key = KEYS.get(hashed)
-    if key is None:
-        key = await sync_to_async(ApiKey.authenticate)(raw.strip())
-        if key is not None and key.expires_at is None:
-            KEYS.put(hashed, key)
+    key = await KEYS.get_or_load(hash_key(raw.strip()), lambda: sync_to_async(ApiKey.authenticate)(raw.strip()))
+    if key is not None and key.expires_at is not None and key.status != "active":
+        key = None  # expired while cached
     if key is None:
         raise ApiError(401, "Invalid, expired or revoked API key.", code="invalid_api_key")
     if not key.user.has_role(Role.USER):

@@ -59,11 +59,8 @@ async def _deployment(request: HttpRequest, tasks: tuple[str, ...], endpoint: st
         raise ApiError(413, "The request body is too large; send less text per request.",
                        code="request_too_large") from exc
     name = parse.model_name(data)
-    deployment = DEPLOYMENTS.get(name)
-    if deployment is None:
-        deployment = await Deployment.objects.select_related("model").filter(name=name).afirst()
-        if deployment is not None:
-            DEPLOYMENTS.put(name, deployment)
+    deployment = await DEPLOYMENTS.get_or_load(
+        name, lambda: Deployment.objects.select_related("model").filter(name=name).afirst())
     if deployment is None:
         raise ApiError(404, f"The model '{name}' does not exist; GET /v1/models lists the deployments you can use.",
                        param="model", code="model_not_found")
