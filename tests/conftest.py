@@ -3,6 +3,7 @@ API clients authenticated by real API keys, a real Celery worker process, the st
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -147,6 +148,15 @@ def _database_url() -> str:
     return f"postgres://{auth}{'@' if auth else ''}{host}{port}/{s['NAME']}"
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test session dies, so a killed run leaves nothing behind
+    (Linux's PR_SET_PDEATHSIG)."""
+    _LIBC.prctl(1, signal.SIGTERM)
+
+
 class ChildProcess:
     """A process the tests start in its own process group, logging to a temp file."""
 
@@ -193,7 +203,8 @@ class WorkerProcess(ChildProcess):
                "--concurrency", str(self.concurrency), "-Q", self.queues, "-n", f"{self.name}@%h",
                "--without-gossip", "--without-mingle", "-l", "INFO", *self.extra]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env(), stdout=self.log_path.open("wb"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=die_with_parent)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if "ready." in self.log():
@@ -262,7 +273,8 @@ class WebServer(ChildProcess):
         cmd = [sys.executable, "-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1",
                "--port", str(self.port), "--lifespan", "off", "--log-level", "warning"]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log_path.open("wb"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=die_with_parent)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
