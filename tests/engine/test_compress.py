@@ -1,0 +1,114 @@
+"""Compression into new model folders: magnitude, 2:4 and Wanda pruning, fp16/bf16 casting, on the
+tiny random Llama (GPT-2's Conv1D blocks are refused)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from engine.calibration import CALIBRATION_TEXT
+from engine.compress import (
+    UnsupportedMethod,
+    check,
+    compress_folder,
+    folder_stats,
+    prunable_linears,
+    prune_model,
+)
+
+PROMPT = "Every good kitchen runs on lists, and the cook checks them before the doors open."
+
+
+def logits(folder: Path) -> torch.Tensor:
+    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    ids = AutoTokenizer.from_pretrained(folder)(PROMPT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return model(ids).logits[0]
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def fresh(folder: Path) -> torch.nn.Module:
+    return AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+
+
+def calibration_ids(folder: Path, text: str = CALIBRATION_TEXT) -> list[int]:
+    return AutoTokenizer.from_pretrained(folder)(text)["input_ids"][:256]
+
+
+def test_magnitude_pruning_reaches_the_asked_sparsity_in_every_layer_and_leaves_plain_weights(
+        tiny_llama: Path, tmp_path: Path) -> None:
+    result = compress_folder(tiny_llama, tmp_path / "child", "magnitude", sparsity=0.3)
+    assert result.sparsity == pytest.approx(0.3, abs=0.01)
+    assert len(result.layer_sparsity) == 14  # 2 blocks x (q, k, v, o, gate, up, down)
+    assert all(s == pytest.approx(0.3, abs=0.01) for s in result.layer_sparsity.values())
+    child = fresh(tmp_path / "child")
+    for name, linear in prunable_linears(child).items():
+        assert float((linear.weight == 0).float().mean()) == pytest.approx(0.3, abs=0.01), name
+    assert not any("mask" in k for k in child.state_dict())
+    assert (tmp_path / "child" / "tokenizer.json").is_file()
+    assert result.recipe == {"method": "magnitude", "structure": "unstructured", "sparsity": 0.3}
+
+
+def test_light_magnitude_pruning_keeps_outputs_close_to_the_parent(tiny_llama: Path, tmp_path: Path) -> None:
+    compress_folder(tiny_llama, tmp_path / "child", "magnitude", sparsity=0.1)
+    assert rel_err(logits(tmp_path / "child"), logits(tiny_llama)) < 0.15
+
+
+def test_two_four_pruning_keeps_exactly_two_of_every_four_weights(tiny_llama: Path) -> None:
+    for method in ("magnitude", "wanda"):
+        model = fresh(tiny_llama)
+        result = prune_model(model, method, structure="2:4", calibration_ids=calibration_ids(tiny_llama))
+        assert result.sparsity == 0.5
+        for linear in prunable_linears(model).values():
+            groups = (linear.weight != 0).reshape(linear.weight.shape[0], -1, 4).sum(dim=-1)
+            assert bool((groups == 2).all())
+
+
+def test_wanda_keeps_a_different_set_than_magnitude_and_follows_the_calibration_activations(
+        tiny_llama: Path) -> None:
+    masks = {}
+    for key, method, text in [("magnitude", "magnitude", CALIBRATION_TEXT), ("wanda", "wanda", CALIBRATION_TEXT),
+                              ("wanda-other", "wanda", "1 2 3 4 5 6 7 8 9 10 " * 20)]:
+        model = fresh(tiny_llama)
+        prune_model(model, method, sparsity=0.5, calibration_ids=calibration_ids(tiny_llama, text))
+        masks[key] = torch.cat([(li.weight == 0).flatten() for li in prunable_linears(model).values()])
+    differs = lambda a, b: float((masks[a] != masks[b]).float().mean())  # noqa: E731
+    assert differs("magnitude", "wanda") > 0.05
+    assert differs("wanda", "wanda-other") > 0.01
+
+
+def test_wanda_stays_closer_to_the_parent_than_magnitude_on_the_calibration_text(
+        tiny_llama: Path, tmp_path: Path) -> None:
+    parent = logits(tiny_llama)
+    compress_folder(tiny_llama, tmp_path / "mag", "magnitude", sparsity=0.5)
+    compress_folder(tiny_llama, tmp_path / "wanda", "wanda", sparsity=0.5, calibration_text=PROMPT)
+    assert rel_err(logits(tmp_path / "wanda"), parent) < rel_err(logits(tmp_path / "mag"), parent)
+
+
+@pytest.mark.parametrize("method", ["fp16", "bf16"])
+def test_casting_halves_the_weights_and_keeps_outputs_close(tiny_llama: Path, tmp_path: Path, method: str) -> None:
+    result = compress_folder(tiny_llama, tmp_path / "child", method)
+    parent_stats, child_stats = folder_stats(tiny_llama), folder_stats(tmp_path / "child")
+    assert child_stats["parameters"] == parent_stats["parameters"]
+    weights = lambda p: sum(f.stat().st_size for f in p.glob("*.safetensors"))  # noqa: E731
+    assert weights(tmp_path / "child") < 0.51 * weights(tiny_llama)
+    assert rel_err(logits(tmp_path / "child"), logits(tiny_llama)) < (0.005 if method == "fp16" else 0.03)
+    assert result.recipe["dtype"] == {"fp16": "float16", "bf16": "bfloat16"}[method]
+
+
+def test_bad_parameters_and_conv1d_architectures_are_refused(tiny_gpt2: Path, tmp_path: Path) -> None:
+    for sparsity in (0.0, 1.0, -0.2, 1.5):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            check("magnitude", sparsity=sparsity)
+    with pytest.raises(UnsupportedMethod):
+        check("sparsegpt", sparsity=0.5)
+    with pytest.raises(UnsupportedMethod):
+        check("wanda", sparsity=0.5, structure="4:8")
+    with pytest.raises(UnsupportedMethod, match="Conv1D"):
+        compress_folder(tiny_gpt2, tmp_path / "child", "magnitude", sparsity=0.5)
