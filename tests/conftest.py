@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -313,8 +314,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 IMPORT_TIMEOUT_MS = 180_000
 
 
-@pytest.fixture
-def page(live_server, monkeypatch) -> Iterator:  # type: ignore[no-untyped-def]
+@contextmanager
+def browser_page(base_url: str, monkeypatch: Any, viewport: tuple[int, int] = (1280, 900),
+                 timeout_ms: int = 20_000) -> Iterator[Any]:
+    """A page in headless Debian Chromium on `base_url`."""
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API keeps an asyncio loop on this thread; the test's ORM calls around it
@@ -322,15 +325,21 @@ def page(live_server, monkeypatch) -> Iterator:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 900})
+        context = browser.new_context(base_url=base_url, viewport={"width": viewport[0], "height": viewport[1]})
         page = context.new_page()
-        page.set_default_timeout(20_000)
+        page.set_default_timeout(timeout_ms)
         yield page
         context.close()
         browser.close()
         # Inside sync_playwright the test's ORM calls ran in another context (greenlet), so on another
         # connection than pytest-django's; close it, or it keeps the test database from being dropped.
         connections.close_all()
+
+
+@pytest.fixture
+def page(live_server, monkeypatch) -> Iterator:  # type: ignore[no-untyped-def]
+    with browser_page(live_server.url, monkeypatch) as page:
+        yield page
 
 
 def log_in(page, username: str) -> None:  # type: ignore[no-untyped-def]

@@ -7,10 +7,9 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from django.db import connections
 
 from console.jobs.models import Job
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS, log_in
+from tests.conftest import browser_page, log_in
 from tests.serving_rows import deploy
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -20,18 +19,8 @@ SCREENSHOT = "/tmp/tauon-playground-explain.png"
 @pytest.fixture
 def stack_page(web_server, monkeypatch) -> Iterator:  # type: ignore[no-untyped-def]
     """A browser page on the uvicorn server, where /v1 streams from the serving worker."""
-    from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(base_url=web_server.url, viewport={"width": 1400, "height": 1000})
-        page = context.new_page()
-        page.set_default_timeout(30_000)
+    with browser_page(web_server.url, monkeypatch, viewport=(1400, 1000), timeout_ms=30_000) as page:
         yield page
-        context.close()
-        browser.close()
-        connections.close_all()
 
 
 def server_side_password(user) -> None:  # type: ignore[no-untyped-def]
