@@ -38,6 +38,8 @@ CAST_METHODS = {"fp16": torch.float16, "bf16": torch.bfloat16}
 METHODS = (*PRUNE_METHODS, *CAST_METHODS)
 STRUCTURES = ("unstructured", "2:4")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+# Architectures whose decoder blocks hold no nn.Linear (GPT-2 family: transformers' Conv1D).
+CONV1D_ARCHITECTURES = frozenset({"GPT2LMHeadModel", "GPT2Model", "OpenAIGPTLMHeadModel"})
 
 
 class UnsupportedMethod(ValueError):

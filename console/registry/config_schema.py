@@ -48,6 +48,18 @@ CONFIG_SCHEMA: dict[str, Any] = {
                 "max_queue": {"type": "integer", "minimum": 0},
             },
         },
+        "compression": {  # written by a `compress` job: how this version was made from its parent
+            "type": "object",
+            "required": ["method"],
+            "properties": {
+                "method": {"type": "string"},
+                "recipe": {"type": "object"},
+                "parent": {"type": "integer"},
+                "sparsity": {"type": "number", "minimum": 0, "maximum": 1},
+                "layer_sparsity": {"type": "object", "additionalProperties": {"type": "number"}},
+                "calibration_dataset": {"type": "string"},
+            },
+        },
         "dtype": {"enum": ["auto", "float32", "float16", "bfloat16"]},
         "max_context": {"type": "integer", "minimum": 1},
         "labels": {"type": "array", "items": {"type": "string"}},

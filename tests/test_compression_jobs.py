@@ -1,0 +1,87 @@
+"""Compression jobs through POST /api/jobs/: a Wanda-pruned child version of the tiny Llama with its
+lineage and recipe, evaluated against its parent on a real worker; bad input refused with a 400 and
+no job created."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.test import Client
+
+from console.evaluation.models import EvaluationResult
+from console.jobs.models import Job
+from engine.compress import folder_stats
+from tests.api_rows import make_model
+from tests.serving_rows import stored_version
+from tests.test_evaluation_jobs import FAST, ended
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def as_imported(folder: Path) -> dict[str, int]:
+    stats = folder_stats(folder)
+    return {"parameter_count": stats["parameters"], "total_size": stats["size_bytes"]}
+
+
+def post(api: Any, params: dict[str, Any]) -> Any:
+    return api.post("/api/jobs/", {"kind": "compress", "params": params}, format="json")
+
+
+def test_a_wanda_compression_creates_a_child_version_with_lineage_and_compares_it_with_its_parent(
+        celery_worker, bob, maintainer_api, llama_dir):
+    call_command("import_datasets")
+    model = make_model("tiny", owner=bob)
+    stored_version(model, llama_dir, architecture="LlamaForCausalLM", **as_imported(llama_dir))
+    response = post(maintainer_api, {"model": "tiny", "version": 1, "method": "wanda", "sparsity": 0.5,
+                                     "calibration_dataset": "plain-english", "dataset": "plain-english",
+                                     "config": FAST})
+    assert response.status_code == 202, response.content
+    done = ended(Job.objects.get(pk=response.json()["id"]))
+    assert done.status == "succeeded", done.error + celery_worker.log()[-3000:]
+    result = done.result
+    assert result["child"] == 2 and result["sparsity"] == pytest.approx(0.5, abs=0.01)
+    child = model.versions.get(number=2)
+    assert child.status == "ready" and child.parent.number == 1 and child.produced_by_id == done.pk
+    assert child.source == "job"
+    assert child.config["compression"]["method"] == "wanda"
+    assert child.config["compression"]["recipe"]["sparsity"] == 0.5
+    assert child.config["compression"]["calibration_dataset"] == "plain-english"
+    assert all(s == pytest.approx(0.5, abs=0.01) for s in child.config["compression"]["layer_sparsity"].values())
+    comparison = result["comparison"]
+    assert comparison["parameter_count"]["ratio"] == 1.0  # zeros are stored: the same parameters
+    assert comparison["perplexity"]["child"] != comparison["perplexity"]["parent"]
+    assert comparison["tokens_per_s"]["ratio"] > 0 and "peak_memory_bytes" in comparison
+    assert comparison["size_bytes"]["ratio"] == pytest.approx(1.0, abs=0.05)  # and the same size on disk
+    rows = EvaluationResult.objects.filter(job=done).order_by("version__number")
+    assert [r.version.number for r in rows] == [1, 2]
+    browser = Client()
+    browser.force_login(bob)
+    page = browser.get(f"/models/{model.name}/")
+    assert page.status_code == 200
+    assert f"compress job #{done.pk}" in page.content.decode()  # the lineage tree names the producing job
+
+
+def test_bad_compression_params_are_refused_with_a_400_and_no_job(bob, maintainer_api, llama_dir):
+    call_command("import_datasets")
+    stored_version(make_model("tiny", owner=bob), llama_dir, architecture="LlamaForCausalLM")
+    stored_version(make_model("gpt", owner=bob), llama_dir, architecture="GPT2LMHeadModel")
+    cases = [
+        ({"model": "tiny", "version": 1, "method": "magnitude", "sparsity": 0}, "sparsity"),
+        ({"model": "tiny", "version": 1, "method": "magnitude", "sparsity": 1.0}, "sparsity"),
+        ({"model": "tiny", "version": 1, "method": "magnitude", "sparsity": -0.3}, "sparsity"),
+        ({"model": "tiny", "version": 1, "method": "sparsegpt"}, "method"),
+        ({"model": "tiny", "version": 1, "method": "magnitude", "structure": "4:8"}, "structure"),
+        ({"model": "gpt", "version": 1, "method": "wanda", "sparsity": 0.5}, "method"),
+        ({"model": "tiny", "version": 1, "method": "wanda", "calibration_dataset": "simple-qa"},
+         "calibration_dataset"),
+        ({"model": "tiny", "version": 9, "method": "fp16"}, "version"),
+        ({"model": "tiny", "version": 1, "method": "fp16", "sparsity": 0.5}, "sparsity"),
+    ]
+    for params, field in cases:
+        response = post(maintainer_api, params)
+        assert response.status_code == 400, (params, response.content)
+        assert field in response.content.decode(), (params, response.content)
+    assert Job.objects.filter(kind="compress").count() == 0
