@@ -1,0 +1,100 @@
+"""Fine-tuning jobs through POST /api/jobs/: bad input refused with a 400 before any job exists, and on a
+real worker a LoRA SFT of a tiny Llama and a full fine-tuning of a tiny BERT classifier into a new model,
+each leaving a ready child version with its lineage and the losses in the job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from console.evaluation.models import DatasetVersion
+from console.jobs.models import Job
+from console.registry.models import ModelVersion
+from engine.finetune import split
+from tests.api_rows import make_model
+from tests.conftest import wait_for
+from tests.modelfactory import tiny_bert_dir
+from tests.serving_rows import stored_version
+
+QA = [{"prompt": f"What is {a} plus {b}?", "answer": f"{a + b}"} for a in range(4) for b in range(4)]
+SENTIMENT = ([{"text": f"great lovely wonderful film {i}", "label": "pos"} for i in range(10)]
+             + [{"text": f"awful boring terrible film {i}", "label": "neg"} for i in range(10)])
+
+
+def dataset(name: str, kind: str, rows: list[dict[str, Any]], actor: Any) -> DatasetVersion:
+    raw = "\n".join(json.dumps(r) for r in rows).encode()
+    return DatasetVersion.add(name, kind, f"{name}.jsonl", raw, actor)
+
+
+def post(api: Any, **params: Any) -> Any:
+    return api.post("/api/jobs/", {"kind": "finetune", "params": params}, format="json")
+
+
+@pytest.mark.django_db
+def test_it_refuses_bad_input_with_a_400_before_any_job(bob, maintainer_api, llama_dir, tmp_path: Path) -> None:
+    stored_version(make_model("tiny", owner=bob), llama_dir)
+    stored_version(make_model("enc", task="text-classification", owner=bob), tiny_bert_dir(tmp_path / "bert"))
+    dataset("sums", "qa", QA, bob)
+    dataset("sentiment", "classification", SENTIMENT, bob)
+    lopsided = SENTIMENT + [{"text": "a film", "label": "meh"}]  # one "meh" row: some seeds hold it out
+    dataset("lopsided", "classification", lopsided, bob)
+    seed = next(s for s in range(100) if any(r["label"] == "meh" for r in split(lopsided, 0.1, s)[1]))
+
+    wrong_kind = post(maintainer_api, model="tiny", version=1, dataset="sentiment")
+    assert wrong_kind.status_code == 400 and wrong_kind.json()["error"]["field"] == "params.dataset"
+    assert "classification dataset" in wrong_kind.json()["error"]["message"]
+    too_long = post(maintainer_api, model="tiny", version=1, dataset="sums", max_length=100_000)
+    assert too_long.status_code == 400 and too_long.json()["error"]["field"] == "params.max_length"
+    assert "context of 256 tokens" in too_long.json()["error"]["message"]
+    unseen = post(maintainer_api, model="enc", version=1, dataset="lopsided", eval_fraction=0.1, seed=seed)
+    assert unseen.status_code == 400, unseen.content
+    assert "labels training never shows: meh" in unseen.json()["error"]["message"]
+    bad_method = post(maintainer_api, model="tiny", version=1, dataset="sums", method="qlora")
+    assert bad_method.status_code == 400 and bad_method.json()["error"]["field"] == "params.method"
+    other_task = post(maintainer_api, model="tiny", version=1, dataset="sums", target_model="enc")
+    assert other_task.status_code == 400 and other_task.json()["error"]["field"] == "params.target_model"
+    assert not Job.objects.filter(kind="finetune").exists()
+
+
+def ended(job_id: int, timeout: float = 180) -> Job:
+    return wait_for(lambda: Job.objects.filter(pk=job_id, status__in=["succeeded", "failed", "cancelled"]).first(),
+                    timeout, what=f"job #{job_id} to end")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lora_sft_job_leaves_a_ready_child_version_with_its_lineage_and_losses(
+        celery_worker, bob, maintainer_api, llama_dir) -> None:
+    parent = stored_version(make_model("tiny", owner=bob), llama_dir)
+    data = dataset("sums", "qa", QA, bob)
+    response = post(maintainer_api, model="tiny", version=1, dataset="sums", method="lora", epochs=2, batch_size=4,
+                    learning_rate=1e-2, target_modules="all-linear", eval_fraction=0.25)
+    assert response.status_code == 202, response.content
+    done = ended(response.json()["id"])
+    assert done.status == "succeeded", done.error + celery_worker.log()[-3000:]
+    result = done.result
+    assert (result["model"], result["version"], result["steps"]) == ("tiny", 2, 6)
+    assert len(result["losses"]) == 6 and result["eval_loss"] > 0 and result["merge_max_abs_diff"] < 1e-4
+    assert result["dataset_version"] == data.number and result["hyperparameters"]["learning_rate"] == 1e-2
+    assert any("loss" in line for line in done.log)
+    child = ModelVersion.objects.get(model__name="tiny", number=2)
+    assert child.status == "ready" and child.parent == parent and child.produced_by == done
+    assert child.source == "job"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_classifier_fine_tuned_into_a_new_model_reports_its_accuracy(
+        celery_worker, bob, maintainer_api, tmp_path: Path) -> None:
+    parent = stored_version(make_model("enc", task="text-classification", owner=bob), tiny_bert_dir(tmp_path / "b"))
+    dataset("sentiment", "classification", SENTIMENT, bob)
+    response = post(maintainer_api, model="enc", version=1, dataset="sentiment", method="full", epochs=6,
+                    batch_size=6, learning_rate=1e-2, eval_fraction=0.2, target_model="sentiment-clf")
+    assert response.status_code == 202, response.content
+    done = ended(response.json()["id"])
+    assert done.status == "succeeded", done.error + celery_worker.log()[-3000:]
+    assert done.result["labels"] == ["neg", "pos"] and done.result["eval_accuracy"] == 1.0
+    child = ModelVersion.objects.get(model__name="sentiment-clf", number=1)
+    assert child.model.task == "text-classification" and child.model.owner == bob
+    assert child.status == "ready" and child.parent == parent and child.produced_by == done

@@ -1,0 +1,97 @@
+"""The `finetune` job: rows in, engine.finetune.finetune() on the parent's folder, a child version out.
+
+The loss of every optimizer step goes to the job's progress message, and to its log at most ~50
+times a run; the whole series is in the result. Checkpoints live under
+TAUON_STORAGE/finetune/job-<id>, so a redelivery after a killed worker resumes from the last one;
+they are removed once the child exists. The child is a version of `target_model` (created when
+missing) whose parent is the fine-tuned version and whose producing job holds the dataset version
+and the hyperparameters; its import runs in this process."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shutil
+from typing import Any
+
+from console.evaluation.models import DatasetVersion
+from console.jobs.models import Job
+from console.registry.choices import VersionSource
+from console.registry.models import Model, ModelVersion
+
+log = logging.getLogger(__name__)
+
+
+def finetune(job: Job) -> dict[str, Any]:
+    from console.registry.importing import add_version_from_path, staging, storage_dir
+    from engine.finetune import FinetuneConfig
+    from engine.finetune import finetune as train
+
+    params = job.params
+    parent = ModelVersion.objects.select_related("model").get(model__name=params["model"], number=params["version"])
+    dataset_version = DatasetVersion.objects.select_related("dataset").get(
+        dataset__name=params["dataset"], number=params["dataset_version"])
+    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    config = FinetuneConfig(**{k: v for k, v in params.items() if k in names})
+    rows = dataset_version.load()
+    checkpoints = storage_dir("finetune") / f"job-{job.pk}"
+    if config.checkpoint_every == 0:  # a killed worker still resumes: a checkpoint every ~10 % of the run
+        estimate = config.max_steps or math.ceil(len(rows) / config.batch_size / config.grad_accum) * config.epochs
+        config.checkpoint_every = max(1, estimate // 10)
+    job.report(0.0, "starting", log=f"Fine-tuning {parent.model.name} v{parent.number} ({config.method}, "
+                                    f"{config.task}) on {dataset_version} ({len(rows)} rows)")
+    every = [1]
+
+    def on_step(step: int, total: int, loss: float, lr: float) -> None:
+        if step == 1:
+            every[0] = max(1, total // 50)
+        line = f"step {step}/{total} loss {loss:.4f} lr {lr:.3g}" if step % every[0] == 0 or step == total else None
+        job.report(0.9 * step / total, f"step {step}/{total}: loss {loss:.4f}", log=line)
+
+    with staging() as tmp:
+        result = train(parent.path, tmp / "child", rows, config, checkpoint_dir=checkpoints, on_step=on_step)
+        if result.resumed_from:
+            job.report(None, None, log=f"resumed from the checkpoint of step {result.resumed_from}")
+        job.report(0.92, "saving the child", log=f"train loss {result.train_loss:.4f}, eval loss "
+                   f"{_fmt(result.eval_loss)}, eval accuracy {_fmt(result.eval_accuracy)}")
+        target = Model.objects.filter(name=params["target_model"]).first() or Model.objects.create(
+            name=params["target_model"], task=config.task, owner=job.created_by,
+            description=f"Fine-tuned from {parent.model.name} v{parent.number}.")
+        same_model = target.pk == parent.model_id
+        child_config = dict(parent.config or {}) if target.task == parent.model.task else {}
+        child = add_version_from_path(target, tmp / "child", job.created_by, source=VersionSource.JOB,
+                                      source_ref=f"finetune job #{job.pk}: {config.method} of {parent}",
+                                      config=child_config, parent=parent if same_model else None,
+                                      produced_by=job, enqueue=False)
+    if not same_model:  # lineage across models: the registry's own check keeps uploads within one model
+        ModelVersion.objects.filter(pk=child.pk).update(parent=parent)
+    _import_here(job, child)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    child.refresh_from_db()
+    job.report(1.0, f"{target.name} v{child.number} ready")
+    return {"model": target.name, "version": child.number, "version_id": child.pk,
+            "parent": {"model": parent.model.name, "version": parent.number},
+            "dataset": dataset_version.dataset.name, "dataset_version": dataset_version.number,
+            "method": config.method, "task": config.task, "hyperparameters": dataclasses.asdict(config),
+            "train_loss": result.train_loss, "eval_loss": result.eval_loss, "eval_accuracy": result.eval_accuracy,
+            "labels": result.labels, "steps": result.steps, "losses": result.losses,
+            "merge_max_abs_diff": result.merge_max_abs_diff, "resumed_from": result.resumed_from}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _import_here(job: Job, child: ModelVersion) -> None:
+    """Run the child's import job in this process (hash, inspect, mark ready), as its own job row."""
+    from console.registry.importing import import_failed, run_import
+
+    imp = child.import_job
+    imp.claim(job.worker or "finetune")
+    try:
+        imp.succeed(run_import(imp))
+    except BaseException as exc:
+        imp.fail(str(exc)[:2000] or type(exc).__name__)
+        import_failed(imp)
+        raise
