@@ -115,11 +115,11 @@ def prune_mask(scores: torch.Tensor, *, sparsity: float, structure: str, per_row
         return keep.reshape(out, inp)
     if per_row:
         k = int(scores.shape[1] * sparsity)
-        drop = scores.topk(k, dim=1, largest=False).indices
+        drop = scores.argsort(dim=1)[:, :k]  # argsort: topk with a large k is far slower on CPU
         return torch.ones_like(scores, dtype=torch.bool).scatter_(1, drop, False)
     k = int(scores.numel() * sparsity)
     flat = torch.ones(scores.numel(), dtype=torch.bool)
-    flat[scores.flatten().topk(k, largest=False).indices] = False
+    flat[scores.flatten().argsort()[:k]] = False
     return flat.reshape(scores.shape)
 
 

@@ -112,3 +112,18 @@ def test_bad_parameters_and_conv1d_architectures_are_refused(tiny_gpt2: Path, tm
         check("wanda", sparsity=0.5, structure="4:8")
     with pytest.raises(UnsupportedMethod, match="Conv1D"):
         compress_folder(tiny_gpt2, tmp_path / "child", "magnitude", sparsity=0.5)
+
+
+@pytest.mark.slow
+def test_on_smollm2_wanda_at_half_sparsity_loses_far_less_perplexity_than_magnitude(smollm2_dir: Path) -> None:
+    """As the Wanda paper reports for LLaMA (measured here: dense 20.3, magnitude 330, Wanda 41)."""
+    from bench.texts import EVAL_TEXT
+    from engine.runner import build_stack, perplexity
+
+    ids = AutoTokenizer.from_pretrained(smollm2_dir)(EVAL_TEXT)["input_ids"][:512]
+    ppl = {}
+    for method in ("magnitude", "wanda"):
+        model = fresh(smollm2_dir)
+        prune_model(model, method, sparsity=0.5, calibration_ids=calibration_ids(smollm2_dir))
+        ppl[method] = perplexity(build_stack(model), ids)
+    assert ppl["wanda"] < 0.5 * ppl["magnitude"]
