@@ -71,6 +71,7 @@ class FinetuneResult:
     labels: list[str] | None = None  # classifiers: id → label
     merge_max_abs_diff: float | None = None  # LoRA: merged child vs base+adapter on a probe batch
     resumed_from: int = 0  # optimizer step of the checkpoint it resumed from
+    eval_loss_before: float | None = None  # the held-out loss of the untouched model
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -289,6 +290,7 @@ def finetune(base_dir: Path, out_dir: Path, rows: Sequence[dict[str, Any]], conf
     warmup = min(config.warmup_steps, total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (
         (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))))
+    eval_loss_before = _evaluate(model, held, config, pad_id)[0] if held else None
     resumed = step = _resume(checkpoint_dir, model, optimizer, scheduler)
 
     model.train()
@@ -347,4 +349,5 @@ def finetune(base_dir: Path, out_dir: Path, rows: Sequence[dict[str, Any]], conf
             after = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits
         merge_diff = float((after - before).abs().max())
     return FinetuneResult(steps=step, train_loss=train_loss, eval_loss=eval_loss, eval_accuracy=accuracy,
-                          losses=losses, labels=labels, merge_max_abs_diff=merge_diff, resumed_from=resumed)
+                          losses=losses, labels=labels, merge_max_abs_diff=merge_diff, resumed_from=resumed,
+                          eval_loss_before=eval_loss_before)

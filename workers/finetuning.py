@@ -74,7 +74,7 @@ def finetune(job: Job) -> dict[str, Any]:
             "parent": {"model": parent.model.name, "version": parent.number},
             "dataset": dataset_version.dataset.name, "dataset_version": dataset_version.number,
             "method": config.method, "task": config.task, "hyperparameters": dataclasses.asdict(config),
-            "train_loss": result.train_loss, "eval_loss": result.eval_loss, "eval_accuracy": result.eval_accuracy,
+            "train_loss": result.train_loss, "eval_loss_before": result.eval_loss_before, "eval_loss": result.eval_loss, "eval_accuracy": result.eval_accuracy,
             "labels": result.labels, "steps": result.steps, "losses": result.losses,
             "merge_max_abs_diff": result.merge_max_abs_diff, "resumed_from": result.resumed_from}
 

@@ -137,3 +137,17 @@ def test_it_trains_a_classifier_with_lora_and_keeps_the_new_head_in_the_merged_c
     assert result.losses[-1][1] < result.losses[0][1]
     child = _weights(tmp_path / "clf")
     assert "classifier.weight" in child and not any("lora" in name for name in child)
+
+
+@pytest.mark.slow
+def test_lora_sft_of_smollm2_lowers_the_held_out_loss_and_merges_exactly(smollm2_dir: Path, tmp_path: Path) -> None:
+    rows = [{"prompt": f"Reply with the code word for team {name}.", "answer": f"The code word is {word}."}
+            for name, word in zip("red blue green black white pink gold grey".split(),
+                                  "apple river stone cloud maple tiger lemon piano".split(), strict=True)]
+    config = FinetuneConfig(task="text-generation", method="lora", max_steps=6, batch_size=4, learning_rate=2e-3,
+                            seed=0, eval_fraction=0.25, max_length=64)
+    result = finetune(smollm2_dir, tmp_path / "child", rows, config, adapter_dir=tmp_path / "adapter")
+    assert result.eval_loss is not None and result.eval_loss_before is not None
+    assert result.eval_loss < result.eval_loss_before
+    # fp32: W·x + B·(A·x) and (W + B·A)·x round differently; measured 1.3e-4 over 49,152 logits of ~±30
+    assert result.merge_max_abs_diff is not None and result.merge_max_abs_diff < 1e-3
