@@ -85,8 +85,12 @@ def test_a_lora_sft_job_leaves_a_ready_child_version_with_its_lineage_and_losses
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_classifier_fine_tuned_into_a_new_model_reports_its_accuracy(
-        celery_worker, bob, maintainer_api, tmp_path: Path) -> None:
+def test_a_classifier_fine_tuned_into_a_new_model_reports_its_accuracy_and_predicts_when_deployed(
+        celery_worker, serving, web_server, bob, maintainer_api, user_api, tmp_path: Path) -> None:
+    from console.deployments.models import Deployment
+    from console.registry.models import Alias
+    from tests.serving_rows import wait_ready
+
     parent = stored_version(make_model("enc", task="text-classification", owner=bob), tiny_bert_dir(tmp_path / "b"))
     dataset("sentiment", "classification", SENTIMENT, bob)
     response = post(maintainer_api, model="enc", version=1, dataset="sentiment", method="full", epochs=6,
@@ -98,3 +102,10 @@ def test_a_classifier_fine_tuned_into_a_new_model_reports_its_accuracy(
     child = ModelVersion.objects.get(model__name="sentiment-clf", number=1)
     assert child.model.task == "text-classification" and child.model.owner == bob
     assert child.status == "ready" and child.parent == parent and child.produced_by == done
+
+    Alias.move(child.model, "production", child, actor=bob)
+    wait_ready(Deployment.create(bob, name="classify", model=child.model, alias="production", config={}, replicas=1))
+    texts = ["great lovely wonderful film", "awful boring terrible film"]
+    response = user_api.post("/api/deployments/classify/predict", {"input": texts}, format="json")
+    assert response.status_code == 200, response.content
+    assert [answer[0]["label"] for answer in response.json()["results"]] == ["pos", "neg"]
