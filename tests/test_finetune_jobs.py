@@ -5,9 +5,12 @@ each leaving a ready child version with its lineage and the losses in the job.""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from console.evaluation.models import DatasetVersion
@@ -15,7 +18,7 @@ from console.jobs.models import Job
 from console.registry.models import ModelVersion
 from engine.finetune import split
 from tests.api_rows import make_model
-from tests.conftest import wait_for
+from tests.conftest import WorkerProcess, wait_for
 from tests.modelfactory import tiny_bert_dir
 from tests.serving_rows import stored_version
 
@@ -109,3 +112,30 @@ def test_a_classifier_fine_tuned_into_a_new_model_reports_its_accuracy_and_predi
     response = user_api.post("/api/deployments/classify/predict", {"input": texts}, format="json")
     assert response.status_code == 200, response.content
     assert [answer[0]["label"] for answer in response.json()["results"]] == ["pos", "neg"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sigkilled_pool_process_mid_training_resumes_from_its_last_checkpoint(
+        celery_worker, bob, maintainer_api, llama_dir, settings) -> None:
+    settings.TAUON_EVALUATION_QUEUE = "ftkill-pool"
+    worker = WorkerProcess("ftkill-pool", queues="ftkill-pool", extra=("--pool", "prefork")).start()
+    try:
+        stored_version(make_model("tiny", owner=bob), llama_dir)
+        dataset("sums", "qa", QA, bob)
+        response = post(maintainer_api, model="tiny", version=1, dataset="sums", max_steps=400, batch_size=4,
+                        learning_rate=1e-3, checkpoint_every=5)
+        assert response.status_code == 202, response.content
+        job_id = response.json()["id"]
+        wait_for(lambda: Job.objects.filter(pk=job_id, status="running", progress__gt=0.2).exists(), 120,
+                 what="the training to be under way")
+        children = psutil.Process(worker.proc.pid).children()  # type: ignore[union-attr]
+        assert len(children) == 1
+        os.kill(children[0].pid, signal.SIGKILL)
+        done = ended(job_id)
+        assert done.status == "succeeded", done.error + worker.log()[-3000:]
+        assert done.deliveries == 2 and done.result["steps"] == 400
+        assert done.result["resumed_from"] >= 80 and done.result["resumed_from"] % 5 == 0
+        assert any("resumed from the checkpoint of step" in line for line in done.log)
+        assert ModelVersion.objects.filter(model__name="tiny").count() == 2
+    finally:
+        worker.stop()
