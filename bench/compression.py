@@ -1,0 +1,109 @@
+"""Compression methods on SmolLM2-135M on this CPU: one row per method with size, perplexity and
+throughput as ratios to the dense float32 parent.
+
+Pruning and casting children are written by engine.compress and measured from their folders.
+`int8` and `w8a8` are engine load-time modes (not stored children yet): their size is the int8
+weights the engine holds in memory, not a size on disk (see README, Compression).
+
+    python -m bench.compression [--tokens 1024] [--quick]
+
+Last line: JSON `{"int8": {"size_ratio", "ppl_ratio", "tok_s_ratio"}, ...}` (child/parent)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.engine import model_folder
+from bench.texts import EVAL_TEXT
+
+
+def measure(folder: Path, quantization: str, settings: Any) -> dict[str, float]:
+    from engine.config import EngineConfig
+    from engine.evaluator import run
+    from engine.loader import release_memory
+
+    try:
+        return run(folder, "text", EVAL_TEXT,
+                   EngineConfig(quantization=quantization, kv_cache_bytes=64 << 20, max_num_seqs=8), settings)
+    finally:
+        release_memory()
+
+
+def weights_in_memory(folder: Path, quantization: str) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench.engine import _quantized_bytes
+    from engine.quantize import quantize_stack
+    from engine.runner import build_stack
+
+    stack = build_stack(AutoModelForCausalLM.from_pretrained(folder).eval())
+    quantize_stack(stack, quantization, tokenizer=AutoTokenizer.from_pretrained(folder), device=torch.device("cpu"))
+    return _quantized_bytes(stack)
+
+
+def main() -> None:
+    from engine.compress import compress_folder, folder_stats
+    from engine.evaluator import Settings
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None, help="a Hugging Face folder (default: the bundled SmolLM2-135M)")
+    ap.add_argument("--tokens", type=int, default=1024, help="perplexity window")
+    ap.add_argument("--quick", action="store_true", help="fewer methods (int8, magnitude50, wanda50)")
+    args = ap.parse_args()
+    parent = model_folder(args.model)
+    settings = Settings(context_length=args.tokens, stride=args.tokens // 2, latency_requests=4, max_new_tokens=32)
+    tmp = Path(tempfile.mkdtemp(prefix="tauon-bench-compression-"))
+    rows: dict[str, dict[str, Any]] = {}
+    try:
+        t = time.monotonic()
+        base = measure(parent, "none", settings)
+        base_size = folder_stats(parent)["size_bytes"]
+        print(f"parent: perplexity {base['perplexity']:.3f}, {base['tokens_per_s']:.1f} tok/s, "
+              f"{base_size / 1e6:.1f} MB on disk ({time.monotonic() - t:.0f} s)", flush=True)
+        methods: list[tuple[str, str, dict[str, Any]]] = [
+            ("int8", "int8", {}), ("w8a8", "w8a8", {}), ("fp16", "fp16", {}), ("bf16", "bf16", {}),
+            ("magnitude50", "magnitude", {"sparsity": 0.5}), ("wanda50", "wanda", {"sparsity": 0.5}),
+            ("magnitude2:4", "magnitude", {"structure": "2:4"}), ("wanda2:4", "wanda", {"structure": "2:4"})]
+        if args.quick:
+            methods = [m for m in methods if m[0] in ("int8", "magnitude50", "wanda50")]
+        print(f"{'method':<14}{'size':>8}{'ppl':>10}{'tok/s':>9}{'size_ratio':>12}{'ppl_ratio':>11}"
+              f"{'tok_s_ratio':>13}", flush=True)
+        for name, method, kw in methods:
+            if method in ("int8", "w8a8"):
+                folder, quantization = parent, method
+                size = weights_in_memory(parent, method)
+            else:
+                folder, quantization = tmp / name.replace(":", "-"), "none"
+                compress_folder(parent, folder, method, **kw)
+                size = folder_stats(folder)["size_bytes"]
+            got = measure(folder, quantization, settings)
+            rows[name] = {"size_ratio": round(size / base_size, 3),
+                          "ppl_ratio": round(got["perplexity"] / base["perplexity"], 3),
+                          "tok_s_ratio": round(got["tokens_per_s"] / base["tokens_per_s"], 3)}
+            r = rows[name]
+            print(f"{name:<14}{size / 1e6:>7.1f}M{got['perplexity']:>10.2f}{got['tokens_per_s']:>9.1f}"
+                  f"{r['size_ratio']:>12}{r['ppl_ratio']:>11}{r['tok_s_ratio']:>13}", flush=True)
+            if folder != parent:
+                shutil.rmtree(folder, ignore_errors=True)
+        # The parent again: the first load runs cold and a shared machine drifts; the faster of the two
+        # parent runs is the baseline for tokens/s (the rows' ratios are recomputed against it).
+        again = measure(parent, "none", settings)["tokens_per_s"]
+        best = max(base["tokens_per_s"], again)
+        print(f"parent again: {again:.1f} tok/s (first {base['tokens_per_s']:.1f}); tok_s_ratio against {best:.1f}",
+              flush=True)
+        for r in rows.values():
+            r["tok_s_ratio"] = round(r["tok_s_ratio"] * base["tokens_per_s"] / best, 3)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
