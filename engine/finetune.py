@@ -3,7 +3,9 @@
 - `text-classification`: `{"text", "label"}` rows from an encoder base; a new classification head
   whose labels are the sorted labels of the training rows;
 - `text-generation`: supervised fine-tuning on `{"prompt", "answer"}` rows with the chat template
-  applied when the tokenizer has one; the loss counts only the answer tokens (and the closing EOS).
+  applied when the tokenizer has one; the loss counts only the answer tokens (and the closing EOS);
+- `token-classification`: `{"tokens", "tags"}` rows; each word's tag goes to its first sub-word piece
+  (the other pieces and the special tokens are left out of the loss), the tags of the data as labels.
 
 Methods: `lora` (peft; merged into the weights on save, so serving needs nothing special) or `full`.
 Linear warmup then linear decay, AdamW, gradient accumulation, a seeded data order (same seed and
@@ -19,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASKS = ("text-classification", "text-generation")
+TASKS = ("text-classification", "text-generation", "token-classification")
 METHODS = ("lora", "full")
 IGNORE = -100  # label of the tokens the loss skips
 
@@ -66,7 +68,7 @@ class FinetuneResult:
     steps: int
     train_loss: float  # mean over the last epoch's (or last 10 %) optimizer steps
     eval_loss: float | None
-    eval_accuracy: float | None  # classifiers only
+    eval_accuracy: float | None  # classifiers only (token classification: over words)
     losses: list[tuple[int, float]] = field(default_factory=list)  # (optimizer step, loss)
     labels: list[str] | None = None  # classifiers: id → label
     merge_max_abs_diff: float | None = None  # LoRA: merged child vs base+adapter on a probe batch
@@ -89,10 +91,14 @@ def split(rows: Sequence[dict[str, Any]], fraction: float, seed: int) -> tuple[l
     return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
 
 
+def labels_of(rows: Sequence[dict[str, Any]]) -> set[str]:
+    """The labels of classification rows, or the tags of NER rows."""
+    return {str(t) for r in rows for t in (r["tags"] if "tags" in r else [r["label"]])}
+
+
 def missing_labels(train: Sequence[dict[str, Any]], held_out: Sequence[dict[str, Any]]) -> list[str]:
     """Labels of the held-out rows the training rows never show (a classifier could not predict them)."""
-    seen = {str(r["label"]) for r in train}
-    return sorted({str(r["label"]) for r in held_out} - seen)
+    return sorted(labels_of(held_out) - labels_of(train))
 
 
 def context_length(model_dir: Path) -> int | None:
@@ -120,11 +126,24 @@ def _encode_sft(tokenizer: Any, row: dict[str, Any], max_length: int, eos_id: in
     return ids, labels
 
 
+def _encode_words(tokenizer: Any, row: dict[str, Any], max_length: int,
+                  label_ids: dict[str, int]) -> tuple[list[int], list[int]]:
+    """(input ids, labels): a word's tag on its first piece, IGNORE on the rest and on special tokens."""
+    enc = tokenizer(row["tokens"], is_split_into_words=True, truncation=True, max_length=max_length)
+    labels, previous = [], None
+    for word in enc.word_ids():
+        labels.append(IGNORE if word is None or word == previous else label_ids[str(row["tags"][word])])
+        previous = word
+    return enc["input_ids"], labels
+
+
 def encode(tokenizer: Any, rows: Sequence[dict[str, Any]], config: FinetuneConfig,
            label_ids: dict[str, int] | None, eos_id: int | None) -> list[tuple[list[int], Any]]:
     if config.task == "text-generation":
         return [_encode_sft(tokenizer, r, config.max_length, eos_id) for r in rows]
     assert label_ids is not None
+    if config.task == "token-classification":
+        return [_encode_words(tokenizer, r, config.max_length, label_ids) for r in rows]
     return [(tokenizer(r["text"], truncation=True, max_length=config.max_length)["input_ids"],
              label_ids[str(r["label"])]) for r in rows]
 
@@ -163,13 +182,20 @@ def _loss(model: Any, batch: dict[str, Any], task: str) -> tuple[Any, Any]:
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     if task == "text-generation":
         return sft_loss(logits, batch["labels"]), logits
+    if task == "token-classification":  # logits: [B, S, L], labels: [B, S]
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE), logits
     return F.cross_entropy(logits.float(), batch["labels"]), logits
 
 
 # --- training --------------------------------------------------------------------------------------------
 def _load(base_dir: Path, config: FinetuneConfig, labels: list[str] | None) -> tuple[Any, Any]:
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     torch.manual_seed(config.seed)  # the new head's initial weights
@@ -177,13 +203,15 @@ def _load(base_dir: Path, config: FinetuneConfig, labels: list[str] | None) -> t
         model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     else:
         assert labels is not None
-        model = AutoModelForSequenceClassification.from_pretrained(
+        auto = AutoModelForTokenClassification if config.task == "token-classification" else AutoModelForSequenceClassification
+        model = auto.from_pretrained(
             str(base_dir), dtype=torch.float32, num_labels=len(labels), ignore_mismatched_sizes=True,
             id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
     if config.method == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
-        task_type = TaskType.CAUSAL_LM if config.task == "text-generation" else TaskType.SEQ_CLS
+        task_type = {"text-generation": TaskType.CAUSAL_LM, "text-classification": TaskType.SEQ_CLS,
+                     "token-classification": TaskType.TOKEN_CLS}[config.task]
         model = get_peft_model(model, LoraConfig(
             task_type=task_type, r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
             target_modules=config.target_modules))
@@ -246,13 +274,18 @@ def _evaluate(model: Any, data: list[tuple[list[int], Any]], config: FinetuneCon
             loss, logits = _loss(model, batch, config.task)
             if config.task == "text-generation":
                 n = int((batch["labels"][:, 1:] != IGNORE).sum())
+            elif config.task == "token-classification":
+                scored = batch["labels"] != IGNORE
+                n = int(scored.sum())
+                correct += int(((logits.argmax(-1) == batch["labels"]) & scored).sum())
             else:
                 n = len(batch["labels"])
                 correct += int((logits.argmax(-1) == batch["labels"]).sum())
             total += float(loss) * n
             weight += n
     model.train()
-    accuracy = correct / len(data) if config.task == "text-classification" else None
+    accuracy = {"text-classification": correct / max(len(data), 1),
+                "token-classification": correct / max(weight, 1)}.get(config.task)
     return total / max(weight, 1), accuracy
 
 
@@ -270,7 +303,7 @@ def finetune(base_dir: Path, out_dir: Path, rows: Sequence[dict[str, Any]], conf
         train_rows, held_out = list(rows), list(eval_rows)
     if not train_rows:
         raise ValueError("no training rows")
-    labels = sorted({str(r["label"]) for r in train_rows}) if config.task == "text-classification" else None
+    labels = sorted(labels_of(train_rows)) if config.task != "text-generation" else None
     if labels is not None and (missing := missing_labels(train_rows, held_out)):
         raise ValueError(f"labels in the eval split that training never shows: {', '.join(missing)}")
     torch.manual_seed(config.seed)

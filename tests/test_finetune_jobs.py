@@ -57,9 +57,18 @@ def test_it_refuses_bad_input_with_a_400_before_any_job(bob, maintainer_api, lla
     assert "labels training never shows: meh" in unseen.json()["error"]["message"]
     bad_method = post(maintainer_api, model="tiny", version=1, dataset="sums", method="qlora")
     assert bad_method.status_code == 400 and bad_method.json()["error"]["field"] == "params.method"
+    ner_on_llm = post(maintainer_api, model="tiny", version=1, dataset="sums", task="token-classification")
+    assert ner_on_llm.status_code == 400 and "trains on a ner dataset" in ner_on_llm.json()["error"]["message"]
     other_task = post(maintainer_api, model="tiny", version=1, dataset="sums", target_model="enc")
     assert other_task.status_code == 400 and other_task.json()["error"]["field"] == "params.target_model"
     assert not Job.objects.filter(kind="finetune").exists()
+
+    tags = [{"tokens": ["Alice", "met", "Bob"], "tags": ["B-PER", "O", "B-PER"]}] * 8
+    dataset("people", "ner", tags, bob)
+    accepted = post(maintainer_api, model="enc", version=1, dataset="people", task="token-classification",
+                    target_model="enc-ner")
+    assert accepted.status_code == 202, accepted.content
+    assert accepted.json()["params"]["task"] == "token-classification"
 
 
 def ended(job_id: int, timeout: float = 180) -> Job:

@@ -9,10 +9,10 @@ from typing import Any
 
 from rest_framework.exceptions import ValidationError
 
-from engine.finetune import FinetuneConfig, context_length, missing_labels, split
+from engine.finetune import FinetuneConfig, context_length, labels_of, missing_labels, split
 
 # Which dataset kind each fine-tuning task trains on.
-KIND_OF_TASK = {"text-generation": "qa", "text-classification": "classification"}
+KIND_OF_TASK = {"text-generation": "qa", "text-classification": "classification", "token-classification": "ner"}
 HYPERPARAMETERS = [f.name for f in dataclasses.fields(FinetuneConfig) if f.name not in ("task", "method")]
 NAMED = {"model", "version", "dataset", "dataset_version", "method", "task", "target_model"}
 MAX_STEPS = 100_000
@@ -94,8 +94,8 @@ def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
 
     rows = dataset_version.load()
     train, held_out = split(rows, config.eval_fraction, config.seed)
-    if task == "text-classification":
-        if len({str(r["label"]) for r in train}) < 2:
+    if task != "text-generation":
+        if len(labels_of(train)) < 2:
             raise _fail("dataset", "A classifier needs at least two labels in its training split.")
         if missing := missing_labels(train, held_out):
             raise _fail("eval_fraction", f"The held-out split (seed {config.seed}) has labels training never shows: "

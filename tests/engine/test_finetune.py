@@ -8,9 +8,23 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+)
 
-from engine.finetune import IGNORE, FinetuneConfig, _encode_sft, finetune, missing_labels, sft_loss, split
+from engine.finetune import (
+    IGNORE,
+    FinetuneConfig,
+    _encode_sft,
+    _encode_words,
+    finetune,
+    missing_labels,
+    sft_loss,
+    split,
+)
 from tests.engine.conftest import build_tiny_llama
 from tests.modelfactory import tiny_bert_dir
 
@@ -151,3 +165,28 @@ def test_lora_sft_of_smollm2_lowers_the_held_out_loss_and_merges_exactly(smollm2
     assert result.eval_loss < result.eval_loss_before
     # fp32: W·x + B·(A·x) and (W + B·A)·x round differently; measured 1.3e-4 over 49,152 logits of ~±30
     assert result.merge_max_abs_diff is not None and result.merge_max_abs_diff < 1e-3
+
+
+NER = [{"tokens": ["Alice", "visited", city, "yesterday"], "tags": ["B-PER", "O", "B-LOC", "O"]}
+       for city in ("Paris", "Berlin", "Tokyo", "Lisbon", "Nairobi", "Quito", "Oslo", "Hanoi")] * 2
+
+
+def test_it_puts_each_word_tag_on_its_first_piece_only(bert: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(str(bert))
+    row = {"tokens": ["Kilimanjaro", "is", "tall"], "tags": ["B-LOC", "O", "O"]}
+    ids, labels = _encode_words(tok, row, 64, {"B-LOC": 0, "O": 1})
+    pieces = len(tok("Kilimanjaro", add_special_tokens=False)["input_ids"])
+    assert pieces > 1 and len(ids) == len(labels) == pieces + 4  # [CLS] pieces is tall [SEP]
+    assert labels == [IGNORE, 0] + [IGNORE] * (pieces - 1) + [1, 1, IGNORE]
+
+
+def test_it_trains_a_token_classifier_on_the_tags_of_the_data(bert: Path, tmp_path: Path) -> None:
+    config = FinetuneConfig(task="token-classification", method="full", epochs=6, batch_size=4, learning_rate=1e-2,
+                            seed=0, eval_fraction=0.25)
+    result = finetune(bert, tmp_path / "ner", NER, config)
+    assert result.labels == ["B-LOC", "B-PER", "O"]
+    assert result.eval_loss is not None and result.eval_loss_before is not None
+    assert result.eval_loss < 0.5 * result.eval_loss_before and result.eval_accuracy is not None
+    assert result.eval_accuracy > 0.9
+    child = AutoModelForTokenClassification.from_pretrained(str(tmp_path / "ner"))
+    assert child.config.id2label == {0: "B-LOC", 1: "B-PER", 2: "O"}
