@@ -148,3 +148,21 @@ def test_a_sigkilled_pool_process_mid_training_resumes_from_its_last_checkpoint(
         assert ModelVersion.objects.filter(model__name="tiny").count() == 2
     finally:
         worker.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancelled_fine_tuning_stops_within_seconds_and_keeps_no_checkpoint(
+        celery_worker, bob, maintainer_api, llama_dir) -> None:
+    from console.registry.importing import storage_dir
+
+    stored_version(make_model("tiny", owner=bob), llama_dir)
+    dataset("sums", "qa", QA, bob)
+    response = post(maintainer_api, model="tiny", version=1, dataset="sums", max_steps=5000, batch_size=4,
+                    checkpoint_every=5)
+    job_id = response.json()["id"]
+    wait_for(lambda: (storage_dir("finetune") / f"job-{job_id}").is_dir(), 120, what="a first checkpoint")
+    assert maintainer_api.post(f"/api/jobs/{job_id}/cancel").status_code in (200, 202)
+    done = ended(job_id, timeout=30)
+    assert done.status == "cancelled" and done.result is None
+    assert not (storage_dir("finetune") / f"job-{job_id}").exists()
+    assert ModelVersion.objects.filter(model__name="tiny").count() == 1

@@ -9,13 +9,13 @@ class RegistryConfig(AppConfig):
         from django.conf import settings
 
         from console.jobs import kinds
-        from console.registry.finetuning import validate_params
+        from console.registry.finetuning import finetune_failed, validate_params
         from console.registry.importing import import_failed
 
         kinds.register(kinds.JobKind(name="import", handler="workers.handlers.import_version", on_failed=import_failed))
         # Long, on the evaluation queue. A redelivery after a dead worker resumes from the last checkpoint.
         kinds.register(kinds.JobKind(
-            name="finetune", handler="workers.finetuning.finetune", validate=validate_params,
+            name="finetune", handler="workers.finetuning.finetune", validate=validate_params, on_failed=finetune_failed,
             queue=lambda params: settings.TAUON_EVALUATION_QUEUE, user_creatable=True, retry_on_worker_lost=True,
             soft_time_limit=getattr(settings, "TAUON_FINETUNE_SOFT_LIMIT_S", settings.TAUON_EVALUATION_SOFT_LIMIT_S),
             time_limit=getattr(settings, "TAUON_FINETUNE_HARD_LIMIT_S", settings.TAUON_EVALUATION_HARD_LIMIT_S)))

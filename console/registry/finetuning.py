@@ -103,3 +103,12 @@ def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
     return {"model": model.name, "version": parent.number, "dataset": dataset.name,
             "dataset_version": dataset_version.number, "target_model": target,
             **{k: v for k, v in dataclasses.asdict(config).items()}}
+
+
+def finetune_failed(job: Any) -> None:
+    """A failed or cancelled fine-tuning keeps no checkpoints (a redelivery resumes only while it runs)."""
+    import shutil
+
+    from console.registry.importing import storage_dir
+
+    shutil.rmtree(storage_dir("finetune") / f"job-{job.pk}", ignore_errors=True)
