@@ -34,12 +34,13 @@ def test_two_workers_share_a_deployment_and_a_killed_one_fails_its_request_fast(
     assert Deployment.objects.get(name="failover").status_and_reason() == ("ready", "2 of 2 replicas ready.")
     http = httpx.Client(base_url=web_server.url, timeout=60,
                         headers={"Authorization": f"Bearer {ApiKey.issue(charlie, name='t')[1]}"})
-    short = {"model": "failover", "prompt": "Hi", "max_tokens": 16, "ignore_eos": True, "temperature": 0}
+    # long enough that one worker's 8 threads are busy while 16 requests wait: both workers must take some
+    short = {"model": "failover", "prompt": "Hi", "max_tokens": 64, "ignore_eos": True, "temperature": 0}
 
     def ask(_: int) -> str:
         response = http.post("/v1/completions", json=short)
         assert response.status_code == 200, response.text
-        assert response.json()["usage"]["completion_tokens"] == 16
+        assert response.json()["usage"]["completion_tokens"] == 64
         return response.headers["X-Tauon-Replica"]
 
     with ThreadPoolExecutor(8) as pool:

@@ -254,6 +254,8 @@ def test_zip_tar_gz_and_gguf_uploads_go_from_importing_to_ready(celery_worker, m
 
     from transformers import AutoModelForCausalLM
 
+    before = storage_snapshot()  # (a worker another test killed on purpose may have left its temp folder)
+
     uploads = [
         ("tiny.zip", zip_dir(llama_dir, tmp_path / "tiny.zip").read_bytes(), "safetensors"),
         ("tiny.tar.gz", targz_dir(llama_dir, tmp_path / "tiny.tar.gz", prefix="tiny-llama/").read_bytes(), "safetensors"),
@@ -279,7 +281,7 @@ def test_zip_tar_gz_and_gguf_uploads_go_from_importing_to_ready(celery_worker, m
             assert {"source.gguf", "model.safetensors", "config.json"} <= {f["path"] for f in body["files"]}
         else:
             assert body["parameter_count"] == folder_params
-    assert not any(p.startswith("tmp/") for p in storage_snapshot())
+    assert not any(p.startswith("tmp/") for p in storage_snapshot() - before)
 
 
 @pytest.mark.django_db(transaction=True)
