@@ -25,7 +25,7 @@ COMPARED = ("size_bytes", "parameter_count", "perplexity", "exact_match", "token
 
 
 def compress(job: Job) -> dict[str, Any]:
-    from console.registry.importing import add_version_from_path, staging
+    from console.registry.importing import add_version_from_path, import_in_process, staging
     from engine.compress import compress_folder
 
     params = job.params
@@ -47,7 +47,7 @@ def compress(job: Job) -> dict[str, Any]:
         child = add_version_from_path(model, tmp / "child", job.created_by, source=VersionSource.JOB,
                                       source_ref=f"compress job #{job.pk}: {method} of v{parent.number}",
                                       config=config, parent=parent, produced_by=job, enqueue=False)
-    _import_here(job, child)
+    import_in_process(child, job.worker or "compress")
     child.refresh_from_db()
     job.report(0.5, f"v{child.number} ready", log=f"child v{child.number}: {child.total_size} bytes on disk")
     result: dict[str, Any] = {"model": model.name, "parent": parent.number, "child": child.number,
@@ -74,20 +74,6 @@ def _child_config(parent: ModelVersion, outcome: dict[str, Any], params: dict[st
 
 def _latest(name: str) -> DatasetVersion:
     return DatasetVersion.objects.filter(dataset__name=name).select_related("dataset").order_by("-number").first()
-
-
-def _import_here(job: Job, child: ModelVersion) -> None:
-    """Run the child's import job in this process (hash, inspect, mark ready), as its own job row."""
-    from console.registry.importing import import_failed, run_import
-
-    imp = child.import_job
-    imp.claim(job.worker or "compress")
-    try:
-        imp.succeed(run_import(imp))
-    except BaseException as exc:
-        imp.fail(str(exc)[:2000] or type(exc).__name__)
-        import_failed(imp)
-        raise
 
 
 def _compare(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:

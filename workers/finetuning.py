@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def finetune(job: Job) -> dict[str, Any]:
-    from console.registry.importing import add_version_from_path, staging, storage_dir
+    from console.registry.importing import add_version_from_path, import_in_process, staging, storage_dir
     from engine.finetune import FinetuneConfig
     from engine.finetune import finetune as train
 
@@ -66,7 +66,7 @@ def finetune(job: Job) -> dict[str, Any]:
                                       produced_by=job, enqueue=False)
     if not same_model:  # lineage across models: the registry's own check keeps uploads within one model
         ModelVersion.objects.filter(pk=child.pk).update(parent=parent)
-    _import_here(job, child)
+    import_in_process(child, job.worker or "finetune")
     shutil.rmtree(checkpoints, ignore_errors=True)
     child.refresh_from_db()
     job.report(1.0, f"{target.name} v{child.number} ready")
@@ -81,17 +81,3 @@ def finetune(job: Job) -> dict[str, Any]:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
-
-
-def _import_here(job: Job, child: ModelVersion) -> None:
-    """Run the child's import job in this process (hash, inspect, mark ready), as its own job row."""
-    from console.registry.importing import import_failed, run_import
-
-    imp = child.import_job
-    imp.claim(job.worker or "finetune")
-    try:
-        imp.succeed(run_import(imp))
-    except BaseException as exc:
-        imp.fail(str(exc)[:2000] or type(exc).__name__)
-        import_failed(imp)
-        raise

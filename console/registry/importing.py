@@ -406,3 +406,16 @@ def import_failed(job: Job) -> None:
                    job=job.pk, reason=reason[:1000])
     if failed or version.status == VersionStatus.FAILED:
         shutil.rmtree(version.path, ignore_errors=True)
+
+
+def import_in_process(version: ModelVersion, worker: str) -> None:
+    """Run `version`'s import job here (hash, inspect, mark ready) rather than on another worker, for jobs
+    that produce a version and should end with it ready; a failure fails the import and is re-raised."""
+    job = version.import_job
+    job.claim(worker)
+    try:
+        job.succeed(run_import(job))
+    except BaseException as exc:
+        job.fail(str(exc)[:2000] or type(exc).__name__)
+        import_failed(job)
+        raise
