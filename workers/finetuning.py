@@ -47,14 +47,18 @@ def finetune(job: Job) -> dict[str, Any]:
         if step == 1:
             every[0] = max(1, total // 50)
         line = f"step {step}/{total} loss {loss:.4f} lr {lr:.3g}" if step % every[0] == 0 or step == total else None
-        job.report(0.9 * step / total, f"step {step}/{total}: loss {loss:.4f}", log=line)
+        job.report(0.9 * step / total, f"step {step}/{total}: loss {loss:.4f}", log=line,
+                   series={"train_loss": (step, loss)})  # written at most every SERIES_FLUSH_S
 
     with staging() as tmp:
         result = train(parent.path, tmp / "child", rows, config, checkpoint_dir=checkpoints, on_step=on_step)
         if result.resumed_from:
             job.report(None, None, log=f"resumed from the checkpoint of step {result.resumed_from}")
+        evals = [(x, y) for x, y in ((0, result.eval_loss_before), (result.steps, result.eval_loss))
+                 if y is not None]
         job.report(0.92, "saving the child", log=f"train loss {result.train_loss:.4f}, eval loss "
-                   f"{_fmt(result.eval_loss)}, eval accuracy {_fmt(result.eval_accuracy)}")
+                   f"{_fmt(result.eval_loss)}, eval accuracy {_fmt(result.eval_accuracy)}",
+                   series={"eval_loss": evals} if evals else None, flush=True)
         target = Model.objects.filter(name=params["target_model"]).first() or Model.objects.create(
             name=params["target_model"], task=config.task, owner=job.created_by,
             description=f"Fine-tuned from {parent.model.name} v{parent.number}.")

@@ -17,6 +17,10 @@ from console.jobs.choices import ACTIVE, TERMINAL, JobStatus
 
 MAX_LOG_LINES = 2000
 MAX_DELIVERIES = 3
+MAX_SERIES_POINTS = 1000  # per series; past it every other point is dropped (the curve keeps its shape)
+SERIES_FLUSH_S = 2.0  # a running job writes new series points at most this often (and when it ends)
+
+Point = tuple[float, float]
 
 
 class JobCancelled(Exception):
@@ -54,6 +58,8 @@ class Job(models.Model):
     worker = models.CharField(max_length=200, blank=True)
     deliveries = models.PositiveSmallIntegerField(default=0)
     cancel_requested = models.BooleanField(default=False)
+    # Live figures while it runs, e.g. {"train_loss": [[step, loss], ...], "eval_loss": [[0, before], [n, after]]}
+    series = models.JSONField(default=dict, blank=True)
 
     objects = JobQuerySet.as_manager()
 
@@ -132,6 +138,8 @@ class Job(models.Model):
 
     def _finish(self, status: str, **fields: Any) -> bool:
         now = timezone.now()
+        if getattr(self, "_series_dirty", False):  # points reported since the last write
+            fields["series"] = self.series
         done = Job.objects.filter(pk=self.pk, status__in=ACTIVE).update(status=status, finished_at=now, **fields)
         self.refresh_from_db()
         return bool(done)
@@ -164,8 +172,11 @@ class Job(models.Model):
         return bool(done)
 
     # --- while running ----------------------------------------------------------------------
-    def report(self, fraction: float | None = None, message: str | None = None, log: str | None = None) -> None:
-        """Record progress (and optionally a log line); raise JobCancelled if cancel was asked."""
+    def report(self, fraction: float | None = None, message: str | None = None, log: str | None = None,
+               series: dict[str, Point | list[Point]] | None = None, flush: bool = False) -> None:
+        """Record progress (and optionally a log line, and points of live series); raise JobCancelled if
+        cancel was asked. Series points are written at most every SERIES_FLUSH_S seconds unless `flush`
+        (and at the job's end), so reporting a point every step costs no extra write per step."""
         now = timezone.now()
         fields: dict[str, Any] = {"heartbeat_at": now}
         if fraction is not None:
@@ -175,6 +186,12 @@ class Job(models.Model):
         if log is not None:
             self.log = (self.log + [f"{now:%Y-%m-%dT%H:%M:%SZ} {log}"])[-MAX_LOG_LINES:]
             fields["log"] = self.log
+        if series:
+            self._add_points(series)
+        last = getattr(self, "_series_written", None)
+        if getattr(self, "_series_dirty", False) and (flush or last is None or (now - last).total_seconds() >= SERIES_FLUSH_S):
+            fields["series"] = self.series
+            self._series_written, self._series_dirty = now, False
         Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(**fields)
         for name, value in fields.items():
             setattr(self, name, value)
@@ -183,6 +200,23 @@ class Job(models.Model):
         limit = self._limit("soft_time_limit")
         if limit and self.started_at and (now - self.started_at).total_seconds() > limit:
             raise JobTimedOut(f"The job ran past its soft time limit of {limit} s.")
+
+    def _add_points(self, series: dict[str, Point | list[Point]]) -> None:
+        """Append (x, y) points. A point at or before a series' last x replaces the tail from there on:
+        a job resumed from a checkpoint continues its curve instead of doubling back."""
+        merged = dict(self.series or {})
+        for name, points in series.items():
+            points = [points] if isinstance(points, tuple) else points
+            line = list(merged.get(name, []))
+            for x, y in points:
+                if line and line[-1][0] >= x:
+                    line = [p for p in line if p[0] < x]
+                line.append([x, None if y is None or y != y else float(y)])  # NaN → null (JSON has none)
+            while len(line) > MAX_SERIES_POINTS:
+                line = line[:-1:2] + line[-1:]
+            merged[name] = line
+        self.series = merged
+        self._series_dirty = True
 
     def _limit(self, name: str) -> int | None:
         from console.jobs import kinds

@@ -15,12 +15,19 @@ class JobSerializer(serializers.ModelSerializer):
     result = serializers.JSONField(read_only=True, allow_null=True)
     eta_s = serializers.FloatField(read_only=True, allow_null=True,
                                    help_text="Seconds left at the pace so far (running jobs only).")
+    series = serializers.DictField(
+        child=serializers.ListField(child=serializers.ListField(child=serializers.FloatField(allow_null=True),
+                                                                min_length=2, max_length=2)),
+        read_only=True,
+        help_text="Live figures while the job runs, by name: [x, y] points in x order, e.g. a fine-tuning's "
+                  "train_loss per optimizer step and eval_loss before (step 0) and after training. A resumed "
+                  "job continues its curves; long series are thinned to at most 1000 points.")
 
     class Meta:
         model = Job
         fields = ["id", "kind", "params", "status", "progress", "progress_message", "log", "result", "error",
                   "cancel_requested", "created_by", "created_at", "started_at", "finished_at", "worker",
-                  "deliveries", "eta_s"]
+                  "deliveries", "eta_s", "series"]
         read_only_fields = fields
 
 
