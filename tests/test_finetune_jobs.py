@@ -23,6 +23,7 @@ from tests.modelfactory import tiny_bert_dir
 from tests.serving_rows import stored_version
 
 QA = [{"prompt": f"What is {a} plus {b}?", "answer": f"{a + b}"} for a in range(4) for b in range(4)]
+SENTIMENT_FILE = Path(__file__).resolve().parent.parent / "bench" / "data" / "sentiment.jsonl"
 SENTIMENT = ([{"text": f"great lovely wonderful film {i}", "label": "pos"} for i in range(10)]
              + [{"text": f"awful boring terrible film {i}", "label": "neg"} for i in range(10)])
 
@@ -121,6 +122,39 @@ def test_a_classifier_fine_tuned_into_a_new_model_reports_its_accuracy_and_predi
     response = user_api.post("/api/deployments/classify/predict", {"input": texts}, format="json")
     assert response.status_code == 200, response.content
     assert [answer[0]["label"] for answer in response.json()["results"]] == ["pos", "neg"]
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_minilm_sentiment_classifier_fine_tuned_by_a_job_deploys_and_predicts_the_labels_of_the_data(
+        celery_worker, serving, web_server, bob, maintainer_api, user_api) -> None:
+    from console.deployments.models import Deployment
+    from console.registry.models import Alias
+    from tests.engine.conftest import MINILM_DIR
+    from tests.serving_rows import wait_ready
+
+    stored_version(make_model("all-minilm-l6-v2", task="embeddings", owner=bob), MINILM_DIR)
+    DatasetVersion.add("tickets", "classification", "sentiment.jsonl", SENTIMENT_FILE.read_bytes(), bob)
+    response = post(maintainer_api, model="all-minilm-l6-v2", version=1, dataset="tickets", method="full",
+                    epochs=2, batch_size=16, learning_rate=3e-4, eval_fraction=0.25, target_model="ticket-sentiment")
+    assert response.status_code == 202, response.content
+    assert response.json()["params"]["task"] == "text-classification"  # from the dataset: the parent embeds
+    done = ended(response.json()["id"])
+    assert done.status == "succeeded", done.error + celery_worker.log()[-3000:]
+    assert done.result["labels"] == ["negative", "positive"] and done.result["steps"] == 8
+    assert done.result["eval_accuracy"] == 1.0 and done.result["eval_loss"] < done.result["eval_loss_before"]
+    child = ModelVersion.objects.get(model__name="ticket-sentiment", number=1)
+    assert child.model.task == "text-classification" and child.status == "ready"
+
+    Alias.move(child.model, "production", child, actor=bob)
+    wait_ready(Deployment.create(bob, name="classify", model=child.model, alias="production", config={}, replicas=1))
+    texts = ["Brilliant support, they fixed everything in minutes, thank you!",
+             "Terrible experience, the app crashed again and nobody answered."]
+    response = user_api.post("/api/deployments/classify/predict", {"input": texts}, format="json")
+    assert response.status_code == 200, response.content
+    answers = response.json()["results"]
+    assert {label["label"] for label in answers[0]} == {"negative", "positive"}
+    assert [answer[0]["label"] for answer in answers] == ["positive", "negative"]
 
 
 @pytest.mark.django_db(transaction=True)
