@@ -157,6 +157,33 @@ def test_a_minilm_sentiment_classifier_fine_tuned_by_a_job_deploys_and_predicts_
     assert [answer[0]["label"] for answer in answers] == ["positive", "negative"]
 
 
+NER = [{"tokens": ["Alice", "visited", city, "yesterday"], "tags": ["B-PER", "O", "B-LOC", "O"]}
+       for city in ("Paris", "Berlin", "Tokyo", "Lisbon", "Nairobi", "Quito", "Oslo", "Hanoi")] * 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_token_classification_job_leaves_a_child_tagging_with_the_tags_of_the_data(
+        celery_worker, bob, maintainer_api, tmp_path: Path) -> None:
+    from transformers import AutoConfig
+
+    parent = stored_version(make_model("enc", task="text-classification", owner=bob), tiny_bert_dir(tmp_path / "b"))
+    dataset("places", "ner", NER, bob)
+    response = post(maintainer_api, model="enc", version=1, dataset="places", task="token-classification",
+                    method="full", epochs=6, batch_size=4, learning_rate=1e-2, eval_fraction=0.25,
+                    target_model="enc-ner")
+    assert response.status_code == 202, response.content
+    done = ended(response.json()["id"])
+    assert done.status == "succeeded", done.error + celery_worker.log()[-3000:]
+    assert done.result["labels"] == ["B-LOC", "B-PER", "O"] and done.result["task"] == "token-classification"
+    assert done.result["eval_loss"] < done.result["eval_loss_before"] and done.result["eval_accuracy"] > 0.9
+    child = ModelVersion.objects.get(model__name="enc-ner", number=1)
+    assert child.model.task == "token-classification" and child.model.owner == bob
+    assert child.status == "ready" and child.parent == parent and child.produced_by == done
+    assert child.architecture == "BertForTokenClassification"
+    config = AutoConfig.from_pretrained(str(child.path))
+    assert config.id2label == {0: "B-LOC", 1: "B-PER", 2: "O"} and config.label2id["B-PER"] == 1
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_sigkilled_pool_process_mid_training_resumes_from_its_last_checkpoint(
         celery_worker, bob, maintainer_api, llama_dir, settings) -> None:
