@@ -25,6 +25,7 @@ class JobKind:
     time_limit: int | None = None  # seconds; a prefork worker kills the task, the reaper fails the job
     retry_on_worker_lost: bool = False  # idempotent kinds: a redelivery after its worker died runs it again
     private: bool = False  # params/results hold user content (prompts): only its creator and maintainers see it
+    series_axes: tuple[str, str] | None = None  # reports live Job.series: the (x, y) axis titles of its chart
 
 
 KINDS: dict[str, JobKind] = {}

@@ -94,6 +94,22 @@ class Job(models.Model):
         return job
 
     @classmethod
+    def start(cls, kind: str, params: dict[str, Any], user: Any, *, checked: bool = False) -> Job:
+        """How a user starts a job, through POST /api/jobs/ or a console form: the kind's own validate
+        function cleans `params` (its ValidationError propagates; `checked`: the caller already ran it),
+        then the job is enqueued and audited as `job.create`, together."""
+        from console.audit.models import record
+        from console.jobs import kinds
+
+        spec = kinds.get(kind)
+        if spec.validate is not None and not checked:
+            params = spec.validate(params, user)
+        with transaction.atomic():
+            job = cls.enqueue(kind, params, user)
+            record(user, "job.create", job, kind=kind, params=params)
+        return job
+
+    @classmethod
     def enqueue(cls, kind: str, params: dict[str, Any], user: Any = None) -> Job:
         """Create a queued job and send it to a worker once the surrounding transaction commits."""
         from console.jobs import kinds

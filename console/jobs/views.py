@@ -1,4 +1,5 @@
-"""Job pages: a filtered list with live progress bars, a detail page with the log, and cancel."""
+"""Job pages: a filtered list with live progress bars, a detail page with the log (and a live plotly chart
+of the job's series, e.g. a fine-tuning's loss per step), and cancel."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from console.accounts.decorators import require_maintainer
+from console.deployments.views import plotly_version
+from console.jobs import kinds
 from console.jobs.api.serializers import creatable_kinds
 from console.jobs.choices import JobStatus
 from console.jobs.filters import JobFilter
@@ -44,7 +47,13 @@ def job_list(request: HttpRequest) -> HttpResponse:
 @login_required
 def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     job = get_object_or_404(Job.objects.visible_to(request.user).select_related("created_by"), pk=pk)
-    return render(request, "jobs/job_detail.html", {"job": job, "rerunnable": job.kind in creatable_kinds()})
+    axes = getattr(kinds.KINDS.get(job.kind), "series_axes", None)  # kinds that report live series
+    if axes is None and job.series:
+        axes = ("x", "value")
+    chart = {"series": job.series, "x": axes[0], "y": axes[1]} if axes else None
+    context = {"job": job, "rerunnable": job.kind in creatable_kinds(), "chart": chart,
+               "plotly_version": plotly_version() if chart else ""}
+    return render(request, "jobs/job_detail.html", context)
 
 
 @login_required

@@ -10,4 +10,6 @@ urlpatterns = [
     path("models/<slug:name>/aliases/<slug:alias>/rollback/", views.rollback, name="rollback"),
     path("models/<slug:name>/aliases/<slug:alias>/remove/", views.remove_alias, name="remove-alias"),
     path("models/<slug:name>/versions/<int:number>/", views.version_detail, name="version-detail"),
+    path("models/<slug:name>/versions/<int:number>/finetune/", views.version_finetune, name="version-finetune"),
+    path("models/<slug:name>/versions/<int:number>/compress/", views.version_compress, name="version-compress"),
 ]

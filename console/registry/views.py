@@ -1,5 +1,6 @@
 """Registry pages: thin views over the model methods. Uploads and hub imports go through the REST API
-from the page's JavaScript; everything else posts a form here."""
+from the page's JavaScript; everything else posts a form here (a version's fine-tune and compress forms
+start their jobs through the same validation as POST /api/jobs/)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
+from console.accounts.choices import Role
 from console.accounts.decorators import require_maintainer
 from console.registry.choices import VersionStatus
 from console.registry.forms import CommentForm, ConfigForm, PromoteForm, RegisterModelForm
+from console.registry.job_forms import CompressForm, FinetuneForm
 from console.registry.models import Alias, Model, ModelVersion
 
 
@@ -117,26 +120,64 @@ def remove_alias(request: HttpRequest, name: str, alias: str) -> HttpResponse:
     return redirect("registry:model-detail", name=name)
 
 
+def render_version(request: HttpRequest, version: ModelVersion, form: ConfigForm | None = None,
+                   finetune_form: FinetuneForm | None = None, compress_form: CompressForm | None = None,
+                   status: int = 200) -> HttpResponse:
+    maintainer = request.user.has_role(Role.MAINTAINER)  # type: ignore[union-attr]
+    ready = version.status == VersionStatus.READY
+    context = {
+        "version": version,
+        "model": version.model,
+        "form": form or ConfigForm(initial={"config": ConfigForm.render(version.config)}),
+        "children": version.children.select_related("model").order_by("model__name", "number"),
+        "aliases": version.aliases.order_by("name"),
+        # maintainers start jobs from ready versions (a refused POST shows its form with the reason)
+        "finetune_form": finetune_form or (FinetuneForm(version) if maintainer and ready else None),
+        "compress_form": compress_form or (CompressForm(version) if maintainer and ready else None),
+    }
+    return render(request, "registry/version_detail.html", context, status=status)
+
+
+def _version(name: str, number: int) -> ModelVersion:
+    return get_object_or_404(ModelVersion.objects.select_related("model", "created_by", "parent__model",
+                                                                 "import_job", "produced_by"),
+                             model__name=name, number=number)
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse:
-    version = get_object_or_404(ModelVersion.objects.select_related("model", "created_by", "parent__model",
-                                                                    "import_job", "produced_by"),
-                                model__name=name, number=number)
-    form = ConfigForm(initial={"config": ConfigForm.render(version.config)})
-    status = 200
+    version = _version(name, number)
     if request.method == "POST":
         require_maintainer(request, "Editing a version's config")
         form = ConfigForm(request.POST)
         if form.is_valid() and form.save_to(version, request.user):
             messages.success(request, f"Saved the config of {version}.")
             return redirect("registry:version-detail", name=name, number=number)
-        status = 400
-    context = {
-        "version": version,
-        "model": version.model,
-        "form": form,
-        "children": version.children.select_related("model").order_by("model__name", "number"),
-        "aliases": version.aliases.order_by("name"),
-    }
-    return render(request, "registry/version_detail.html", context, status=status)
+        return render_version(request, version, form=form, status=400)
+    return render_version(request, version)
+
+
+def _start(request: HttpRequest, name: str, number: int, form_class: type[FinetuneForm | CompressForm],
+           what: str) -> HttpResponse:
+    require_maintainer(request, what)
+    version = _version(name, number)
+    form = form_class(version, request.POST)
+    job = form.start(request.user)
+    if job is None:
+        key = "finetune_form" if form_class is FinetuneForm else "compress_form"
+        return render_version(request, version, status=400, **{key: form})
+    messages.success(request, f"Started {job}: {what.lower()} {version}.")
+    return redirect("jobs:job-detail", pk=job.pk)
+
+
+@login_required
+@require_POST
+def version_finetune(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    return _start(request, name, number, FinetuneForm, "Fine-tuning")
+
+
+@login_required
+@require_POST
+def version_compress(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    return _start(request, name, number, CompressForm, "Compressing")

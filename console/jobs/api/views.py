@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status
 from rest_framework.exceptions import NotFound
@@ -10,7 +9,6 @@ from rest_framework.response import Response
 from rest_framework.viewsets import GenericViewSet
 
 from console.accounts.permissions import ReadUserWriteMaintainer
-from console.audit.models import record
 from console.core.api import Conflict
 from console.jobs.api.serializers import JobCreateSerializer, JobSerializer, creatable_kinds
 from console.jobs.filters import JobFilter
@@ -42,10 +40,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericViewSe
     def create(self, request: Request) -> Response:
         body = JobCreateSerializer(data=request.data, context={"request": request})
         body.is_valid(raise_exception=True)
-        kind, params = body.validated_data["kind"], body.validated_data["params"]
-        with transaction.atomic():
-            job = Job.enqueue(kind, params, request.user)
-            record(request.user, "job.create", job, kind=kind, params=params)
+        job = Job.start(body.validated_data["kind"], body.validated_data["params"], request.user, checked=True)
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=None, responses={202: JobSerializer},

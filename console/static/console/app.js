@@ -76,6 +76,7 @@ function watchJob(el, onEnd) {
       return;
     }
     setBar(el, job.progress, jobLabel(job), job.status);
+    document.dispatchEvent(new CustomEvent("tauon:job", { detail: job })); // e.g. jobs.js's live chart
     document.querySelectorAll(`[data-job-badge="${id}"]`).forEach((badge) => {
       badge.textContent = job.status;
       badge.className = "badge status-" + job.status;
