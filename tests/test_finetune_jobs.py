@@ -212,6 +212,50 @@ def test_a_sigkilled_pool_process_mid_training_resumes_from_its_last_checkpoint(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_redelivery_after_the_child_was_stored_finishes_that_child_instead_of_adding_a_second(
+        celery_worker, bob, maintainer_api, llama_dir) -> None:
+    from console.jobs import kinds
+    from workers.tasks import run_job
+
+    stored_version(make_model("tiny", owner=bob), llama_dir)
+    dataset("sums", "qa", QA, bob)
+    response = post(maintainer_api, model="tiny", version=1, dataset="sums", max_steps=4, batch_size=4)
+    assert response.status_code == 202, response.content
+    first = ended(response.json()["id"])
+    assert first.status == "succeeded", first.error + celery_worker.log()[-3000:]
+    child = ModelVersion.objects.get(produced_by=first)
+
+    # What a worker killed mid-import leaves (the child's row and files stored, its import running), then
+    # what one killed after the import leaves (the child ready): each time the job is still running.
+    for child_status, import_status in (("importing", "running"), ("ready", "succeeded")):
+        Job.objects.filter(pk=first.pk).update(status="running", result=None, finished_at=None, deliveries=1,
+                                               worker="killed@host")
+        ModelVersion.objects.filter(pk=child.pk).update(status=child_status)
+        Job.objects.filter(pk=child.import_job_id).update(status=import_status)
+        run_job.apply_async(args=[first.pk], queue=kinds.queue_for("finetune", first.params))
+        done = wait_for(lambda: Job.objects.filter(pk=first.pk, status__in=["succeeded", "failed"]).first(), 60,
+                        what="the redelivered job to end")
+        assert done.status == "succeeded", done.error + celery_worker.log()[-3000:]
+        assert done.deliveries == 2 and ModelVersion.objects.filter(model__name="tiny").count() == 2
+        assert {k: done.result[k] for k in ("model", "version", "steps", "losses", "eval_loss")} == \
+            {k: first.result[k] for k in ("model", "version", "steps", "losses", "eval_loss")}
+        assert sum("Fine-tuning" in line for line in done.log) == 1  # no training again
+        assert "stored by an earlier delivery" in done.log[-1]
+        child.refresh_from_db()
+        assert child.status == "ready" and child.import_job.status == "succeeded" and child.files
+
+    # Killed mid-import once too often: the job fails and the child it never imported goes with it.
+    Job.objects.filter(pk=first.pk).update(status="running", result=None, finished_at=None, deliveries=3)
+    ModelVersion.objects.filter(pk=child.pk).update(status="importing")
+    Job.objects.filter(pk=child.import_job_id).update(status="running")
+    run_job.apply_async(args=[first.pk], queue=kinds.queue_for("finetune", first.params))
+    failed = wait_for(lambda: Job.objects.filter(pk=first.pk, status="failed").first(), 60, what="the job to fail")
+    assert "gave up after 3 deliveries" in failed.error
+    child.refresh_from_db()
+    assert child.status == "failed" and "before importing it" in child.status_reason and not child.path.exists()
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_cancelled_fine_tuning_stops_within_seconds_and_keeps_no_checkpoint(
         celery_worker, bob, maintainer_api, llama_dir) -> None:
     from console.registry.importing import storage_dir

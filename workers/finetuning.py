@@ -5,11 +5,16 @@ times a run; the whole series is in the result. Checkpoints live under
 TAUON_STORAGE/finetune/job-<id>, so a redelivery after a killed worker resumes from the last one;
 they are removed once the child exists. The child is a version of `target_model` (created when
 missing) whose parent is the fine-tuned version and whose producing job holds the dataset version
-and the hyperparameters; its import runs in this process."""
+and the hyperparameters; its import runs in this process.
+
+Idempotent: the child's folder carries the training figures (finetune.json), so a redelivery that
+finds a version this job already produced (its worker died after storing it, before the job
+finished) finishes that one (lineage, import) instead of training again and adding a second child."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import shutil
@@ -17,14 +22,15 @@ from typing import Any
 
 from console.evaluation.models import DatasetVersion
 from console.jobs.models import Job
-from console.registry.choices import VersionSource
+from console.registry.choices import VersionSource, VersionStatus
 from console.registry.models import Model, ModelVersion
 
 log = logging.getLogger(__name__)
+RECORD = "finetune.json"  # in the child's folder: the training figures (engine.finetune.FinetuneResult)
 
 
 def finetune(job: Job) -> dict[str, Any]:
-    from console.registry.importing import add_version_from_path, import_in_process, staging, storage_dir
+    from console.registry.importing import add_version_from_path, staging, storage_dir
     from engine.finetune import FinetuneConfig
     from engine.finetune import finetune as train
 
@@ -34,11 +40,16 @@ def finetune(job: Job) -> dict[str, Any]:
         dataset__name=params["dataset"], number=params["dataset_version"])
     names = {f.name for f in dataclasses.fields(FinetuneConfig)}
     config = FinetuneConfig(**{k: v for k, v in params.items() if k in names})
-    rows = dataset_version.load()
     checkpoints = storage_dir("finetune") / f"job-{job.pk}"
+    rows = dataset_version.load()
     if config.checkpoint_every == 0:  # a killed worker still resumes: a checkpoint every ~10 % of the run
         estimate = config.max_steps or math.ceil(len(rows) / config.batch_size / config.grad_accum) * config.epochs
         config.checkpoint_every = max(1, estimate // 10)
+    stored = ModelVersion.objects.filter(produced_by=job).exclude(status=VersionStatus.FAILED).first()
+    if stored is not None:  # an earlier delivery stored the child, then its worker died
+        job.report(0.92, "finishing the stored child", log=f"{stored} was stored by an earlier delivery of "
+                                                            f"this job; finishing it instead of training again")
+        return _finish(job, stored, parent, dataset_version, config, checkpoints)
     job.report(0.0, "starting", log=f"Fine-tuning {parent.model.name} v{parent.number} ({config.method}, "
                                     f"{config.task}) on {dataset_version} ({len(rows)} rows)")
     every = [1]
@@ -59,6 +70,7 @@ def finetune(job: Job) -> dict[str, Any]:
         job.report(0.92, "saving the child", log=f"train loss {result.train_loss:.4f}, eval loss "
                    f"{_fmt(result.eval_loss)}, eval accuracy {_fmt(result.eval_accuracy)}",
                    series={"eval_loss": evals} if evals else None, flush=True)
+        (tmp / "child" / RECORD).write_text(json.dumps(result.to_dict()))
         target = Model.objects.filter(name=params["target_model"]).first() or Model.objects.create(
             name=params["target_model"], task=config.task, owner=job.created_by,
             description=f"Fine-tuned from {parent.model.name} v{parent.number}.")
@@ -68,19 +80,29 @@ def finetune(job: Job) -> dict[str, Any]:
                                       source_ref=f"finetune job #{job.pk}: {config.method} of {parent}",
                                       config=child_config, parent=parent if same_model else None,
                                       produced_by=job, enqueue=False)
-    if not same_model:  # lineage across models: the registry's own check keeps uploads within one model
+    return _finish(job, child, parent, dataset_version, config, checkpoints)
+
+
+def _finish(job: Job, child: ModelVersion, parent: ModelVersion, dataset_version: DatasetVersion,
+            config: Any, checkpoints: Any) -> dict[str, Any]:
+    """The stored child's lineage and import (each step safe to repeat), then the job's result."""
+    from console.registry.importing import import_in_process
+
+    if child.parent_id != parent.pk:  # lineage across models: the registry's own check keeps uploads within one model
         ModelVersion.objects.filter(pk=child.pk).update(parent=parent)
-    import_in_process(child, job.worker or "finetune")
+    if child.status == VersionStatus.IMPORTING:
+        import_in_process(child, job.worker or "finetune")
     shutil.rmtree(checkpoints, ignore_errors=True)
     child.refresh_from_db()
+    target = child.model
+    figures = json.loads((child.path / RECORD).read_text())
     job.report(1.0, f"{target.name} v{child.number} ready")
     return {"model": target.name, "version": child.number, "version_id": child.pk,
             "parent": {"model": parent.model.name, "version": parent.number},
             "dataset": dataset_version.dataset.name, "dataset_version": dataset_version.number,
             "method": config.method, "task": config.task, "hyperparameters": dataclasses.asdict(config),
-            "train_loss": result.train_loss, "eval_loss_before": result.eval_loss_before, "eval_loss": result.eval_loss, "eval_accuracy": result.eval_accuracy,
-            "labels": result.labels, "steps": result.steps, "losses": result.losses,
-            "merge_max_abs_diff": result.merge_max_abs_diff, "resumed_from": result.resumed_from}
+            **{k: figures.get(k) for k in ("train_loss", "eval_loss_before", "eval_loss", "eval_accuracy", "labels",
+                                           "steps", "losses", "merge_max_abs_diff", "resumed_from")}}
 
 
 def _fmt(value: float | None) -> str:
