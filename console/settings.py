@@ -173,6 +173,9 @@ TAUON_EVALUATION_QUEUE = env_str("TAUON_EVALUATION_QUEUE", "jobs")
 TAUON_EVALUATION_SOFT_LIMIT_S = env_int("TAUON_EVALUATION_SOFT_LIMIT_S", 2 * 3600)
 TAUON_EVALUATION_HARD_LIMIT_S = env_int("TAUON_EVALUATION_HARD_LIMIT_S", 2 * 3600 + 600)  # < TAUON_JOB_HARD_LIMIT_S
 TAUON_MAX_DATASET_BYTES = env_int("TAUON_MAX_DATASET_BYTES", 64 * 1024**2)
+# Fine-tuning jobs (on TAUON_EVALUATION_QUEUE): their own time limits, the hard one below TAUON_JOB_HARD_LIMIT_S.
+TAUON_FINETUNE_SOFT_LIMIT_S = env_int("TAUON_FINETUNE_SOFT_LIMIT_S", 2 * 3600)
+TAUON_FINETUNE_HARD_LIMIT_S = env_int("TAUON_FINETUNE_HARD_LIMIT_S", 2 * 3600 + 600)
 TAUON_JOB_KIND_MODULES = [m for m in env_str("TAUON_JOB_KIND_MODULES").split(",") if m]
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-jobs": {"task": "workers.tasks.reap_stale_jobs", "schedule": 30.0, "options": {"queue": "default"}},

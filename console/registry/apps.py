@@ -18,5 +18,4 @@ class RegistryConfig(AppConfig):
             name="finetune", handler="workers.finetuning.finetune", validate=validate_params, on_failed=finetune_failed,
             queue=lambda params: settings.TAUON_EVALUATION_QUEUE, user_creatable=True, retry_on_worker_lost=True,
             series_axes=("optimizer step", "loss"),
-            soft_time_limit=getattr(settings, "TAUON_FINETUNE_SOFT_LIMIT_S", settings.TAUON_EVALUATION_SOFT_LIMIT_S),
-            time_limit=getattr(settings, "TAUON_FINETUNE_HARD_LIMIT_S", settings.TAUON_EVALUATION_HARD_LIMIT_S)))
+            soft_time_limit=settings.TAUON_FINETUNE_SOFT_LIMIT_S, time_limit=settings.TAUON_FINETUNE_HARD_LIMIT_S))
