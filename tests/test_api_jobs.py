@@ -41,12 +41,13 @@ def test_jobs_are_listed_newest_first_with_every_field(bob, user_api):
     assert body["count"] == 2 and body["results"][0]["id"] == job.pk
     assert set(body["results"][0]) == {
         "id", "kind", "params", "status", "progress", "progress_message", "log", "result", "error",
-        "cancel_requested", "created_by", "created_at", "started_at", "finished_at", "worker", "deliveries", "eta_s"}
+        "cancel_requested", "created_by", "created_at", "started_at", "finished_at", "worker", "deliveries", "eta_s",
+        "series"}
     assert body["results"][0] | {"created_at": None} == {
         "id": job.pk, "kind": "test-sleep", "params": {"steps": 2}, "status": "queued", "progress": 0.0,
         "progress_message": "", "log": [], "result": None, "error": "", "cancel_requested": False,
         "created_by": "bob", "created_at": None, "started_at": None, "finished_at": None, "worker": "",
-        "deliveries": 0, "eta_s": None}
+        "deliveries": 0, "eta_s": None, "series": {}}
 
 
 def test_jobs_filter_by_kind_status_and_creator_and_paginate(alice, bob, user_api):
