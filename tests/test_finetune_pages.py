@@ -102,6 +102,34 @@ def test_a_refused_fine_tuning_shows_the_validators_message_by_its_field_and_cre
     assert not Job.objects.exists() and not AuditEvent.objects.filter(action="job.create").exists()
 
 
+def test_a_version_that_is_not_ready_is_refused_with_the_validators_reason(tiny, bob) -> None:
+    make_version(tiny.model, status="importing")
+    response = login(bob).post("/models/tiny/versions/2/finetune/", {
+        "finetune-dataset": "sums", "finetune-method": "lora", "finetune-task": "text-generation"})
+    assert response.status_code == 400
+    assert "only ready versions can be fine-tuned" in response.content.decode() and not Job.objects.exists()
+
+
+def test_without_datasets_the_fine_tune_form_says_where_to_add_one(bob, llama_dir) -> None:
+    stored_version(make_model("tiny", owner=bob), llama_dir)
+    assert "No dataset to train on yet" in page(login(bob))
+
+
+def test_a_rerun_whose_params_no_longer_validate_says_why_on_the_job_page(tiny, bob) -> None:
+    from console.evaluation.models import Dataset
+
+    client = login(bob)
+    client.post("/models/tiny/versions/1/finetune/", {"finetune-dataset": "sums", "finetune-method": "lora",
+                                                      "finetune-task": "text-generation"})
+    job = Job.objects.get(kind="finetune")
+    Job.objects.filter(pk=job.pk).update(status="failed")
+    Dataset.objects.filter(name="sums").delete()
+    response = client.post(f"/jobs/{job.pk}/rerun/", follow=True)
+    assert response.status_code == 200 and "Cannot re-run it: dataset: No dataset named &#x27;sums&#x27;" in \
+        response.content.decode()
+    assert Job.objects.count() == 1
+
+
 def test_a_refused_compression_shows_the_validators_message(tiny, bob) -> None:
     client = login(bob)
     cast = client.post("/models/tiny/versions/1/compress/", {"compress-method": "fp16", "compress-sparsity": "0.5"})

@@ -10,6 +10,7 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
+from rest_framework.exceptions import ValidationError as ApiValidationError
 
 from console.accounts.decorators import require_maintainer
 from console.deployments.views import plotly_version
@@ -17,6 +18,7 @@ from console.jobs import kinds
 from console.jobs.api.serializers import creatable_kinds
 from console.jobs.choices import JobStatus
 from console.jobs.filters import JobFilter
+from console.jobs.forms import refusals
 from console.jobs.models import Job
 
 
@@ -66,8 +68,9 @@ def job_rerun(request: HttpRequest, pk: int) -> HttpResponse:
         return redirect("jobs:job-detail", pk=job.pk)
     try:
         new = job.rerun(request.user)
-    except ValidationError as exc:
-        messages.error(request, "Cannot re-run it: " + " ".join(exc.messages))
+    except (ValidationError, ApiValidationError) as exc:  # kinds refuse with either
+        messages.error(request, "Cannot re-run it: " + " ".join(
+            f"{field}: {message}" if field else message for field, message in refusals(exc)))
         return redirect("jobs:job-detail", pk=job.pk)
     messages.success(request, f"Started {new}, a re-run of #{job.pk} with the same parameters.")
     return redirect("jobs:job-detail", pk=new.pk)

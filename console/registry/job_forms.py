@@ -77,6 +77,9 @@ class FinetuneForm(JobForm):
         kinds = [fitting] if fitting else []
         kinds += [k for k in KIND_OF_TASK.values() if k not in kinds]
         self.fields["dataset"].choices = _dataset_choices(kinds)
+        if not self.fields["dataset"].choices:
+            self.fields["dataset"].help_text = ("No dataset to train on yet: upload a question-answering, "
+                                                "classification or named-entity dataset on the Datasets page.")
         if model.task in KIND_OF_TASK:
             self.fields["task"].initial = model.task
         self.fields["target_model"].initial = model.name
