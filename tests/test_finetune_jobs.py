@@ -62,6 +62,14 @@ def test_it_refuses_bad_input_with_a_400_before_any_job(bob, maintainer_api, lla
     assert ner_on_llm.status_code == 400 and "trains on a ner dataset" in ner_on_llm.json()["error"]["message"]
     other_task = post(maintainer_api, model="tiny", version=1, dataset="sums", target_model="enc")
     assert other_task.status_code == 400 and other_task.json()["error"]["field"] == "params.target_model"
+    no_model = post(maintainer_api, model="nope", version=1, dataset="sums")
+    assert no_model.status_code == 400 and no_model.json()["error"]["field"] == "params.model"
+    assert "No model named 'nope'" in no_model.json()["error"]["message"]
+    no_version = post(maintainer_api, model="tiny", version="1", dataset="sums")
+    assert no_version.status_code == 400 and "Give the version number" in no_version.json()["error"]["message"]
+    no_data = post(maintainer_api, model="tiny", version=1, dataset="sums", dataset_version=9)
+    assert no_data.status_code == 400 and no_data.json()["error"]["field"] == "params.dataset_version"
+    assert "Dataset 'sums' has no version 9" in no_data.json()["error"]["message"]
     assert not Job.objects.filter(kind="finetune").exists()
 
     tags = [{"tokens": ["Alice", "met", "Bob"], "tags": ["B-PER", "O", "B-PER"]}] * 8

@@ -10,6 +10,7 @@ from rest_framework.exceptions import ValidationError
 
 from console.evaluation.choices import TASK_OF_KIND, DatasetKind
 from console.evaluation.config import normalize
+from console.evaluation.params import model_named, ready_version
 
 PARAMS = ("model", "version", "method", "sparsity", "structure", "calibration_dataset", "dataset", "config")
 
@@ -28,25 +29,14 @@ def _dataset(field: str, name: Any) -> Any:
 
 
 def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
-    from console.registry.choices import VersionStatus
-    from console.registry.models import Model
     from engine import compress
 
     unknown = sorted(set(params) - set(PARAMS))
     if unknown:
         raise _fail(unknown[0], f"unknown parameter; a compression takes {', '.join(PARAMS)}")
-    name = params.get("model")
-    model = Model.objects.filter(name=name).first() if isinstance(name, str) else None
-    if model is None:
-        raise _fail("model", f"No model named {name!r}." if name else "Name the model to compress.")
-    number = params.get("version")
-    if not isinstance(number, int) or isinstance(number, bool):
-        raise _fail("version", "Give the version number to compress, e.g. 1.")
-    version = model.versions.filter(number=number).first()
-    if version is None:
-        raise _fail("version", f"Model '{model.name}' has no version {number}.")
-    if version.status != VersionStatus.READY:
-        raise _fail("version", f"Version {number} is '{version.status}'; only ready versions can be compressed.")
+    model = model_named(params.get("model"), "compress")
+    version = ready_version(model, params.get("version"), "compress", "compressed")
+    number = version.number
     if model.task != "text-generation":
         raise _fail("model", f"'{model.name}' is {model.task}; compression supports text-generation models.")
     method = params.get("method")

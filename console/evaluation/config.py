@@ -8,9 +8,8 @@ import hashlib
 import json
 from typing import Any
 
-from rest_framework.exceptions import ValidationError
-
 from console.evaluation.choices import TASK_OF_KIND
+from console.evaluation.params import dataset_named, dataset_version_of, fail, model_named, ready_versions
 from engine.config import EngineConfig
 from engine.evaluator import Settings
 
@@ -21,36 +20,32 @@ SETTINGS_FIELDS = {f.name: f.default for f in dataclasses.fields(Settings)}
 MAX_VERSIONS = 8
 
 
-def _fail(field: str, message: str) -> ValidationError:
-    return ValidationError({field: [message]})
-
-
 def normalize(config: Any) -> dict[str, Any]:
     """`{"engine": {...EngineConfig fields}, ...Settings fields}` complete with defaults; unknown keys
     and bad values are refused naming the field."""
     if not isinstance(config, dict):
-        raise _fail("config", "must be an object")
+        raise fail("config", "must be an object")
     unknown = sorted(set(config) - {"engine", *SETTINGS_FIELDS})
     if unknown:
-        raise _fail(f"config.{unknown[0]}", f"unknown setting; known: engine, {', '.join(SETTINGS_FIELDS)}")
+        raise fail(f"config.{unknown[0]}", f"unknown setting; known: engine, {', '.join(SETTINGS_FIELDS)}")
     engine_in = config.get("engine", {})
     if not isinstance(engine_in, dict):
-        raise _fail("config.engine", "must be an object")
+        raise fail("config.engine", "must be an object")
     for key in engine_in:
         if key not in ENGINE_FIELDS:
-            raise _fail(f"config.engine.{key}", f"unknown engine setting; known: {', '.join(ENGINE_FIELDS)}")
+            raise fail(f"config.engine.{key}", f"unknown engine setting; known: {', '.join(ENGINE_FIELDS)}")
     engine = {**ENGINE_DEFAULTS, **engine_in}
     try:
         EngineConfig(**engine)
     except (TypeError, ValueError) as exc:
         name = next((k for k in engine_in if k in str(exc)), "")
-        raise _fail(f"config.engine.{name}" if name else "config.engine", str(exc)) from exc
+        raise fail(f"config.engine.{name}" if name else "config.engine", str(exc)) from exc
     settings = {**SETTINGS_FIELDS, **{k: v for k, v in config.items() if k != "engine"}}
     try:
         Settings(**settings)
     except (TypeError, ValueError) as exc:
         name = next((k for k in config if k in str(exc)), "")
-        raise _fail(f"config.{name}" if name else "config", str(exc)) from exc
+        raise fail(f"config.{name}" if name else "config", str(exc)) from exc
     return {"engine": engine, **settings}
 
 
@@ -70,44 +65,23 @@ def summary(config: dict[str, Any]) -> str:
 def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
     """An `evaluate` job's params: a model, ready versions of it, a dataset of a kind that fits the
     model's task (its latest version unless `dataset_version` says which), and the config."""
-    from console.evaluation.models import Dataset
-    from console.registry.choices import VersionStatus
-    from console.registry.models import Model
-
     unknown = sorted(set(params) - {"model", "versions", "dataset", "dataset_version", "config"})
     if unknown:
-        raise _fail(unknown[0], "unknown parameter; an evaluation takes model, versions, dataset, "
+        raise fail(unknown[0], "unknown parameter; an evaluation takes model, versions, dataset, "
                                 "dataset_version and config")
-    name = params.get("model")
-    model = Model.objects.filter(name=name).first() if isinstance(name, str) else None
-    if model is None:
-        raise _fail("model", f"No model named {name!r}." if name else "Name the model to evaluate.")
+    model = model_named(params.get("model"), "evaluate")
     numbers = params.get("versions")
     if not isinstance(numbers, list) or not numbers or not all(
             isinstance(n, int) and not isinstance(n, bool) for n in numbers):
-        raise _fail("versions", "Give a non-empty list of version numbers, e.g. [1, 2].")
+        raise fail("versions", "Give a non-empty list of version numbers, e.g. [1, 2].")
     numbers = sorted(set(numbers))
     if len(numbers) > MAX_VERSIONS:
-        raise _fail("versions", f"At most {MAX_VERSIONS} versions per evaluation; split the run.")
-    found = {v.number: v for v in model.versions.filter(number__in=numbers)}
-    for n in numbers:
-        if n not in found:
-            raise _fail("versions", f"Model '{model.name}' has no version {n}.")
-        if found[n].status != VersionStatus.READY:
-            raise _fail("versions", f"Version {n} is '{found[n].status}'; only ready versions can be evaluated.")
-    dataset_name = params.get("dataset")
-    dataset = Dataset.objects.filter(name=dataset_name).first() if isinstance(dataset_name, str) else None
-    if dataset is None:
-        raise _fail("dataset", f"No dataset named {dataset_name!r}; see /api/datasets/." if dataset_name
-                    else "Name the dataset to evaluate on.")
+        raise fail("versions", f"At most {MAX_VERSIONS} versions per evaluation; split the run.")
+    ready_versions(model, numbers, "evaluated")
+    dataset = dataset_named(params.get("dataset"), "evaluate")
     if TASK_OF_KIND[dataset.kind] != model.task:
-        raise _fail("dataset", f"Dataset '{dataset.name}' is a {dataset.kind} dataset, for "
+        raise fail("dataset", f"Dataset '{dataset.name}' is a {dataset.kind} dataset, for "
                                f"{TASK_OF_KIND[dataset.kind]} models; '{model.name}' is {model.task}.")
-    number = params.get("dataset_version")
-    if number is not None and (not isinstance(number, int) or isinstance(number, bool)):
-        raise _fail("dataset_version", "Give the dataset version as a number (or leave it out for the latest).")
-    dataset_version = dataset.latest if number is None else dataset.versions.filter(number=number).first()
-    if dataset_version is None:
-        raise _fail("dataset_version", f"Dataset '{dataset.name}' has no version {number}.")
+    dataset_version = dataset_version_of(dataset, params.get("dataset_version"))
     return {"model": model.name, "versions": numbers, "dataset": dataset.name,
             "dataset_version": dataset_version.number, "config": normalize(params.get("config", {}))}

@@ -7,8 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from rest_framework.exceptions import ValidationError
-
+from console.evaluation.params import dataset_named, dataset_version_of, fail, model_named, ready_version
 from engine.finetune import FinetuneConfig, context_length, labels_of, missing_labels, split
 
 # Which dataset kind each fine-tuning task trains on.
@@ -18,64 +17,33 @@ NAMED = {"model", "version", "dataset", "dataset_version", "method", "task", "ta
 MAX_STEPS = 100_000
 
 
-def _fail(field: str, message: str) -> ValidationError:
-    return ValidationError({field: [message]})
-
-
-def _int(params: dict[str, Any], name: str, required: bool = True) -> int | None:
-    value = params.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _fail(name, f"Give {name} as a number.")
-    return value
-
-
 def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
     from django.utils.text import slugify
 
-    from console.evaluation.models import Dataset
-    from console.registry.choices import VersionStatus
     from console.registry.models import Model
 
     unknown = sorted(set(params) - NAMED - set(HYPERPARAMETERS))
     if unknown:
-        raise _fail(unknown[0], f"unknown parameter; a fine-tuning takes {', '.join(sorted(NAMED))} and the "
+        raise fail(unknown[0], f"unknown parameter; a fine-tuning takes {', '.join(sorted(NAMED))} and the "
                                 f"hyperparameters {', '.join(HYPERPARAMETERS)}")
-    name = params.get("model")
-    model = Model.objects.filter(name=name).first() if isinstance(name, str) else None
-    if model is None:
-        raise _fail("model", f"No model named {name!r}." if name else "Name the model to fine-tune.")
-    number = _int(params, "version")
-    parent = model.versions.filter(number=number).first()
-    if parent is None:
-        raise _fail("version", f"Model '{model.name}' has no version {number}.")
-    if parent.status != VersionStatus.READY:
-        raise _fail("version", f"Version {number} is '{parent.status}'; only ready versions can be fine-tuned.")
-
-    dataset_name = params.get("dataset")
-    dataset = Dataset.objects.filter(name=dataset_name).first() if isinstance(dataset_name, str) else None
-    if dataset is None:
-        raise _fail("dataset", f"No dataset named {dataset_name!r}; see /api/datasets/." if dataset_name
-                    else "Name the dataset to train on.")
+    model = model_named(params.get("model"), "fine-tune")
+    parent = ready_version(model, params.get("version"), "fine-tune", "fine-tuned")
+    dataset = dataset_named(params.get("dataset"), "train")
     task = params.get("task") or (model.task if model.task in KIND_OF_TASK else
                                   {v: k for k, v in KIND_OF_TASK.items()}.get(dataset.kind, model.task))
     if task not in KIND_OF_TASK:
-        raise _fail("task", f"Fine-tuning supports the tasks {', '.join(KIND_OF_TASK)}; got {task!r}.")
+        raise fail("task", f"Fine-tuning supports the tasks {', '.join(KIND_OF_TASK)}; got {task!r}.")
     if dataset.kind != KIND_OF_TASK[task]:
-        raise _fail("dataset", f"Dataset '{dataset.name}' is a {dataset.kind} dataset; {task} fine-tuning "
+        raise fail("dataset", f"Dataset '{dataset.name}' is a {dataset.kind} dataset; {task} fine-tuning "
                                f"trains on a {KIND_OF_TASK[task]} dataset.")
-    ds_number = _int(params, "dataset_version", required=False)
-    dataset_version = dataset.latest if ds_number is None else dataset.versions.filter(number=ds_number).first()
-    if dataset_version is None:
-        raise _fail("dataset_version", f"Dataset '{dataset.name}' has no version {ds_number}.")
+    dataset_version = dataset_version_of(dataset, params.get("dataset_version"))
 
     target = params.get("target_model") or model.name
     if not isinstance(target, str) or slugify(target) != target or len(target) > 100:
-        raise _fail("target_model", "Give the target model as a slug (letters, digits, - and _).")
+        raise fail("target_model", "Give the target model as a slug (letters, digits, - and _).")
     existing = Model.objects.filter(name=target).first()
     if existing is not None and existing.task != task:
-        raise _fail("target_model", f"Model '{target}' is {existing.task}; a {task} fine-tuning needs a "
+        raise fail("target_model", f"Model '{target}' is {existing.task}; a {task} fine-tuning needs a "
                                     f"{task} model (or a new name, created for it).")
 
     hyper = {k: params[k] for k in HYPERPARAMETERS if k in params}
@@ -86,19 +54,19 @@ def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
         config = FinetuneConfig(task=task, method=params.get("method", "lora"), **hyper)
     except (TypeError, ValueError) as exc:
         field = next((k for k in (*hyper, "method") if k in str(exc)), "method")
-        raise _fail(field, str(exc)) from exc
+        raise fail(field, str(exc)) from exc
     if context is not None and config.max_length > context:
-        raise _fail("max_length", f"max_length {config.max_length} is above the model's context of {context} tokens.")
+        raise fail("max_length", f"max_length {config.max_length} is above the model's context of {context} tokens.")
     if config.max_steps > MAX_STEPS:
-        raise _fail("max_steps", f"At most {MAX_STEPS} steps.")
+        raise fail("max_steps", f"At most {MAX_STEPS} steps.")
 
     rows = dataset_version.load()
     train, held_out = split(rows, config.eval_fraction, config.seed)
     if task != "text-generation":
         if len(labels_of(train)) < 2:
-            raise _fail("dataset", "A classifier needs at least two labels in its training split.")
+            raise fail("dataset", "A classifier needs at least two labels in its training split.")
         if missing := missing_labels(train, held_out):
-            raise _fail("eval_fraction", f"The held-out split (seed {config.seed}) has labels training never shows: "
+            raise fail("eval_fraction", f"The held-out split (seed {config.seed}) has labels training never shows: "
                                          f"{', '.join(missing)}; add rows of them or change seed/eval_fraction.")
     return {"model": model.name, "version": parent.number, "dataset": dataset.name,
             "dataset_version": dataset_version.number, "target_model": target,
