@@ -35,6 +35,7 @@ def test_a_maintainer_fine_tunes_from_the_version_page_and_watches_the_loss_char
     form.locator("input[name=finetune-batch_size]").fill("4")
     form.locator("input[name=finetune-learning_rate]").fill("0.001")
     form.locator("input[name=finetune-eval_fraction]").fill("0.25")
+    page.screenshot(path="/tmp/tauon-finetune-form.png", full_page=True)
     form.locator("button[type=submit]").click()
 
     expect(page).to_have_url(re.compile(r"/jobs/\d+/$"))
