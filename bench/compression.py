@@ -1,9 +1,9 @@
 """Compression methods on SmolLM2-135M on this CPU: one row per method with size, perplexity and
 throughput as ratios to the dense float32 parent.
 
-Pruning and casting children are written by engine.compress and measured from their folders.
-`int8` and `w8a8` are engine load-time modes (not stored children yet): their size is the int8
-weights the engine holds in memory, not a size on disk (see README, Compression).
+Every child is written by engine.compress (as the `compress` job does) and measured from its folder:
+size on disk, perplexity on bench.texts' EVAL_TEXT, tokens/s of a short generation run. Wanda and
+w8a8 calibrate on the registered `plain-english` dataset's text (not the evaluation text).
 
     python -m bench.compression [--tokens 1024] [--quick]
 
@@ -35,21 +35,11 @@ def measure(folder: Path, quantization: str, settings: Any) -> dict[str, float]:
         release_memory()
 
 
-def weights_in_memory(folder: Path, quantization: str) -> int:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from bench.engine import _quantized_bytes
-    from engine.quantize import quantize_stack
-    from engine.runner import build_stack
-
-    stack = build_stack(AutoModelForCausalLM.from_pretrained(folder).eval())
-    quantize_stack(stack, quantization, tokenizer=AutoTokenizer.from_pretrained(folder), device=torch.device("cpu"))
-    return _quantized_bytes(stack)
+CALIBRATION = Path(__file__).resolve().parent.parent / "console/evaluation/data/plain-english.txt"
 
 
 def main() -> None:
-    from engine.compress import compress_folder, folder_stats
+    from engine.compress import CALIBRATED, compress_folder, folder_stats
     from engine.evaluator import Settings
 
     ap = argparse.ArgumentParser()
@@ -76,22 +66,19 @@ def main() -> None:
         print(f"{'method':<14}{'size':>8}{'ppl':>10}{'tok/s':>9}{'size_ratio':>12}{'ppl_ratio':>11}"
               f"{'tok_s_ratio':>13}", flush=True)
         for name, method, kw in methods:
-            if method in ("int8", "w8a8"):
-                folder, quantization = parent, method
-                size = weights_in_memory(parent, method)
-            else:
-                folder, quantization = tmp / name.replace(":", "-"), "none"
-                compress_folder(parent, folder, method, **kw)
-                size = folder_stats(folder)["size_bytes"]
-            got = measure(folder, quantization, settings)
+            folder = tmp / name.replace(":", "-")
+            if method in CALIBRATED:
+                kw = {**kw, "calibration_text": CALIBRATION.read_text()}
+            compress_folder(parent, folder, method, **kw)
+            size = folder_stats(folder)["size_bytes"]
+            got = measure(folder, "none", settings)
             rows[name] = {"size_ratio": round(size / base_size, 3),
                           "ppl_ratio": round(got["perplexity"] / base["perplexity"], 3),
                           "tok_s_ratio": round(got["tokens_per_s"] / base["tokens_per_s"], 3)}
             r = rows[name]
             print(f"{name:<14}{size / 1e6:>7.1f}M{got['perplexity']:>10.2f}{got['tokens_per_s']:>9.1f}"
                   f"{r['size_ratio']:>12}{r['ppl_ratio']:>11}{r['tok_s_ratio']:>13}", flush=True)
-            if folder != parent:
-                shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
         # The parent again: the first load runs cold and a shared machine drifts; the faster of the two
         # parent runs is the baseline for tokens/s (the rows' ratios are recomputed against it).
         again = measure(parent, "none", settings)["tokens_per_s"]

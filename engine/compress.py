@@ -16,6 +16,10 @@ Methods:
 - `structure="2:4"` (either method): in each group of 4 consecutive input weights of a row, the 2
   lowest-scoring are zeroed (sparsity 0.5 exactly).
 - `fp16` / `bf16`: the weights are cast and saved in that dtype (half the float32 size).
+- `int8` / `w8a8`: the engine's int8 modes (engine.quantize) applied once and stored as they run:
+  int8 rows with per-row scales for every Linear, the token embeddings as int8 rows too, and for
+  w8a8 the SmoothQuant input scaling calibrated on the given text. Loading packs them and
+  re-quantizes nothing (a quarter of the float32 size on disk). Llama-family models only.
 
 What it buys: zeros stored densely give no speedup and no size reduction by themselves (the child
 is a plain safetensors folder the same size as the parent); 2:4 runs faster only on Ampere-and-later
@@ -35,7 +39,9 @@ from torch import nn
 
 PRUNE_METHODS = ("magnitude", "wanda")
 CAST_METHODS = {"fp16": torch.float16, "bf16": torch.bfloat16}
-METHODS = (*PRUNE_METHODS, *CAST_METHODS)
+QUANT_METHODS = ("int8", "w8a8")
+METHODS = (*QUANT_METHODS, *PRUNE_METHODS, *CAST_METHODS)
+CALIBRATED = ("wanda", "w8a8")  # the methods that take calibration text
 STRUCTURES = ("unstructured", "2:4")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 # Architectures whose decoder blocks hold no nn.Linear (GPT-2 family: transformers' Conv1D).
@@ -70,6 +76,28 @@ def check(method: str, *, sparsity: float | None = None, structure: str = "unstr
                 raise ValueError("sparsity must be strictly between 0 and 1")
         elif sparsity is not None and float(sparsity) != 0.5:
             raise ValueError("2:4 structure prunes exactly half (sparsity 0.5)")
+
+
+def check_model(method: str, folder: Path) -> None:
+    """UnsupportedMethod where `method` can't apply to the model in `folder` (read from config.json)."""
+    from engine.quantize import is_stored
+    from engine.runner import LLAMA_LIKE
+
+    stored = is_stored(folder)
+    if stored:
+        raise UnsupportedMethod(f"this version is already stored as {stored}; compress its float parent instead")
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UnsupportedMethod(f"{folder} has no readable config.json") from exc
+    architecture = (config.get("architectures") or ["?"])[0]
+    if method in PRUNE_METHODS and architecture in CONV1D_ARCHITECTURES:
+        raise UnsupportedMethod(f"{method} pruning needs nn.Linear decoder layers; {architecture} uses Conv1D. "
+                                "Use fp16 or bf16 for this model.")
+    if method in QUANT_METHODS and config.get("model_type") not in LLAMA_LIKE:
+        raise UnsupportedMethod(f"{method} is stored in the engine's int8 format, which covers Llama-family models "
+                                f"({', '.join(LLAMA_LIKE)}); this model is {config.get('model_type')!r}. "
+                                "Use fp16 or bf16, or serve it with quantization set in the deployment's engine config.")
 
 
 def prunable_linears(model: nn.Module) -> dict[str, nn.Linear]:
@@ -184,6 +212,32 @@ def cast_model(model: nn.Module, method: str) -> CompressResult:
     return CompressResult(method, {"method": method, "dtype": str(CAST_METHODS[method]).removeprefix("torch.")})
 
 
+def quantize_model(model: nn.Module, tokenizer: object, dest: Path, method: str, *,
+                   calibration_text: str | None = None, calibration_tokens: int = 512) -> CompressResult:
+    """Apply the engine's int8 mode `method` to a float model and store its int8 weights in `dest`
+    (the model's own layers are consumed)."""
+    from engine.quantize import FORMAT, W8A8Options, quantize_stack, save_quantized
+    from engine.runner import build_stack
+
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and head.weight is embed.weight
+    options = W8A8Options(calibration_tokens=calibration_tokens)
+    stack = build_stack(model)
+    quantize_stack(stack, method, tokenizer=tokenizer, device=torch.device("cpu"), options=options,
+                   calibration_text=calibration_text)
+    meta = save_quantized(stack, dest, mode=method, tied=tied)
+    recipe: dict[str, object] = {"method": method, "format": FORMAT, "weights": "int8, one scale per output row",
+                                 "embedding": "int8, one scale per row", "lm_head": meta["lm_head"],
+                                 "activations": "float (two 7-bit passes)" if method == "int8" else
+                                 "int8 per token (7-bit), SmoothQuant-scaled"}
+    if method == "w8a8":
+        from engine.calibration import CALIBRATION_TEXT
+
+        used = len(tokenizer(calibration_text or CALIBRATION_TEXT)["input_ids"][:calibration_tokens])  # type: ignore[operator]
+        recipe.update(smoothquant_alpha=options.alpha, calibration_tokens=used)
+    return CompressResult(method, recipe)
+
+
 def compress_folder(src: Path, dest: Path, method: str, *, sparsity: float = 0.5, structure: str = "unstructured",
                     calibration_text: str | None = None, calibration_tokens: int = 512) -> CompressResult:
     """Load the Hugging Face folder `src`, compress it, and write a loadable folder at `dest`
@@ -191,9 +245,14 @@ def compress_folder(src: Path, dest: Path, method: str, *, sparsity: float = 0.5
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check(method, sparsity=sparsity if structure == "unstructured" else None, structure=structure)
+    check_model(method, src)
     model = AutoModelForCausalLM.from_pretrained(src, torch_dtype=torch.float32)
     model.eval()
-    if method in PRUNE_METHODS:
+    if method in QUANT_METHODS:
+        tokenizer = AutoTokenizer.from_pretrained(src)
+        result = quantize_model(model, tokenizer, dest, method, calibration_text=calibration_text,
+                                calibration_tokens=calibration_tokens)
+    elif method in PRUNE_METHODS:
         ids = None
         if method == "wanda":
             from engine.calibration import CALIBRATION_TEXT
@@ -206,8 +265,9 @@ def compress_folder(src: Path, dest: Path, method: str, *, sparsity: float = 0.5
             model.to(getattr(torch, parent_dtype))  # keep the parent's storage dtype
     else:
         result = cast_model(model, method)
-    dest.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(dest, safe_serialization=True)
+    if method not in QUANT_METHODS:
+        dest.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(dest, safe_serialization=True)
     for path in src.iterdir():
         if path.is_file() and not (dest / path.name).exists() and not path.name.endswith(WEIGHT_SUFFIXES) \
                 and not path.name.endswith(".index.json"):

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from engine import loader, sampler
+from engine import loader, quantize, sampler
 from engine.config import EngineConfig, SamplingParams
 from engine.detokenizer import Detokenizer
 from engine.errors import EngineClosed, PromptTooLong
@@ -48,14 +48,13 @@ class _State:
 
 
 class LLMEngine:
-    def __init__(self, model: Any, tokenizer: Any, config: EngineConfig, *, device: str, dtype: str):
+    def __init__(self, model: Any, tokenizer: Any, config: EngineConfig, *, device: str, dtype: str,
+                 stack: torch.nn.Module | None = None):
         self.config, self.tokenizer, self.device = config, tokenizer, torch.device(device)
         self.model = model
-        self.stack = build_stack(model)
-        if config.quantization != "none":
-            from engine.quantize import quantize_stack
-
-            quantize_stack(self.stack, config.quantization, tokenizer=tokenizer, device=self.device)
+        self.stack = stack if stack is not None else build_stack(model)
+        if config.quantization != "none" and (stack is None or self.device.type != "cpu"):
+            quantize.quantize_stack(self.stack, config.quantization, tokenizer=tokenizer, device=self.device)
         torch_dtype = loader.torch_dtype(dtype)
         per_token = ModelRunner.bytes_per_token(self.stack, torch_dtype)
         num_blocks = config.kv_cache_bytes // (per_token * config.block_size)
@@ -87,6 +86,15 @@ class LLMEngine:
         config = config or EngineConfig()
         device = config.resolved_device()
         dtype = config.resolved_dtype(device)
+        stored = quantize.is_stored(Path(folder))
+        if stored:  # a compressed child: its int8 layers load as they are
+            if device == "cpu" and config.quantization not in ("none", stored):
+                raise ValueError(f"this version is stored as {stored}; serve it with quantization 'none' "
+                                 f"(or {stored!r}), or quantize its float parent instead")
+            loader.read_config(Path(folder))
+            model, stack = quantize.load_quantized(Path(folder), device=torch.device(device),
+                                                   dtype=loader.torch_dtype(dtype))
+            return cls(model, loader.load_tokenizer(Path(folder)), config, device=device, dtype=dtype, stack=stack)
         model = loader.load_model(Path(folder), "AutoModelForCausalLM", device=device, dtype=dtype,
                                   attn_implementation="sdpa")
         return cls(model, loader.load_tokenizer(Path(folder)), config, device=device, dtype=dtype)
