@@ -37,6 +37,10 @@ def test_explain_refuses_bad_input_with_a_clear_4xx_and_queues_nothing(user_api,
     deploy("pg-nowhere", llama_dir, owner=bob, wait=False)  # no worker hosts it: pending
     deploy("pg-int8", llama_dir, owner=bob, wait=False, config={"engine": {"quantization": "int8"}})
     deploy("pg-embed", llama_dir, owner=bob, wait=False, task="embeddings")
+    from engine.compress import compress_folder
+
+    deploy("pg-int8-child", compress_folder(llama_dir, tmp_path / "int8", "int8") and tmp_path / "int8", owner=bob,
+           wait=False)  # a compressed child stored as int8, served with the default engine config
     deploy("pg-cls-nowhere", tiny_bert_dir(tmp_path / "bert"), owner=bob, wait=False, task="text-classification")
     cases = [
         (404, "not_found", None, dict(name="nope", messages=HELLO)),
@@ -45,6 +49,7 @@ def test_explain_refuses_bad_input_with_a_clear_4xx_and_queues_nothing(user_api,
         (400, "invalid", "output", dict(name="pg-nowhere", prompt="hi", output={"text": "no"})),
         (400, "unsupported_task", "name", dict(name="pg-embed", input="a text")),
         (400, "unsupported_method", "method", dict(name="pg-int8", prompt="hi", method="integrated_gradients")),
+        (400, "unsupported_method", "method", dict(name="pg-int8-child", prompt="hi", method="integrated_gradients")),
         (400, "unsupported_method", "method", dict(name="pg-cls-nowhere", input="hi", method="shapley")),
         (409, "deployment_not_ready", None, dict(name="pg-nowhere", messages=HELLO, output="Fine, thanks.")),
     ]

@@ -30,6 +30,22 @@ def client_for(user, web_server, **limits) -> openai.OpenAI:  # type: ignore[no-
     return openai.OpenAI(base_url=f"{web_server.url}/v1", api_key=raw_key(user, **limits), max_retries=0, timeout=60)
 
 
+def test_a_compressed_int8_child_serves_through_v1_as_the_engine_runs_it(serving, web_server, llama_dir, charlie,
+                                                                         bob, tmp_path):
+    from engine import LLMEngine, SamplingParams
+    from engine.compress import compress_folder
+
+    compress_folder(llama_dir, tmp_path / "int8", "int8")
+    deploy("int8-child", tmp_path / "int8", owner=bob)
+    reply = client_for(charlie, web_server).chat.completions.create(
+        model="int8-child", messages=HELLO, max_tokens=8, temperature=0, extra_body={"return_token_ids": True,
+                                                                                     "ignore_eos": True})
+    with LLMEngine.from_pretrained(tmp_path / "int8") as engine:
+        direct = engine.generate(HELLO, SamplingParams(max_new_tokens=8, ignore_eos=True)).result(timeout=60)
+    assert reply.choices[0].model_extra["token_ids"] == direct.token_ids
+    assert reply.choices[0].message.content == direct.text
+
+
 def test_the_openai_client_chats_streamed_and_not_with_the_same_answer(serving, web_server, llama_dir, charlie, bob):
     deploy("chat", llama_dir, owner=bob)
     client = client_for(charlie, web_server)

@@ -1,30 +1,24 @@
 """The `compress` job's params: a ready text-generation version, a method engine.compress supports for
-its architecture, pruning parameters, a text dataset for Wanda's calibration, and optionally a
-dataset (and evaluation config) to compare parent and child on."""
+its architecture (and not a version already stored as int8), pruning parameters, a text dataset to
+calibrate Wanda or w8a8 on, and optionally a dataset (and evaluation config) to compare parent and
+child on."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
-
-from rest_framework.exceptions import ValidationError
 
 from console.evaluation.choices import TASK_OF_KIND, DatasetKind
 from console.evaluation.config import normalize
-from console.evaluation.params import model_named, ready_version
+from console.evaluation.params import dataset_named, dataset_version_of, model_named, ready_version
+from console.evaluation.params import fail as _fail
 
 PARAMS = ("model", "version", "method", "sparsity", "structure", "calibration_dataset", "dataset", "config")
 
 
-def _fail(field: str, message: str) -> ValidationError:
-    return ValidationError({field: [message]})
-
-
 def _dataset(field: str, name: Any) -> Any:
-    from console.evaluation.models import Dataset
-
-    dataset = Dataset.objects.filter(name=name).first() if isinstance(name, str) else None
-    if dataset is None or dataset.latest is None:
-        raise _fail(field, f"No dataset named {name!r}; see /api/datasets/.")
+    dataset = dataset_named(name, "calibrate" if field == "calibration_dataset" else "evaluate", field=field)
+    dataset_version_of(dataset, None)  # it has a version to read
     return dataset
 
 
@@ -45,10 +39,11 @@ def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
     structure = params.get("structure", "unstructured")
     sparsity = params.get("sparsity", 0.5)
     cleaned: dict[str, Any] = {"model": model.name, "version": number, "method": method}
+    try:
+        compress.check_model(method, Path(version.path))
+    except compress.UnsupportedMethod as exc:
+        raise _fail("method", str(exc)) from exc
     if method in compress.PRUNE_METHODS:
-        if version.architecture in compress.CONV1D_ARCHITECTURES:
-            raise _fail("method", f"{method} pruning needs nn.Linear decoder layers; {version.architecture} uses "
-                                  "Conv1D. Use fp16 or bf16 for this model.")
         if not isinstance(sparsity, int | float) or isinstance(sparsity, bool):
             raise _fail("sparsity", "Give the sparsity as a number strictly between 0 and 1, e.g. 0.5.")
         try:
@@ -62,8 +57,9 @@ def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
         raise _fail("sparsity" if "sparsity" in params else "structure", f"{method} takes no sparsity or structure.")
     calibration = params.get("calibration_dataset")
     if calibration is not None:
-        if method != "wanda":
-            raise _fail("calibration_dataset", f"{method} needs no calibration; only wanda does.")
+        if method not in compress.CALIBRATED:
+            raise _fail("calibration_dataset", f"{method} needs no calibration; only "
+                                               f"{' and '.join(compress.CALIBRATED)} do.")
         dataset = _dataset("calibration_dataset", calibration)
         if dataset.kind != DatasetKind.TEXT:
             raise _fail("calibration_dataset", f"Dataset '{dataset.name}' is a {dataset.kind} dataset; calibration "

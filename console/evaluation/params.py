@@ -53,13 +53,13 @@ def ready_version(model: Model, number: Any, verb: str, done: str) -> ModelVersi
     return ready_versions(model, [number], done, field="version")[number]
 
 
-def dataset_named(name: Any, verb: str) -> Dataset:
-    """The dataset called `name`; `verb` as in "Name the dataset to train on"."""
+def dataset_named(name: Any, verb: str, field: str = "dataset") -> Dataset:
+    """The dataset called `name` (params field `field`); `verb` as in "Name the dataset to train on"."""
     from console.evaluation.models import Dataset
 
     dataset = Dataset.objects.filter(name=name).first() if isinstance(name, str) else None
     if dataset is None:
-        raise fail("dataset", f"No dataset named {name!r}; see /api/datasets/." if name
+        raise fail(field, f"No dataset named {name!r}; see /api/datasets/." if name
                    else f"Name the dataset to {verb} on.")
     return dataset
 

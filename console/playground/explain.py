@@ -125,6 +125,11 @@ def prepare(deployment: Deployment, data: dict[str, Any]) -> dict[str, Any]:
     elif req.get("input") is not None:
         raise Refused("`input` is for classifiers; give `messages` or `prompt`.", code="invalid", field="input")
     quantization = (deployment.config.get("engine") or {}).get("quantization", "none")
+    if quantization == "none" and method == "integrated_gradients":  # a compressed child stored as int8
+        from engine.quantize import is_stored
+
+        target = deployment.target_version()
+        quantization = (is_stored(Path(target.path)) if target else None) or "none"
     if method == "integrated_gradients" and quantization != "none":
         raise Refused(f"integrated_gradients needs gradients through the model, and '{name}' runs {quantization} "
                       "quantized layers, which have none; use feature_ablation or shapley.",
