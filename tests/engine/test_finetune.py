@@ -163,8 +163,32 @@ def test_lora_sft_of_smollm2_lowers_the_held_out_loss_and_merges_exactly(smollm2
     result = finetune(smollm2_dir, tmp_path / "child", rows, config, adapter_dir=tmp_path / "adapter")
     assert result.eval_loss is not None and result.eval_loss_before is not None
     assert result.eval_loss < result.eval_loss_before
-    # fp32: W·x + B·(A·x) and (W + B·A)·x round differently; measured 1.3e-4 over 49,152 logits of ~±30
-    assert result.merge_max_abs_diff is not None and result.merge_max_abs_diff < 1e-3
+
+    # The merged child against base+adapter, both computed in float64: the merge itself (saved as fp32
+    # weights) is all that differs. Measured 1.9e-5 max abs over logits of up to ~38 (2.0e-5 for a merge
+    # done in float64 and rounded to fp32: merging in fp32 loses nothing; the rest is fp32 storage).
+    from peft import PeftModel
+
+    tok = AutoTokenizer.from_pretrained(str(smollm2_dir))
+    held = split(rows, config.eval_fraction, config.seed)[1]
+    probes = [torch.tensor([_encode_sft(tok, r, 64, tok.eos_token_id)[0]]) for r in held]
+
+    def logits(folder: Path, dtype: torch.dtype, adapter: Path | None = None) -> list[torch.Tensor]:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+        if adapter is not None:
+            model = PeftModel.from_pretrained(model, str(adapter)).to(dtype)
+        with torch.no_grad():
+            return [model.eval()(ids).logits[0].double() for ids in probes]
+
+    def gap(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+        return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+
+    adapted64 = logits(smollm2_dir, torch.float64, tmp_path / "adapter")
+    assert gap(logits(tmp_path / "child", torch.float64), adapted64) < 1e-4
+    # In fp32, W·x + B·(A·x) and (W + B·A)·x round differently (measured 1.1e-4 to 1.3e-4 on the probe
+    # batch): no more than fp32 arithmetic itself is off base+adapter's own float64 logits (1.2e-4).
+    fp32_noise = gap(logits(smollm2_dir, torch.float32, tmp_path / "adapter"), adapted64)
+    assert result.merge_max_abs_diff is not None and result.merge_max_abs_diff < 2 * fp32_noise
 
 
 NER = [{"tokens": ["Alice", "visited", city, "yesterday"], "tags": ["B-PER", "O", "B-LOC", "O"]}
