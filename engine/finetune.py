@@ -297,6 +297,10 @@ def finetune(base_dir: Path, out_dir: Path, rows: Sequence[dict[str, Any]], conf
     with `adapter_dir`, LoRA also keeps the unmerged adapter there (peft's format)."""
     import torch
 
+    from engine.quantize import is_stored
+
+    if stored := is_stored(base_dir):
+        raise ValueError(f"{base_dir} is stored as {stored}; fine-tune its float parent instead")
     if eval_rows is None:
         train_rows, held_out = split(rows, config.eval_fraction, config.seed)
     else:

@@ -62,6 +62,13 @@ def test_it_refuses_bad_input_with_a_400_before_any_job(bob, maintainer_api, lla
     assert ner_on_llm.status_code == 400 and "trains on a ner dataset" in ner_on_llm.json()["error"]["message"]
     other_task = post(maintainer_api, model="tiny", version=1, dataset="sums", target_model="enc")
     assert other_task.status_code == 400 and other_task.json()["error"]["field"] == "params.target_model"
+    from engine.compress import compress_folder
+
+    compress_folder(llama_dir, tmp_path / "int8", "int8")
+    stored_version(make_model("tiny-int8", owner=bob), tmp_path / "int8")
+    int8_parent = post(maintainer_api, model="tiny-int8", version=1, dataset="sums")
+    assert int8_parent.status_code == 400 and int8_parent.json()["error"]["field"] == "params.version"
+    assert "stored as int8" in int8_parent.json()["error"]["message"]
     no_model = post(maintainer_api, model="nope", version=1, dataset="sums")
     assert no_model.status_code == 400 and no_model.json()["error"]["field"] == "params.model"
     assert "No model named 'nope'" in no_model.json()["error"]["message"]

@@ -5,10 +5,12 @@ model's context, and hyperparameters that engine.finetune.FinetuneConfig accepts
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from console.evaluation.params import dataset_named, dataset_version_of, fail, model_named, ready_version
 from engine.finetune import FinetuneConfig, context_length, labels_of, missing_labels, split
+from engine.quantize import is_stored
 
 # Which dataset kind each fine-tuning task trains on.
 KIND_OF_TASK = {"text-generation": "qa", "text-classification": "classification", "token-classification": "ner"}
@@ -28,6 +30,9 @@ def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
                                 f"hyperparameters {', '.join(HYPERPARAMETERS)}")
     model = model_named(params.get("model"), "fine-tune")
     parent = ready_version(model, params.get("version"), "fine-tune", "fine-tuned")
+    if stored := is_stored(Path(parent.path)):
+        raise fail("version", f"Version {parent.number} is stored as {stored} (a compressed child), which can't be "
+                              "trained; fine-tune its float parent instead.")
     dataset = dataset_named(params.get("dataset"), "train")
     task = params.get("task") or (model.task if model.task in KIND_OF_TASK else
                                   {v: k for k, v in KIND_OF_TASK.items()}.get(dataset.kind, model.task))
