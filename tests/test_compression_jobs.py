@@ -119,3 +119,24 @@ def test_bad_compression_params_are_refused_with_a_400_and_no_job(bob, maintaine
         assert response.status_code == 400, (params, response.content)
         assert field in response.content.decode(), (params, response.content)
     assert Job.objects.filter(kind="compress").count() == 0
+
+
+def test_a_compression_whose_worker_died_fails_the_child_it_stored_but_never_imported(celery_worker, bob, llama_dir):
+    from console.jobs import kinds
+    from console.registry.importing import add_version_from_path
+    from tests.conftest import wait_for
+    from workers.tasks import run_job
+
+    model = make_model("tiny", owner=bob)
+    parent = stored_version(model, llama_dir)
+    params = {"model": "tiny", "version": 1, "method": "fp16"}
+    # What a worker killed between storing the child and importing it leaves: the job running, the child importing.
+    job = Job.objects.create(kind="compress", params=params, created_by=bob, status="running", deliveries=1,
+                             worker="killed@host")
+    child = add_version_from_path(model, llama_dir, bob, source="job", parent=parent, produced_by=job, enqueue=False)
+    run_job.apply_async(args=[job.pk], queue=kinds.queue_for("compress", params))  # the redelivery
+    failed = wait_for(lambda: Job.objects.filter(pk=job.pk, status="failed").first(), 60, what="the job to fail")
+    assert "worker running this job died" in failed.error
+    child.refresh_from_db()
+    assert child.status == "failed" and "before importing it" in child.status_reason and not child.path.exists()
+    assert model.versions.count() == 2

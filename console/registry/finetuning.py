@@ -83,12 +83,7 @@ def finetune_failed(job: Any) -> None:
     a child its dead worker stored but never imported (failed, its files removed, as a failed import)."""
     import shutil
 
-    from console.registry.choices import VersionStatus
-    from console.registry.importing import import_failed, storage_dir
-    from console.registry.models import ModelVersion
+    from console.registry.importing import fail_unimported, storage_dir
 
     shutil.rmtree(storage_dir("finetune") / f"job-{job.pk}", ignore_errors=True)
-    for child in ModelVersion.objects.filter(produced_by=job, status=VersionStatus.IMPORTING).select_related("import_job"):
-        if child.import_job is not None and child.import_job.fail(f"The {job} that produced this version ended "
-                                                                  f"({job.status}) before importing it."):
-            import_failed(child.import_job)
+    fail_unimported(job)

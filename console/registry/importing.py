@@ -408,6 +408,17 @@ def import_failed(job: Job) -> None:
         shutil.rmtree(version.path, ignore_errors=True)
 
 
+def fail_unimported(job: Job) -> None:
+    """For the on_failed hook of a job that stores a version and imports it in-process (compress,
+    finetune): a version it stored but never imported (its worker died in between) fails like a failed
+    import, its files removed."""
+    stored = ModelVersion.objects.filter(produced_by=job, status=VersionStatus.IMPORTING).select_related("import_job")
+    for version in stored:
+        if version.import_job is not None and version.import_job.fail(
+                f"The {job} that produced this version ended ({job.status}) before importing it."):
+            import_failed(version.import_job)
+
+
 def import_in_process(version: ModelVersion, worker: str) -> None:
     """Run `version`'s import job here (hash, inspect, mark ready) rather than on another worker, for jobs
     that produce a version and should end with it ready; a failure fails the import and is re-raised."""
