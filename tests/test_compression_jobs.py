@@ -15,6 +15,7 @@ from console.evaluation.models import EvaluationResult
 from console.jobs.models import Job
 from engine.compress import folder_stats
 from tests.api_rows import make_model
+from tests.conftest import wait_for
 from tests.serving_rows import stored_version
 from tests.test_evaluation_jobs import FAST, ended
 
@@ -83,6 +84,30 @@ def test_an_int8_compression_stores_a_quarter_size_child_that_the_engine_serves_
     assert comparison["size_bytes"]["ratio"] < 0.5  # the tokenizer files (same in both) weigh on a tiny model
     # evaluated through the engine's own load of the stored int8 layers (the serving path)
     assert comparison["perplexity"]["ratio"] == pytest.approx(1.0, abs=0.02)
+
+
+def test_a_compression_cancelled_while_it_compares_leaves_no_child_and_no_staging_files(
+        celery_worker, bob, maintainer_api, llama_dir):
+    from console.registry.importing import storage_dir
+
+    call_command("import_datasets")
+    model = make_model("tiny", owner=bob)
+    stored_version(model, llama_dir, architecture="LlamaForCausalLM", **as_imported(llama_dir))
+    staged_before = set(storage_dir("tmp").iterdir()) if storage_dir("tmp").is_dir() else set()
+    slow = {**FAST, "stride": 1}  # a perplexity window per token: long enough to cancel half way
+    response = post(maintainer_api, {"model": "tiny", "version": 1, "method": "fp16", "dataset": "plain-english",
+                                     "config": slow})
+    assert response.status_code == 202, response.content
+    job = Job.objects.get(pk=response.json()["id"])
+    wait_for(lambda: Job.objects.filter(pk=job.pk, status="running", progress_message__startswith="evaluating")
+             .exists(), 120, what="the comparison to be under way")
+    assert maintainer_api.post(f"/api/jobs/{job.pk}/cancel").status_code == 202
+    done = ended(job, timeout=30)
+    assert done.status == "cancelled", (done.status, done.error)
+    assert list(model.versions.values_list("number", flat=True)) == [1]  # no child, not even a failed one
+    assert not EvaluationResult.objects.filter(job=done).exists()
+    staged_after = set(storage_dir("tmp").iterdir()) if storage_dir("tmp").is_dir() else set()
+    assert staged_after <= staged_before  # the staged child folder is gone
 
 
 def test_bad_compression_params_are_refused_with_a_400_and_no_job(bob, maintainer_api, llama_dir, tmp_path):

@@ -1,15 +1,17 @@
-"""The `compress` job: engine.compress writes a child folder, the registry stores it as a new version
-of the same model (parent, produced_by this job, the method and its recipe in the config), its import
-runs in this process, and, when a dataset is named, parent and child are evaluated under one config
-and compared (size on disk, parameter count, perplexity or task metric, tokens/s, peak memory).
+"""The `compress` job: engine.compress writes a child folder into staging; when a dataset is named,
+parent and child are evaluated under one config (size on disk, parameter count, perplexity or task
+metric, tokens/s, peak memory) while the child is still only a folder; then the registry stores it as a
+new version of the same model (parent, produced_by this job, the method and its recipe in the config),
+its import runs in this process, and the results are stored with the job's success.
 
-The child version is created once the compression succeeded; a later failure (evaluation) leaves
-it in the registry, ready, and the job failed with the reason. Not retried after a lost worker: a
-redelivery would create a second child."""
+So a job cancelled or failed before its last step leaves no version behind (a cancel that arrives
+once the child is registered is too late: the job completes). Not retried after a lost worker: a
+redelivery would create a second child; a child stored but never imported is failed (fail_unimported)."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from console.evaluation.config import key_of
@@ -26,7 +28,7 @@ COMPARED = ("size_bytes", "parameter_count", "perplexity", "exact_match", "token
 
 def compress(job: Job) -> dict[str, Any]:
     from console.registry.importing import add_version_from_path, import_in_process, staging
-    from engine.compress import compress_folder
+    from engine.compress import compress_folder, folder_stats
 
     params = job.params
     model = Model.objects.get(name=params["model"])
@@ -39,26 +41,42 @@ def compress(job: Job) -> dict[str, Any]:
                log=f"Compressing {model.name} v{parent.number} with {method} "
                    f"{ {k: params[k] for k in ('sparsity', 'structure', 'calibration_dataset') if k in params} }")
     with staging() as tmp:
-        outcome = compress_folder(parent.path, tmp / "child", method, sparsity=params.get("sparsity", 0.5),
+        folder = tmp / "child"
+        outcome = compress_folder(parent.path, folder, method, sparsity=params.get("sparsity", 0.5),
                                   structure=params.get("structure", "unstructured"), calibration_text=text)
-        job.report(0.4, "compressed", log=f"{method}: sparsity {outcome.sparsity:.4f} over the pruned layers"
-                   if outcome.layer_sparsity else f"{method}: weights cast")
+        stats = folder_stats(folder)
+        job.report(0.3, "compressed", log=(f"{method}: sparsity {outcome.sparsity:.4f} over the pruned layers"
+                                           if outcome.layer_sparsity else f"{method}: done") +
+                   f"; {stats['size_bytes']} bytes on disk (parent {parent.total_size})")
+        evaluation = _evaluate(job, parent, folder, stats, params) if params.get("dataset") else None
+        job.report(0.9, "registering the child")  # the last point where a cancel leaves nothing behind
         config = _child_config(parent, outcome.as_dict(), params)
-        child = add_version_from_path(model, tmp / "child", job.created_by, source=VersionSource.JOB,
+        child = add_version_from_path(model, folder, job.created_by, source=VersionSource.JOB,
                                       source_ref=f"compress job #{job.pk}: {method} of v{parent.number}",
                                       config=config, parent=parent, produced_by=job, enqueue=False)
     import_in_process(child, job.worker or "compress")
     child.refresh_from_db()
-    job.report(0.5, f"v{child.number} ready", log=f"child v{child.number}: {child.total_size} bytes on disk")
+    job.report(0.95, f"v{child.number} ready", log=f"child v{child.number}: {child.total_size} bytes on disk",
+               cancellable=False)
     result: dict[str, Any] = {"model": model.name, "parent": parent.number, "child": child.number,
                               "child_id": child.pk, "method": method, "recipe": outcome.recipe,
                               "sparsity": outcome.sparsity, "layer_sparsity": outcome.layer_sparsity}
     parent_row = {"size_bytes": parent.total_size, "parameter_count": parent.parameter_count}
     child_row = {"size_bytes": child.total_size, "parameter_count": child.parameter_count}
-    if not params.get("dataset"):
+    if evaluation is None:
         result["comparison"] = _compare(parent_row, child_row)
         return result
-    return _evaluate_and_store(job, parent, child, params, result)
+    from workers.evaluation import _store
+
+    dataset_version, metrics = evaluation
+    metrics[str(child.number)] = {**metrics.pop("child"), **child_row}
+    result.update(metrics=metrics, comparison=_compare(metrics[str(parent.number)], metrics[str(child.number)]),
+                  dataset=dataset_version.dataset.name, dataset_version=dataset_version.number,
+                  config_key=key_of(params["config"]), versions=[parent.number, child.number])
+    job.report(1.0, "compared", log="child/parent: " + ", ".join(
+        f"{k} {v['ratio']}" for k, v in result["comparison"].items()), cancellable=False)
+    _store(job, [parent, child], dataset_version, params["config"], result, cancellable=False)
+    return result
 
 
 def _child_config(parent: ModelVersion, outcome: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -85,12 +103,12 @@ def _compare(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _evaluate_and_store(job: Job, parent: ModelVersion, child: ModelVersion, params: dict[str, Any],
-                        result: dict[str, Any]) -> dict[str, Any]:
+def _evaluate(job: Job, parent: ModelVersion, child_folder: Path, child_stats: dict[str, int],
+              params: dict[str, Any]) -> tuple[DatasetVersion, dict[str, dict[str, Any]]]:
+    """Parent and child folder on the job's dataset and config: metrics by parent number and "child"."""
     from engine.config import EngineConfig
     from engine.evaluator import Settings, run
     from engine.loader import release_memory
-    from workers.evaluation import _store
 
     dataset_version = _latest(params["dataset"])
     config = params["config"]
@@ -98,21 +116,17 @@ def _evaluate_and_store(job: Job, parent: ModelVersion, child: ModelVersion, par
     settings = Settings(**{k: v for k, v in config.items() if k != "engine"})
     data = dataset_version.load()
     metrics: dict[str, dict[str, Any]] = {}
-    for i, version in enumerate((parent, child)):
-        def progress(fraction: float, message: str, i: int = i, number: int = version.number) -> None:
-            job.report(0.5 + 0.5 * (i + fraction) / 2, f"evaluating v{number}: {message}")
+    targets = ((str(parent.number), f"v{parent.number}", Path(parent.path),
+                {"parameter_count": parent.parameter_count, "size_bytes": parent.total_size}),
+               ("child", "the child", child_folder,
+                {"parameter_count": child_stats["parameters"], "size_bytes": child_stats["size_bytes"]}))
+    for i, (key, label, folder, sizes) in enumerate(targets):
+        def progress(fraction: float, message: str, i: int = i, label: str = label) -> None:
+            job.report(0.3 + 0.6 * (i + fraction) / 2, f"evaluating {label}: {message}")
 
         try:
-            figures = run(version.path, dataset_version.dataset.kind, data, engine_config, settings,
-                          on_progress=progress)
+            figures = run(folder, dataset_version.dataset.kind, data, engine_config, settings, on_progress=progress)
         finally:
             release_memory()
-        figures.update(parameter_count=version.parameter_count, size_bytes=version.total_size)
-        metrics[str(version.number)] = figures
-    result.update(metrics=metrics, comparison=_compare(metrics[str(parent.number)], metrics[str(child.number)]),
-                  dataset=dataset_version.dataset.name, dataset_version=dataset_version.number,
-                  config_key=key_of(config), versions=[parent.number, child.number])
-    job.report(1.0, "compared", log="child/parent: " + ", ".join(
-        f"{k} {v['ratio']}" for k, v in result["comparison"].items()))
-    _store(job, [parent, child], dataset_version, config, result)
-    return result
+        metrics[key] = {**figures, **sizes}
+    return dataset_version, metrics

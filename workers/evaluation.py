@@ -63,15 +63,16 @@ def _headline(metrics: dict[str, Any]) -> str:
 
 
 def _store(job: Job, versions: list[Any], dataset_version: DatasetVersion, config: dict[str, Any],
-           outcome: dict[str, Any]) -> None:
-    """All results and the job's success in one transaction, or nothing if the job stopped running."""
+           outcome: dict[str, Any], *, cancellable: bool = True) -> None:
+    """All results and the job's success in one transaction, or nothing if the job stopped running
+    (or was asked to cancel, when `cancellable`)."""
     with transaction.atomic():
         locked = Job.objects.select_for_update().filter(pk=job.pk).first()
         if locked is None or locked.status != JobStatus.RUNNING:
             log.warning("evaluation job %s is no longer running (%s); its results are dropped", job.pk,
                         locked.status if locked else "deleted")
             return
-        if locked.cancel_requested:
+        if locked.cancel_requested and cancellable:
             raise JobCancelled()
         for version in versions:
             EvaluationResult.objects.update_or_create(

@@ -189,9 +189,10 @@ class Job(models.Model):
 
     # --- while running ----------------------------------------------------------------------
     def report(self, fraction: float | None = None, message: str | None = None, log: str | None = None,
-               series: dict[str, Point | list[Point]] | None = None, flush: bool = False) -> None:
+               series: dict[str, Point | list[Point]] | None = None, flush: bool = False,
+               cancellable: bool = True) -> None:
         """Record progress (and optionally a log line, and points of live series); raise JobCancelled if
-        cancel was asked. Series points are written at most every SERIES_FLUSH_S seconds unless `flush`
+        cancel was asked (unless not `cancellable`: past a job's point of no return). Series points are written at most every SERIES_FLUSH_S seconds unless `flush`
         (and at the job's end), so reporting a point every step costs no extra write per step."""
         now = timezone.now()
         fields: dict[str, Any] = {"heartbeat_at": now}
@@ -211,6 +212,8 @@ class Job(models.Model):
         Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(**fields)
         for name, value in fields.items():
             setattr(self, name, value)
+        if not cancellable:
+            return
         if Job.objects.filter(pk=self.pk, cancel_requested=True).exists():
             raise JobCancelled()
         limit = self._limit("soft_time_limit")
