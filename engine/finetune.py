@@ -232,11 +232,12 @@ def _checkpoints(directory: Path | None) -> list[Path]:
     return sorted(directory.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
 
 
-def _save_checkpoint(directory: Path, model: Any, optimizer: Any, scheduler: Any, step: int, keep: int) -> None:
+def _save_checkpoint(directory: Path, model: Any, optimizer: Any, scheduler: Any, step: int, keep: int,
+                     losses: list[tuple[int, float]]) -> None:
     import torch
 
     directory.mkdir(parents=True, exist_ok=True)
-    state = {"step": step, "rng": torch.get_rng_state(),
+    state = {"step": step, "rng": torch.get_rng_state(), "losses": [[s, v] for s, v in losses],
              "trainable": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
     tmp = directory / f".step-{step}.tmp"
@@ -246,12 +247,13 @@ def _save_checkpoint(directory: Path, model: Any, optimizer: Any, scheduler: Any
         old.unlink(missing_ok=True)
 
 
-def _resume(directory: Path | None, model: Any, optimizer: Any, scheduler: Any) -> int:
+def _resume(directory: Path | None, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, list[tuple[int, float]]]:
+    """(the step of the last checkpoint, the losses up to it), the state restored; (0, []) without one."""
     import torch
 
     found = _checkpoints(directory)
     if not found:
-        return 0
+        return 0, []
     state = torch.load(found[-1], weights_only=True)  # our own file, still no pickled code
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -260,7 +262,7 @@ def _resume(directory: Path | None, model: Any, optimizer: Any, scheduler: Any) 
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
-    return int(state["step"])
+    return int(state["step"]), [(int(s), float(v)) for s, v in state.get("losses", [])]
 
 
 def _evaluate(model: Any, data: list[tuple[list[int], Any]], config: FinetuneConfig, pad_id: int) -> tuple[float, float | None]:
@@ -328,10 +330,10 @@ def finetune(base_dir: Path, out_dir: Path, rows: Sequence[dict[str, Any]], conf
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (
         (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))))
     eval_loss_before = _evaluate(model, held, config, pad_id)[0] if held else None
-    resumed = step = _resume(checkpoint_dir, model, optimizer, scheduler)
+    resumed, losses = _resume(checkpoint_dir, model, optimizer, scheduler)  # losses: the run's, from step 1
+    step = resumed
 
     model.train()
-    losses: list[tuple[int, float]] = []
     micro = 0  # micro-batches seen, counted from the start (so a resume skips what was done)
     epoch = 0
     window: list[float] = []
@@ -355,7 +357,8 @@ def finetune(base_dir: Path, out_dir: Path, rows: Sequence[dict[str, Any]], conf
             losses.append((step, sum(window) / len(window)))
             window = []
             if checkpoint_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
-                _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step, config.keep_checkpoints)
+                _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step, config.keep_checkpoints,
+                                 losses)
             if on_step is not None:
                 on_step(step, total, losses[-1][1], lr)
             if step >= total:

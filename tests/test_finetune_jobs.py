@@ -219,6 +219,7 @@ def test_a_sigkilled_pool_process_mid_training_resumes_from_its_last_checkpoint(
         done = ended(job_id)
         assert done.status == "succeeded", done.error + worker.log()[-3000:]
         assert done.deliveries == 2 and done.result["steps"] == 400
+        assert [s for s, _ in done.result["losses"]] == list(range(1, 401))  # the steps before the kill too
         assert done.result["resumed_from"] >= 80 and done.result["resumed_from"] % 5 == 0
         assert any("resumed from the checkpoint of step" in line for line in done.log)
         assert ModelVersion.objects.filter(model__name="tiny").count() == 2

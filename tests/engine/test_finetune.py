@@ -112,7 +112,7 @@ def test_it_gives_the_same_weights_for_the_same_seed_and_data(llama: Path, tmp_p
 def test_it_resumes_from_the_last_checkpoint_to_the_same_weights(llama: Path, tmp_path: Path) -> None:
     config = FinetuneConfig(task="text-generation", method="lora", max_steps=4, batch_size=4, learning_rate=5e-3,
                             seed=2, checkpoint_every=1, keep_checkpoints=2)
-    finetune(llama, tmp_path / "whole", QA, config)
+    whole = finetune(llama, tmp_path / "whole", QA, config)
 
     class Killed(Exception):
         pass
@@ -126,6 +126,8 @@ def test_it_resumes_from_the_last_checkpoint_to_the_same_weights(llama: Path, tm
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-1.pt", "step-2.pt"]
     result = finetune(llama, tmp_path / "resumed", QA, config, checkpoint_dir=tmp_path / "ckpt")
     assert result.resumed_from == 2 and result.steps == 4
+    assert [s for s, _ in result.losses] == [1, 2, 3, 4]  # the whole series, the steps before the kill too
+    assert [v for _, v in result.losses] == pytest.approx([v for _, v in whole.losses], abs=1e-5)
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "resumed")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
