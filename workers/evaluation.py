@@ -12,7 +12,7 @@ from typing import Any
 
 from django.db import transaction
 
-from console.evaluation.config import key_of, summary
+from console.evaluation.config import key_of, rows_of, settings_of, summary
 from console.evaluation.models import DatasetVersion, EvaluationResult
 from console.jobs.choices import JobStatus
 from console.jobs.models import Job, JobCancelled
@@ -22,27 +22,41 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(job: Job) -> dict[str, Any]:
-    from engine.config import EngineConfig
-    from engine.evaluator import Settings, run
-    from engine.loader import release_memory
-
     params = job.params
     model = Model.objects.get(name=params["model"])
     versions = [model.versions.get(number=n) for n in params["versions"]]
     dataset_version = DatasetVersion.objects.select_related("dataset").get(
         dataset__name=params["dataset"], number=params["dataset_version"])
     config = params["config"]
-    engine_config = EngineConfig(**config["engine"])
-    settings = Settings(**{k: v for k, v in config.items() if k != "engine"})
     kind = dataset_version.dataset.kind
-    data = dataset_version.load()
+    data = rows_of(config, dataset_version.load())
     job.report(0.0, "starting", log=f"Evaluating {model.name} v{', v'.join(map(str, params['versions']))} on "
                                     f"{dataset_version} ({kind}); config: {summary(config)}")
+    metrics = measure(job, versions, kind, data, config)
+    outcome = {"metrics": metrics, "model": model.name, "dataset": dataset_version.dataset.name,
+               "dataset_version": dataset_version.number, "config_key": key_of(config)}
+    _store(job, versions, dataset_version, config, outcome)
+    return outcome
+
+
+def measure(job: Job, versions: list[Any], kind: str, data: Any, config: dict[str, Any], *,
+            span: tuple[float, float] = (0.0, 1.0), cancellable: bool = True) -> dict[str, dict[str, Any]]:
+    """engine.evaluator.run() of each version on `data` under a normalized config, each loaded, measured
+    and unloaded before the next, its progress reported within `span` of the job's: metrics (with the
+    version's parameter count and size) by version number."""
+    from engine.config import EngineConfig
+    from engine.evaluator import run
+    from engine.loader import release_memory
+
+    engine_config = EngineConfig(**config["engine"])
+    settings = settings_of(config)
+    start, width = span[0], (span[1] - span[0]) / max(1, len(versions))
     metrics: dict[str, dict[str, Any]] = {}
-    n = len(versions)
     for i, version in enumerate(versions):
-        def progress(fraction: float, message: str, i: int = i, number: int = version.number) -> None:
-            job.report((i + fraction) / n, f"v{number}: {message}")
+        label = f"{version.model.name} v{version.number}"
+
+        def progress(fraction: float, message: str, i: int = i, label: str = label) -> None:
+            job.report(start + (i + fraction) * width, f"{label}: {message}", cancellable=cancellable)
 
         try:
             result = run(version.path, kind, data, engine_config, settings, on_progress=progress)
@@ -50,11 +64,19 @@ def evaluate(job: Job) -> dict[str, Any]:
             release_memory()
         result.update(parameter_count=version.parameter_count, size_bytes=version.total_size)
         metrics[str(version.number)] = result
-        job.report((i + 1) / n, f"v{version.number} done", log=f"v{version.number}: {_headline(result)}")
-    outcome = {"metrics": metrics, "model": model.name, "dataset": dataset_version.dataset.name,
-               "dataset_version": dataset_version.number, "config_key": key_of(config)}
-    _store(job, versions, dataset_version, config, outcome)
-    return outcome
+        job.report(start + (i + 1) * width, f"{label} done", log=f"{label}: {_headline(result)}",
+                   cancellable=cancellable)
+    return metrics
+
+
+def save(versions: list[Any], dataset_version: DatasetVersion, config: dict[str, Any],
+         metrics: dict[str, dict[str, Any]], job: Job) -> None:
+    """Each version's metrics as its EvaluationResult under this config (a repeat replaces them)."""
+    key = key_of(config)
+    for version in versions:
+        EvaluationResult.objects.update_or_create(
+            version=version, dataset_version=dataset_version, config_key=key,
+            defaults={"config": config, "metrics": metrics[str(version.number)], "job": job})
 
 
 def _headline(metrics: dict[str, Any]) -> str:
@@ -74,8 +96,5 @@ def _store(job: Job, versions: list[Any], dataset_version: DatasetVersion, confi
             return
         if locked.cancel_requested and cancellable:
             raise JobCancelled()
-        for version in versions:
-            EvaluationResult.objects.update_or_create(
-                version=version, dataset_version=dataset_version, config_key=outcome["config_key"],
-                defaults={"config": config, "metrics": outcome["metrics"][str(version.number)], "job": job})
+        save(versions, dataset_version, config, outcome["metrics"], job)
         job.succeed(outcome)

@@ -5,7 +5,9 @@ times a run; the whole series is in the result. Checkpoints live under
 TAUON_STORAGE/finetune/job-<id>, so a redelivery after a killed worker resumes from the last one;
 they are removed once the child exists. The child is a version of `target_model` (created when
 missing) whose parent is the fine-tuned version and whose producing job holds the dataset version
-and the hyperparameters; its import runs in this process.
+and the hyperparameters; its import runs in this process. Once it is ready, the child (and the parent,
+when it does the same task) is evaluated on the rows training held out, stored as EvaluationResult rows
+under a held-out config, so the evaluation page compares them; the metrics are in the result too.
 
 Idempotent: the child's folder carries the training figures (finetune.json), so a redelivery that
 finds a version this job already produced (its worker died after storing it, before the job
@@ -96,13 +98,56 @@ def _finish(job: Job, child: ModelVersion, parent: ModelVersion, dataset_version
     child.refresh_from_db()
     target = child.model
     figures = json.loads((child.path / RECORD).read_text())
-    job.report(1.0, f"{target.name} v{child.number} ready")
+    # The child is ready: from here on a cancel is too late, the job completes.
+    job.report(0.95, f"{target.name} v{child.number} ready", cancellable=False)
+    evaluation = _evaluate(job, child, parent, dataset_version, config)
+    job.report(1.0, f"{target.name} v{child.number} ready", cancellable=False)
     return {"model": target.name, "version": child.number, "version_id": child.pk,
             "parent": {"model": parent.model.name, "version": parent.number},
             "dataset": dataset_version.dataset.name, "dataset_version": dataset_version.number,
             "method": config.method, "task": config.task, "hyperparameters": dataclasses.asdict(config),
             **{k: figures.get(k) for k in ("train_loss", "eval_loss_before", "eval_loss", "eval_accuracy", "labels",
-                                           "steps", "losses", "merge_max_abs_diff", "resumed_from")}}
+                                           "steps", "losses", "merge_max_abs_diff", "resumed_from")},
+            "evaluation": evaluation}
+
+
+def _evaluate(job: Job, child: ModelVersion, parent: ModelVersion, dataset_version: DatasetVersion,
+              config: Any) -> dict[str, Any] | None:
+    """The child, and the parent when it does the child's task, measured by engine.evaluator on the rows
+    training held out, stored as their EvaluationResult under a held-out config (a repeat replaces them).
+    Not cancellable (the child is ready); a version that fails to evaluate is logged, not fatal."""
+    from console.evaluation.config import held_out, key_of, rows_of, summary
+    from workers.evaluation import measure, save
+
+    if not config.eval_fraction:
+        job.report(None, None, log="no held-out rows (eval_fraction 0): the child is not evaluated", cancellable=False)
+        return None
+    eval_config = held_out(config.seed, config.eval_fraction)
+    rows = rows_of(eval_config, dataset_version.load())
+    versions = [child] + ([parent] if parent.model.task == child.model.task else [])
+    job.report(None, "evaluating on the held-out rows", cancellable=False,
+               log=f"Evaluating {' and '.join(f'{v.model.name} v{v.number}' for v in versions)} on the {len(rows)} "
+                   f"held-out rows of {dataset_version}; config: {summary(eval_config)}"
+                   + ("" if len(versions) > 1 else f" ({parent.model.name} is {parent.model.task}, not "
+                                                     f"{child.model.task}: not evaluated)"))
+    metrics: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    for i, version in enumerate(versions):
+        name = f"{version.model.name} v{version.number}"
+        try:
+            measured = measure(job, [version], dataset_version.dataset.kind, rows, eval_config, cancellable=False,
+                               span=(0.95 + 0.05 * i / len(versions), 0.95 + 0.05 * (i + 1) / len(versions)))
+        except Exception as exc:  # the child is the product; a failed measurement must not fail the job
+            log.exception("finetune job %s: evaluating %s failed", job.pk, name)
+            errors[name] = f"{exc.__class__.__name__}: {exc}"[:500]
+            job.report(None, None, log=f"evaluating {name} failed: {errors[name]}", cancellable=False)
+            continue
+        save([version], dataset_version, eval_config, measured, job)
+        metrics[name] = measured[str(version.number)]
+    return {"dataset": dataset_version.dataset.name, "dataset_version": dataset_version.number,
+            "rows": len(rows), "config_key": key_of(eval_config), "config": eval_config,
+            "child": metrics.get(f"{child.model.name} v{child.number}"),
+            "parent": metrics.get(f"{parent.model.name} v{parent.number}"), "errors": errors}
 
 
 def _fmt(value: float | None) -> str:

@@ -72,6 +72,8 @@ def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
                                    f"{TASK_OF_KIND[dataset.kind]} models; '{model.name}' is {model.task}.")
         cleaned["dataset"] = dataset.name
         cleaned["config"] = normalize(params.get("config", {}))
+        if "split" in cleaned["config"]:
+            raise _fail("config.split", "A compression compares parent and child on the whole dataset; drop the split.")
     elif "config" in params:
         raise _fail("config", "An evaluation config needs a dataset to evaluate on.")
     return cleaned

@@ -9,7 +9,7 @@ from typing import Any
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
@@ -82,13 +82,29 @@ def dataset_detail(request: HttpRequest, name: str) -> HttpResponse:
 
 
 def _rows(model: Model, dataset_version: DatasetVersion | None, config_key: str) -> list[dict[str, Any]]:
+    """The results of this model's versions, and of the versions of other models that are parents of
+    them (a fine-tuning into a new model), labelled with their model so the child is compared with its
+    parent: one query."""
     if dataset_version is None:
         return []
-    results = (EvaluationResult.objects.filter(version__model=model, dataset_version=dataset_version,
-                                               config_key=config_key)
-               .select_related("version__parent", "job").order_by("version__number"))
-    return [{"version": r.version.number, "parent": r.version.parent.number if r.version.parent else None,
-             "metrics": r.metrics, "job": r.job_id, "updated_at": r.updated_at.isoformat()} for r in results]
+    parents_elsewhere = Q(version__children__model=model) & ~Q(version__model=model)
+    results = (EvaluationResult.objects.filter(Q(version__model=model) | parents_elsewhere,
+                                               dataset_version=dataset_version, config_key=config_key)
+               .select_related("version__model", "version__parent__model")
+               .order_by("version__model_id", "version__number").distinct())
+    own = sorted(results, key=lambda r: r.version.model_id != model.pk)  # this model's first, then the parents
+    return [_row(model, r) for r in own]
+
+
+def _row(model: Model, result: EvaluationResult) -> dict[str, Any]:
+    version, parent = result.version, result.version.parent
+    other = version.model_id != model.pk
+    return {"version": version.number, "model": version.model.name, "other_model": other,
+            "label": f"{version.model.name} v{version.number}" if other else f"v{version.number}",
+            "parent": parent.number if parent else None,
+            "parent_label": (None if parent is None else f"v{parent.number}" if parent.model_id == model.pk
+                             else f"{parent.model.name} v{parent.number}"),
+            "metrics": result.metrics, "job": result.job_id, "updated_at": result.updated_at.isoformat()}
 
 
 @login_required

@@ -55,7 +55,7 @@ function setupEvaluationCharts(box) {
   }
   const data = JSON.parse(document.getElementById("eval-chart-data").textContent);
   const rows = data.rows;
-  const names = rows.map((r) => "v" + r.version);
+  const names = rows.map((r) => r.label || "v" + r.version);
   const value = (r, name) => (typeof r.metrics[name] === "number" ? r.metrics[name] : null);
   const label = (name) => data.labels[name] + (data.lower_is_better[name] ? " (lower is better)" : " (higher is better)");
   const layout = (title, extra) => ({
