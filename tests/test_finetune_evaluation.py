@@ -14,9 +14,11 @@ from rest_framework.exceptions import ValidationError
 
 from console.evaluation.config import held_out, key_of, normalize, rows_of, summary
 from console.evaluation.models import EvaluationResult
+from console.jobs.models import Job
 from console.registry.models import ModelVersion
 from engine.finetune import split
 from tests.api_rows import make_model
+from tests.conftest import wait_for
 from tests.modelfactory import tiny_bert_dir
 from tests.serving_rows import stored_version
 from tests.test_finetune_jobs import QA, SENTIMENT, dataset, ended, post
@@ -90,12 +92,49 @@ def test_a_lora_sft_into_a_new_model_is_compared_with_its_parent_on_the_held_out
     assert "held-out split (seed 7, eval_fraction 0.25)" in page
     from console.evaluation.views import _rows
 
+    target = child.model
     with django_assert_num_queries(1):  # the page's table and chart rows (JSON as they are): one query
-        chart = _rows(child.model, data, key_of(config))
+        chart = _rows(target, data, key_of(config))
     assert [(r["label"], r["parent_label"], r["model"]) for r in json.loads(json.dumps(chart))] == [
         ("v1", "tiny v1", "tiny-sums"), ("tiny v1", None, "tiny")]
     own = client.get("/models/tiny/evaluation/").content.decode()  # the parent's page: its own versions only
     assert 'data-compare-version="1"' in own and "tiny-sums" not in own
+
+    # A redelivery after a killed worker (the child ready, the job still running) evaluates again and
+    # replaces the rows instead of adding any.
+    from console.jobs import kinds
+    from workers.tasks import run_job
+
+    EvaluationResult.objects.filter(version=parent).delete()
+    Job.objects.filter(pk=done.pk).update(status="running", result=None, finished_at=None, deliveries=1,
+                                          worker="killed@host")
+    run_job.apply_async(args=[done.pk], queue=kinds.queue_for("finetune", done.params))
+    again = wait_for(lambda: Job.objects.filter(pk=done.pk, status__in=["succeeded", "failed"]).first(), 60,
+                     what="the redelivered job to end")
+    assert again.status == "succeeded", again.error + celery_worker.log()[-3000:]
+    assert again.result["evaluation"]["parent"] is not None and again.result["version"] == 1
+    assert sorted(EvaluationResult.objects.values_list("version_id", flat=True)) == sorted([parent.pk, child.pk])
+    assert ModelVersion.objects.filter(model__name="tiny-sums").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_during_the_final_evaluation_is_too_late_the_job_completes_with_its_child(
+        celery_worker, bob, maintainer_api, llama_dir) -> None:
+    stored_version(make_model("tiny", owner=bob), llama_dir)
+    many = [{"prompt": f"What is {a} times {b}?", "answer": f"{a * b}"} for a in range(8) for b in range(8)]
+    dataset("products", "qa", many, bob)  # 32 held-out rows: an evaluation that lasts a moment
+    response = post(maintainer_api, model="tiny", version=1, dataset="products", max_steps=2, batch_size=4,
+                    eval_fraction=0.5, target_model="tiny-products")
+    assert response.status_code == 202, response.content
+    job = Job.objects.get(pk=response.json()["id"])
+    wait_for(lambda: ModelVersion.objects.filter(model__name="tiny-products", status="ready").exists(), 120,
+             what="the child to be ready", interval=0.02)
+    assert job.request_cancel(), "the job ended before the cancel: nothing was tested"
+    done = ended(job.pk)
+    assert done.status == "succeeded", done.error + celery_worker.log()[-3000:]
+    assert done.result["evaluation"]["child"]["examples"] == 32
+    child = ModelVersion.objects.get(model__name="tiny-products")
+    assert child.status == "ready" and EvaluationResult.objects.filter(version=child).exists()
 
 
 @pytest.mark.django_db(transaction=True)
