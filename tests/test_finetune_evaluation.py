@@ -116,6 +116,17 @@ def test_a_lora_sft_into_a_new_model_is_compared_with_its_parent_on_the_held_out
     assert sorted(EvaluationResult.objects.values_list("version_id", flat=True)) == sorted([parent.pk, child.pk])
     assert ModelVersion.objects.filter(model__name="tiny-sums").count() == 1
 
+    # An evaluate job with the same split measures the same rows and replaces the parent's row.
+    split_ = {"split": {"seed": 7, "eval_fraction": 0.25}}
+    evaluate = maintainer_api.post("/api/jobs/", {"kind": "evaluate", "params": {
+        "model": "tiny", "versions": [1], "dataset": "sums", "config": split_}}, format="json")
+    assert evaluate.status_code == 202, evaluate.content
+    measured = ended(evaluate.json()["id"])
+    assert measured.status == "succeeded", measured.error + celery_worker.log()[-3000:]
+    replaced = EvaluationResult.objects.get(version=parent)
+    assert replaced.job_id == measured.pk and replaced.config_key == key_of(config)
+    assert replaced.metrics["examples"] == 4 and replaced.metrics["exact_match"] == evaluation["parent"]["exact_match"]
+
 
 @pytest.mark.django_db(transaction=True)
 def test_a_cancel_during_the_final_evaluation_is_too_late_the_job_completes_with_its_child(
