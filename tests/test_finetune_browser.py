@@ -57,6 +57,7 @@ def test_a_maintainer_fine_tunes_from_the_version_page_and_watches_the_loss_char
     expect(page.locator("#job-chart .main-svg").first).to_be_visible()
     expect(page.locator("#job-chart")).to_contain_text("train loss")
     expect(page.locator("#job-chart")).to_contain_text("eval loss")
+    expect(page.locator("#cancel-form")).to_have_count(0)  # nothing left to cancel
     job = Job.objects.get(pk=job_id)
     assert job.status == "succeeded" and len(job.series["train_loss"]) == STEPS
     page.screenshot(path="/tmp/tauon-finetune-chart.png", full_page=True)

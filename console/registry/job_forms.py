@@ -95,7 +95,7 @@ class CompressForm(JobForm):
     sparsity = forms.FloatField(required=False, help_text="Pruning methods only, e.g. 0.5 (2:4 is always 0.5).")
     structure = forms.ChoiceField(required=False)
     calibration_dataset = forms.ChoiceField(required=False, label="Calibration dataset",
-                                            help_text="Text, for Wanda's activation statistics.")
+                                            help_text="Text, for Wanda's activation norms or w8a8's activation ranges.")
     dataset = forms.ChoiceField(required=False, label="Evaluate on",
                                 help_text="Optional: compare parent and child on this dataset.")
 

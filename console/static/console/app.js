@@ -85,6 +85,7 @@ function watchJob(el, onEnd) {
       if (Array.isArray(job.log) && job.log.length) log.textContent = job.log.join("\n");
     });
     if (!TERMINAL.has(job.status)) { setTimeout(tick, POLL_MS); return; }
+    document.getElementById("cancel-form")?.remove(); // the job page: nothing left to cancel
     if (onEnd) onEnd(job);
     if (el.hasAttribute("data-reload-on-finish")) setTimeout(() => window.location.reload(), 400);
   };
