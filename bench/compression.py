@@ -46,9 +46,13 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="a Hugging Face folder (default: the bundled SmolLM2-135M)")
     ap.add_argument("--tokens", type=int, default=1024, help="perplexity window")
     ap.add_argument("--quick", action="store_true", help="fewer methods (int8, magnitude50, wanda50)")
+    ap.add_argument("--requests", type=int, default=8, help="concurrent greedy generations timed for tokens/s")
+    ap.add_argument("--new-tokens", type=int, default=64, help="tokens each of them generates")
     args = ap.parse_args()
     parent = model_folder(args.model)
-    settings = Settings(context_length=args.tokens, stride=args.tokens // 2, latency_requests=4, max_new_tokens=32)
+    timing = {"latency_requests": args.requests, "max_new_tokens": args.new_tokens}
+    settings = Settings(context_length=args.tokens, stride=args.tokens // 2, **timing)
+    quick_settings = Settings(context_length=64, stride=32, **timing)  # the parent's reruns: tokens/s only
     tmp = Path(tempfile.mkdtemp(prefix="tauon-bench-compression-"))
     rows: dict[str, dict[str, Any]] = {}
     try:
@@ -63,8 +67,11 @@ def main() -> None:
             ("magnitude2:4", "magnitude", {"structure": "2:4"}), ("wanda2:4", "wanda", {"structure": "2:4"})]
         if args.quick:
             methods = [m for m in methods if m[0] in ("int8", "magnitude50", "wanda50")]
-        print(f"{'method':<14}{'size':>8}{'ppl':>10}{'tok/s':>9}{'size_ratio':>12}{'ppl_ratio':>11}"
+        print(f"{'method':<14}{'size':>8}{'ppl':>10}{'tok/s':>9}{'parent':>8}{'size_ratio':>12}{'ppl_ratio':>11}"
               f"{'tok_s_ratio':>13}", flush=True)
+        # Throughput drifts on a shared machine: each child is timed between two parent runs (the parent
+        # run after one child is the one before the next) and compared with their mean.
+        before = base["tokens_per_s"]
         for name, method, kw in methods:
             folder = tmp / name.replace(":", "-")
             if method in CALIBRATED:
@@ -72,21 +79,16 @@ def main() -> None:
             compress_folder(parent, folder, method, **kw)
             size = folder_stats(folder)["size_bytes"]
             got = measure(folder, "none", settings)
+            after = measure(parent, "none", quick_settings)["tokens_per_s"]
+            parent_tok_s = (before + after) / 2
+            before = after
             rows[name] = {"size_ratio": round(size / base_size, 3),
                           "ppl_ratio": round(got["perplexity"] / base["perplexity"], 3),
-                          "tok_s_ratio": round(got["tokens_per_s"] / base["tokens_per_s"], 3)}
+                          "tok_s_ratio": round(got["tokens_per_s"] / parent_tok_s, 3)}
             r = rows[name]
             print(f"{name:<14}{size / 1e6:>7.1f}M{got['perplexity']:>10.2f}{got['tokens_per_s']:>9.1f}"
-                  f"{r['size_ratio']:>12}{r['ppl_ratio']:>11}{r['tok_s_ratio']:>13}", flush=True)
+                  f"{parent_tok_s:>8.1f}{r['size_ratio']:>12}{r['ppl_ratio']:>11}{r['tok_s_ratio']:>13}", flush=True)
             shutil.rmtree(folder, ignore_errors=True)
-        # The parent again: the first load runs cold and a shared machine drifts; the faster of the two
-        # parent runs is the baseline for tokens/s (the rows' ratios are recomputed against it).
-        again = measure(parent, "none", settings)["tokens_per_s"]
-        best = max(base["tokens_per_s"], again)
-        print(f"parent again: {again:.1f} tok/s (first {base['tokens_per_s']:.1f}); tok_s_ratio against {best:.1f}",
-              flush=True)
-        for r in rows.values():
-            r["tok_s_ratio"] = round(r["tok_s_ratio"] * base["tokens_per_s"] / best, 3)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(rows))
