@@ -53,6 +53,8 @@ def test_a_maintainer_fine_tunes_from_the_version_page_and_watches_the_loss_char
 
     # done: the page reloads and draws the whole curve, train loss per step and eval loss before/after
     expect(page.locator("[data-job-badge]")).to_have_text("succeeded", timeout=180_000)
+    expect(page.locator("#job-finished")).not_to_have_text("—", timeout=30_000)  # the reloaded page, from the server
+    page.wait_for_load_state("load")
     expect(page.locator("#job-chart")).to_have_attribute("data-points", str(STEPS + 2), timeout=30_000)
     expect(page.locator("#job-chart .main-svg").first).to_be_visible()
     expect(page.locator("#job-chart")).to_contain_text("train loss")
@@ -60,4 +62,4 @@ def test_a_maintainer_fine_tunes_from_the_version_page_and_watches_the_loss_char
     expect(page.locator("#cancel-form")).to_have_count(0)  # nothing left to cancel
     job = Job.objects.get(pk=job_id)
     assert job.status == "succeeded" and len(job.series["train_loss"]) == STEPS
-    page.screenshot(path="/tmp/tauon-finetune-chart.png", full_page=True)
+    page.screenshot(path="/tmp/tauon-finetune-chart.png", full_page=True, timeout=60_000)
