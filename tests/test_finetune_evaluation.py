@@ -21,7 +21,7 @@ from tests.api_rows import make_model
 from tests.conftest import wait_for
 from tests.modelfactory import tiny_bert_dir
 from tests.serving_rows import stored_version
-from tests.test_finetune_jobs import QA, SENTIMENT, dataset, ended, post
+from tests.test_finetune_jobs import QA, SENTIMENT, dataset, ended, finetuned, post
 
 
 def test_a_held_out_config_is_keyed_apart_from_the_whole_dataset_and_says_so() -> None:
@@ -65,11 +65,8 @@ def test_a_lora_sft_into_a_new_model_is_compared_with_its_parent_on_the_held_out
         celery_worker, bob, charlie, maintainer_api, llama_dir, django_assert_num_queries) -> None:
     parent = stored_version(make_model("tiny", owner=bob), llama_dir)
     data = dataset("sums", "qa", QA, bob)
-    response = post(maintainer_api, model="tiny", version=1, dataset="sums", max_steps=4, batch_size=4,
-                    learning_rate=1e-2, eval_fraction=0.25, seed=7, target_model="tiny-sums")
-    assert response.status_code == 202, response.content
-    done = ended(response.json()["id"])
-    assert done.status == "succeeded", done.error + celery_worker.log()[-3000:]
+    done = finetuned(maintainer_api, celery_worker, model="tiny", version=1, dataset="sums", max_steps=4, batch_size=4,
+                     learning_rate=1e-2, eval_fraction=0.25, seed=7, target_model="tiny-sums")
     child = ModelVersion.objects.get(model__name="tiny-sums", number=1)
     assert child.status == "ready" and child.parent == parent
 
@@ -153,11 +150,8 @@ def test_a_classifier_from_an_embeddings_parent_stores_only_the_childs_held_out_
         celery_worker, bob, maintainer_api, tmp_path: Path) -> None:
     parent = stored_version(make_model("embed", task="embeddings", owner=bob), tiny_bert_dir(tmp_path / "b"))
     dataset("sentiment", "classification", SENTIMENT, bob)
-    response = post(maintainer_api, model="embed", version=1, dataset="sentiment", method="full", epochs=2,
-                    batch_size=8, learning_rate=1e-2, eval_fraction=0.2, target_model="sentiment-clf")
-    assert response.status_code == 202, response.content
-    done = ended(response.json()["id"])
-    assert done.status == "succeeded", done.error + celery_worker.log()[-3000:]
+    done = finetuned(maintainer_api, celery_worker, model="embed", version=1, dataset="sentiment", method="full", epochs=2,
+                     batch_size=8, learning_rate=1e-2, eval_fraction=0.2, target_model="sentiment-clf")
     child = ModelVersion.objects.get(model__name="sentiment-clf", number=1)
     results = list(EvaluationResult.objects.all())
     assert [r.version_id for r in results] == [child.pk] and parent.pk != child.pk
