@@ -106,27 +106,12 @@ def _compare(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
 def _evaluate(job: Job, parent: ModelVersion, child_folder: Path, child_stats: dict[str, int],
               params: dict[str, Any]) -> tuple[DatasetVersion, dict[str, dict[str, Any]]]:
     """Parent and child folder on the job's dataset and config: metrics by parent number and "child"."""
-    from engine.config import EngineConfig
-    from engine.evaluator import Settings, run
-    from engine.loader import release_memory
+    from workers.evaluation import Target, measure
 
     dataset_version = _latest(params["dataset"])
-    config = params["config"]
-    engine_config = EngineConfig(**config["engine"])
-    settings = Settings(**{k: v for k, v in config.items() if k != "engine"})
-    data = dataset_version.load()
-    metrics: dict[str, dict[str, Any]] = {}
-    targets = ((str(parent.number), f"v{parent.number}", Path(parent.path),
-                {"parameter_count": parent.parameter_count, "size_bytes": parent.total_size}),
-               ("child", "the child", child_folder,
-                {"parameter_count": child_stats["parameters"], "size_bytes": child_stats["size_bytes"]}))
-    for i, (key, label, folder, sizes) in enumerate(targets):
-        def progress(fraction: float, message: str, i: int = i, label: str = label) -> None:
-            job.report(0.3 + 0.6 * (i + fraction) / 2, f"evaluating {label}: {message}")
-
-        try:
-            figures = run(folder, dataset_version.dataset.kind, data, engine_config, settings, on_progress=progress)
-        finally:
-            release_memory()
-        metrics[key] = {**figures, **sizes}
+    targets = [Target.of(parent, label=f"evaluating v{parent.number}"),
+               Target("child", "evaluating the child", child_folder, child_stats["parameters"],
+                      child_stats["size_bytes"])]
+    metrics = measure(job, targets, dataset_version.dataset.kind, dataset_version.load(), params["config"],
+                      span=(0.3, 0.9))
     return dataset_version, metrics

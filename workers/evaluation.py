@@ -8,6 +8,8 @@ and a redelivered job can simply run again."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from django.db import transaction
@@ -32,38 +34,53 @@ def evaluate(job: Job) -> dict[str, Any]:
     data = rows_of(config, dataset_version.load())
     job.report(0.0, "starting", log=f"Evaluating {model.name} v{', v'.join(map(str, params['versions']))} on "
                                     f"{dataset_version} ({kind}); config: {summary(config)}")
-    metrics = measure(job, versions, kind, data, config)
+    metrics = measure(job, [Target.of(v) for v in versions], kind, data, config)
     outcome = {"metrics": metrics, "model": model.name, "dataset": dataset_version.dataset.name,
                "dataset_version": dataset_version.number, "config_key": key_of(config)}
     _store(job, versions, dataset_version, config, outcome)
     return outcome
 
 
-def measure(job: Job, versions: list[Any], kind: str, data: Any, config: dict[str, Any], *,
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A folder `measure` runs: the key its metrics go under, the label its progress names, its sizes."""
+    key: str
+    label: str
+    path: Path
+    parameter_count: int | None
+    size_bytes: int | None
+
+    @classmethod
+    def of(cls, version: Any, label: str | None = None) -> Target:
+        return cls(str(version.number), label or f"{version.model.name} v{version.number}", Path(version.path),
+                   version.parameter_count, version.total_size)
+
+
+def measure(job: Job, targets: list[Target], kind: str, data: Any, config: dict[str, Any], *,
             span: tuple[float, float] = (0.0, 1.0), cancellable: bool = True) -> dict[str, dict[str, Any]]:
-    """engine.evaluator.run() of each version on `data` under a normalized config, each loaded, measured
+    """engine.evaluator.run() of each target on `data` under a normalized config, each loaded, measured
     and unloaded before the next, its progress reported within `span` of the job's: metrics (with the
-    version's parameter count and size) by version number."""
+    target's parameter count and size) by target key."""
     from engine.config import EngineConfig
     from engine.evaluator import run
     from engine.loader import release_memory
 
     engine_config = EngineConfig(**config["engine"])
     settings = settings_of(config)
-    start, width = span[0], (span[1] - span[0]) / max(1, len(versions))
+    start, width = span[0], (span[1] - span[0]) / max(1, len(targets))
     metrics: dict[str, dict[str, Any]] = {}
-    for i, version in enumerate(versions):
-        label = f"{version.model.name} v{version.number}"
+    for i, target in enumerate(targets):
+        label = target.label
 
         def progress(fraction: float, message: str, i: int = i, label: str = label) -> None:
             job.report(start + (i + fraction) * width, f"{label}: {message}", cancellable=cancellable)
 
         try:
-            result = run(version.path, kind, data, engine_config, settings, on_progress=progress)
+            result = run(target.path, kind, data, engine_config, settings, on_progress=progress)
         finally:
             release_memory()
-        result.update(parameter_count=version.parameter_count, size_bytes=version.total_size)
-        metrics[str(version.number)] = result
+        result.update(parameter_count=target.parameter_count, size_bytes=target.size_bytes)
+        metrics[target.key] = result
         job.report(start + (i + 1) * width, f"{label} done", log=f"{label}: {_headline(result)}",
                    cancellable=cancellable)
     return metrics

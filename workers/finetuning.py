@@ -117,7 +117,7 @@ def _evaluate(job: Job, child: ModelVersion, parent: ModelVersion, dataset_versi
     training held out, stored as their EvaluationResult under a held-out config (a repeat replaces them).
     Not cancellable (the child is ready); a version that fails to evaluate is logged, not fatal."""
     from console.evaluation.config import held_out, key_of, rows_of, summary
-    from workers.evaluation import measure, save
+    from workers.evaluation import Target, measure, save
 
     if not config.eval_fraction:
         job.report(None, None, log="no held-out rows (eval_fraction 0): the child is not evaluated", cancellable=False)
@@ -135,7 +135,8 @@ def _evaluate(job: Job, child: ModelVersion, parent: ModelVersion, dataset_versi
     for i, version in enumerate(versions):
         name = f"{version.model.name} v{version.number}"
         try:
-            measured = measure(job, [version], dataset_version.dataset.kind, rows, eval_config, cancellable=False,
+            measured = measure(job, [Target.of(version)], dataset_version.dataset.kind, rows, eval_config,
+                               cancellable=False,
                                span=(0.95 + 0.05 * i / len(versions), 0.95 + 0.05 * (i + 1) / len(versions)))
         except Exception as exc:  # the child is the product; a failed measurement must not fail the job
             log.exception("finetune job %s: evaluating %s failed", job.pk, name)
