@@ -223,17 +223,14 @@ def quantize_model(model: nn.Module, tokenizer: object, dest: Path, method: str,
     tied = head is not None and head.weight is embed.weight
     options = W8A8Options(calibration_tokens=calibration_tokens)
     stack = build_stack(model)
-    quantize_stack(stack, method, tokenizer=tokenizer, device=torch.device("cpu"), options=options,
-                   calibration_text=calibration_text)
+    used = quantize_stack(stack, method, tokenizer=tokenizer, device=torch.device("cpu"), options=options,
+                          calibration_text=calibration_text)
     meta = save_quantized(stack, dest, mode=method, tied=tied)
     recipe: dict[str, object] = {"method": method, "format": FORMAT, "weights": "int8, one scale per output row",
                                  "embedding": "int8, one scale per row", "lm_head": meta["lm_head"],
                                  "activations": "float (two 7-bit passes)" if method == "int8" else
                                  "int8 per token (7-bit), SmoothQuant-scaled"}
     if method == "w8a8":
-        from engine.calibration import CALIBRATION_TEXT
-
-        used = len(tokenizer(calibration_text or CALIBRATION_TEXT)["input_ids"][:calibration_tokens])  # type: ignore[operator]
         recipe.update(smoothquant_alpha=options.alpha, calibration_tokens=used)
     return CompressResult(method, recipe)
 

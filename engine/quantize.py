@@ -166,19 +166,20 @@ def _input_absmax(stack: nn.Module, ids: list[int], linears: list[nn.Linear]) ->
 
 
 def quantize_stack(stack: nn.Module, mode: str, *, tokenizer: object, device: torch.device,
-                   options: W8A8Options | None = None, calibration_text: str | None = None) -> None:
+                   options: W8A8Options | None = None, calibration_text: str | None = None) -> int:
     """Swap the stack's Linear layers (attention, MLP, lm_head) for int8 ones, in place. `w8a8`
-    calibrates on `calibration_text` (default: engine.calibration's built-in text)."""
+    calibrates on `calibration_text` (default: engine.calibration's built-in text). Returns how many
+    calibration tokens it used (0 for the modes that take none)."""
     if device.type != "cpu":
         _quantize_cuda(stack, mode)
-        return
+        return 0
     if mode not in ("int8", "w8a8"):
         raise ValueError(f"quantization {mode!r} runs on CUDA only; on CPU use int8 or w8a8")
     targets = _linears(stack)
     if mode == "int8":
         for parent, name, linear in targets:
             setattr(parent, name, Int8Linear(linear, two_pass=True))
-        return
+        return 0
     opts = options or W8A8Options()
     from engine.calibration import CALIBRATION_TEXT
 
@@ -192,6 +193,7 @@ def quantize_stack(stack: nn.Module, mode: str, *, tokenizer: object, device: to
         wmax = linear.weight.detach().float().abs().amax(dim=0).clamp(min=1e-5)
         smooth = (act.pow(opts.alpha) / wmax.pow(1 - opts.alpha)).clamp(min=1e-2, max=1e3)
         setattr(parent, name, Int8Linear(linear, two_pass=False, smooth=smooth, outliers=outliers))
+    return len(ids)
 
 
 def _quantize_cuda(stack: nn.Module, mode: str) -> None:
