@@ -26,6 +26,7 @@ _EXPORTS = {
     "EngineError": "engine.errors",
     "Overloaded": "engine.errors",
     "PromptTooLong": "engine.errors",
+    "InvalidPrompt": "engine.errors",
     "UnsafeModel": "engine.errors",
     "UnsupportedModel": "engine.errors",
 }

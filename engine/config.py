@@ -23,7 +23,7 @@ class EngineConfig:
     dtype: str = "auto"  # auto → float32 on cpu, bfloat16 on cuda
     quantization: str = "none"  # none | int8 (weight-only) | w8a8 (int8 weights+activations) | int4 (cuda)
     max_num_seqs: int = 32  # sequences decoded together
-    max_batch_tokens: int = 2048  # prompt tokens prefilled together in one step
+    max_batch_tokens: int = 256  # tokens computed in one step: decodes plus prefill chunks (bounds the gap between tokens)
     kv_cache_bytes: int = 512 * 1024 * 1024
     block_size: int = 16  # tokens per KV block
     max_queue: int = 256  # waiting requests before `Overloaded`
@@ -74,6 +74,7 @@ class SamplingParams:
     seed: int | None = None
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives per token, 0..20
+    fit_context: bool = False  # max_new_tokens is a default: shrink it to the context left instead of refusing
 
     def __post_init__(self) -> None:
         _positive("max_new_tokens", self.max_new_tokens)

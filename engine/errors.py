@@ -8,9 +8,10 @@ class EngineError(Exception):
 
     code = "engine_error"
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, param: str | None = None):
         super().__init__(message)
         self.message = message
+        self.param = param  # the request field at fault, when one is
 
 
 class Overloaded(EngineError):
@@ -20,9 +21,16 @@ class Overloaded(EngineError):
 
 
 class PromptTooLong(EngineError):
-    """The prompt does not fit the context window or the whole KV cache budget."""
+    """Prompt and answer (max_new_tokens) do not fit the context window, which is never more than
+    the whole KV cache holds for one sequence."""
 
     code = "prompt_too_long"
+
+
+class InvalidPrompt(EngineError):
+    """The prompt holds token ids the model cannot take."""
+
+    code = "invalid_prompt"
 
 
 class UnsafeModel(EngineError):

@@ -92,7 +92,7 @@ def _text(engine: Any, text: str, settings: Settings, report: Progress) -> dict[
     from engine.runner import full_forward
 
     ids = engine.encode(text)
-    context = min(settings.context_length, engine.max_model_len)
+    context = min(settings.context_length, engine.model_len)  # a full forward: no KV cache involved
     stride = min(settings.stride, context)
     ppl = perplexity(lambda chunk: full_forward(engine.stack, chunk), ids, context, stride, _scaled(report, 0, 0.8))
     # latency: the first words of each paragraph as prompts, all at once (they share batches)
@@ -120,7 +120,7 @@ def _generate(engine: Any, prompts: list[list[int]], max_new_tokens: int, ignore
     if the report raises. Returns the latency figures and the answers in prompt order."""
     from engine.config import SamplingParams
 
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=ignore_eos)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=ignore_eos, fit_context=True)
     started = time.perf_counter()
     handles = [engine.generate(p, params) for p in prompts]
     completions = []

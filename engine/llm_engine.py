@@ -3,6 +3,7 @@ so that every caller's request joins the same running batch."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -16,7 +17,7 @@ import torch
 from engine import loader, quantize, sampler
 from engine.config import EngineConfig, SamplingParams
 from engine.detokenizer import Detokenizer
-from engine.errors import EngineClosed, PromptTooLong
+from engine.errors import EngineClosed, InvalidPrompt, PromptTooLong
 from engine.outputs import Completion, Delta, RequestHandle, TokenLogprob, Usage
 from engine.runner import ModelRunner, build_stack
 from engine.scheduler import Scheduler
@@ -36,6 +37,8 @@ class EngineStats:
     tokens_per_s: float  # generated tokens per second over the last few seconds
     generated_tokens: int  # since start
     steps: int
+    computed_tokens: int  # prompt and generated tokens run through the model since start
+    preemptions: int  # sequences sent back to wait (their blocks freed, recomputed later) since start
     peak_batch_size: int
 
 
@@ -60,14 +63,19 @@ class LLMEngine:
         num_blocks = config.kv_cache_bytes // (per_token * config.block_size)
         mc = model.config
         model_len = getattr(mc, "max_position_embeddings", None) or getattr(mc, "n_positions", MAX_CONTEXT_DEFAULT)
-        self.max_model_len = config.max_model_len or min(model_len, MAX_CONTEXT_DEFAULT)
+        # the usable context: what the model takes, and what the whole cache holds for one sequence
+        self.cache_tokens = num_blocks * config.block_size
+        self.model_len = config.max_model_len or min(model_len, MAX_CONTEXT_DEFAULT)  # the model's own window
+        self.max_model_len = min(self.model_len, self.cache_tokens)  # ... as generation can use it
+        self.vocab_size = _vocab_size(model)
         loader.release_memory()  # the unfused copies of q/k/v and gate/up are gone
         self.runner = ModelRunner(self.stack, num_blocks=num_blocks, block_size=config.block_size,
                                   device=self.device, dtype=torch_dtype)
         self.scheduler = Scheduler(max_num_seqs=config.max_num_seqs, max_batch_tokens=config.max_batch_tokens,
-                                   max_queue=config.max_queue, num_blocks=num_blocks, block_size=config.block_size)
+                                   max_queue=config.max_queue, num_blocks=num_blocks, block_size=config.block_size,
+                                   attention_weight=_attention_weight(self.stack, mc))
         self.eos_ids = _eos_ids(model, tokenizer)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a caller holding it may still submit (tests inject faults so)
         self._wake = threading.Event()
         self._cancelled: set[Sequence] = set()
         self._seeds = itertools.count(config.seed)
@@ -79,6 +87,7 @@ class LLMEngine:
         self._trimmed_at = 0
         self._steps = 0
         self._generated = 0
+        self._computed = 0  # tokens run through the model (prefill chunks and decodes): the wedge check's clock
         self._recent: deque[tuple[float, int]] = deque()
 
     @classmethod
@@ -113,18 +122,14 @@ class LLMEngine:
     def generate(self, prompt: str | list[dict[str, str]] | list[int],
                  params: SamplingParams | None = None) -> RequestHandle:
         """Queue a generation and return its handle at once. Raises `Overloaded` when the queue is
-        full and `PromptTooLong` when the prompt cannot fit the context window."""
+        full, `PromptTooLong` when prompt and answer cannot fit the context, `InvalidPrompt` for token
+        ids outside the vocabulary."""
         params = params or SamplingParams()
         ids = self.encode(prompt)
         if not ids:
             raise ValueError("the prompt is empty")
-        if len(ids) >= self.max_model_len:
-            raise PromptTooLong(f"the prompt has {len(ids)} tokens but the context window is {self.max_model_len} "
-                                "(including at least one new token); shorten the prompt")
-        cache_tokens = self.scheduler.block_manager.num_blocks * self.config.block_size
-        if len(ids) + 1 > cache_tokens:
-            raise PromptTooLong(f"the prompt has {len(ids)} tokens but the KV cache holds {cache_tokens}; "
-                                "shorten the prompt or raise kv_cache_bytes")
+        self._check_ids(ids)
+        params = self._fit(len(ids), params)
         seq = Sequence(ids, params)
         handle = RequestHandle(f"req-{next(self._ids)}", lambda: self.cancel(seq))
         seed = params.seed if params.seed is not None else next(self._seeds)
@@ -138,6 +143,29 @@ class LLMEngine:
         self._wake.set()
         return handle
 
+    def _check_ids(self, ids: list[int]) -> None:
+        for i, t in enumerate(ids):
+            if not 0 <= t < self.vocab_size:
+                raise InvalidPrompt(f"token id {t} at position {i} is outside this model's vocabulary "
+                                    f"(ids 0 to {self.vocab_size - 1}); send ids from the model's own tokenizer")
+
+    def _fit(self, num_prompt: int, params: SamplingParams) -> SamplingParams:
+        """`params` with max_new_tokens within the context; a request that cannot fit is refused."""
+        limit = self.max_model_len
+        why = " (all the KV cache holds for one sequence)" if limit == self.cache_tokens else ""
+        if num_prompt >= limit:
+            raise PromptTooLong(f"the prompt has {num_prompt} tokens but the context window is {limit}{why}, "
+                                "including at least one new token; shorten the prompt")
+        room = limit - num_prompt
+        if params.max_new_tokens <= room:
+            return params
+        if params.fit_context:
+            return dataclasses.replace(params, max_new_tokens=room)
+        raise PromptTooLong(f"the prompt has {num_prompt} tokens and max_tokens asks for {params.max_new_tokens} "
+                            f"more, {num_prompt + params.max_new_tokens} in all, but the context window is "
+                            f"{limit}{why}; ask for at most {room} new tokens or shorten the prompt",
+                            param="max_tokens")
+
     def cancel(self, seq: Sequence) -> None:
         with self._lock:
             seq.cancel_requested = True
@@ -146,33 +174,82 @@ class LLMEngine:
 
     # -- the loop --
     def step(self) -> int:
-        """One scheduling step; returns how many sequences it advanced."""
+        """One scheduling step; returns how many sequences it advanced. A fault confined to one sequence
+        (its forward row, its sampling, its stop strings or detokenizing) fails that sequence alone."""
         with self._lock:
             self._reap_cancelled()
             batch = self.scheduler.schedule()
         if batch is None:
             return 0
-        try:
-            logits = self.runner.prefill(batch.seqs) if batch.is_prefill else self.runner.decode(batch.seqs)
-            samples = sampler.sample(logits, batch.seqs, [s.state.generator for s in batch.seqs])
-        except Exception as exc:  # a failed forward fails its batch, not the engine
-            with self._lock:
-                for seq in batch.seqs:
-                    self.scheduler.finish(seq, FinishReason.CANCELLED)
-                    seq.state.handle._finish(None, exc)
-            return 0
+        failed: dict[Sequence, BaseException] = {}
+        ends = [s for s, done in zip(batch.seqs, batch.completes(), strict=True) if done]
+        logits, ends = self._forward(batch, ends, failed)
+        samples = self._sample(logits, ends, failed)
         with self._lock:
-            for seq, smp in zip(batch.seqs, samples, strict=True):
-                self._postprocess(seq, smp)
+            for seq, n in zip(batch.seqs, batch.num_new, strict=True):
+                if seq in failed or seq.is_finished:
+                    continue
+                seq.num_computed += n
+                smp = samples.get(seq)
+                if smp is None:
+                    continue  # a prefill chunk that did not reach the prompt's end
+                try:
+                    self._postprocess(seq, smp)
+                except Exception as exc:  # noqa: BLE001 - this sequence's fault, not the batch's
+                    failed[seq] = exc
+            for seq, exc in failed.items():
+                if not seq.is_finished:
+                    self.scheduler.finish(seq, FinishReason.CANCELLED)
+                seq.state.handle._finish(None, exc)
             self._last_batch = len(batch.seqs)
             self._peak_batch = max(self._peak_batch, len(batch.seqs))
             self._steps += 1
+            self._computed += batch.num_tokens
             now = time.perf_counter()
-            self._generated += len(batch.seqs)
-            self._recent.append((now, len(batch.seqs)))
+            self._generated += len(samples)
+            self._recent.append((now, len(samples)))
             while self._recent and now - self._recent[0][0] > 5.0:
                 self._recent.popleft()
         return len(batch.seqs)
+
+    def _forward(self, batch: Any, ends: list[Sequence],
+                 failed: dict[Sequence, BaseException]) -> tuple[torch.Tensor | None, list[Sequence]]:
+        """Logits for `ends` (the sequences that complete this step), and the sequences they belong to. If
+        the shared forward fails, each sequence runs alone, so that only the one at fault fails (its cache
+        slots are simply written again)."""
+        try:
+            return self.runner.forward(batch.seqs, batch.num_new), ends
+        except Exception as exc:  # noqa: BLE001
+            if len(batch.seqs) == 1:
+                failed[batch.seqs[0]] = exc
+                return None, []
+        rows, owners = [], []
+        for seq, n in zip(batch.seqs, batch.num_new, strict=True):
+            try:
+                logits = self.runner.forward([seq], [n])
+            except Exception as exc:  # noqa: BLE001
+                failed[seq] = exc
+                continue
+            if seq in ends:
+                rows.append(logits)
+                owners.append(seq)
+        return (torch.cat(rows) if rows else None), owners
+
+    def _sample(self, logits: torch.Tensor | None, seqs: list[Sequence],
+                failed: dict[Sequence, BaseException]) -> dict[Sequence, sampler.Sample]:
+        """Next tokens for `seqs` (one logits row each); a sampling fault fails its row alone."""
+        if logits is None or not seqs:
+            return {}
+        try:
+            return dict(zip(seqs, sampler.sample(logits, seqs, [s.state.generator for s in seqs]), strict=True))
+        except Exception:  # noqa: BLE001 - find the row at fault
+            out = {}
+            for r, seq in enumerate(seqs):
+                try:
+                    out[seq] = sampler.sample(logits[r:r + 1], [seq], [seq.state.generator])[0]
+                except Exception as exc:  # noqa: BLE001
+                    failed[seq] = exc
+            return out
 
     def _reap_cancelled(self) -> None:
         for seq in self._cancelled:
@@ -183,7 +260,6 @@ class LLMEngine:
 
     def _postprocess(self, seq: Sequence, smp: sampler.Sample) -> None:
         st: _State = seq.state
-        seq.num_computed = len(seq)
         seq.append_token(smp.token_id)
         p = seq.params
         reason: FinishReason | None = None
@@ -270,7 +346,29 @@ class LLMEngine:
                                batch_size=self._last_batch, kv_blocks_used=bm.num_used, kv_blocks_total=bm.num_blocks,
                                kv_cache_usage=bm.num_used / bm.num_blocks, tokens_per_s=tps,
                                generated_tokens=self._generated, steps=self._steps,
+                               computed_tokens=self._computed, preemptions=self.scheduler.num_preemptions,
                                peak_batch_size=self._peak_batch)
+
+
+def _vocab_size(model: Any) -> int:
+    """Rows of the input embedding: the ids the model can take (a tokenizer may know more)."""
+    try:
+        return int(model.get_input_embeddings().num_embeddings)
+    except (AttributeError, TypeError, NotImplementedError):
+        return int(model.config.vocab_size)
+
+
+def _attention_weight(stack: torch.nn.Module, config: Any) -> float:
+    """What attending to one cached key costs a new token, relative to the token's own matmuls: 2·H·D
+    multiply-adds per layer (scores and values) against one per weight, so a chunk of a long prompt
+    counts for more of the step's token budget. Weights are counted from the config (a quantized
+    stack holds them packed)."""
+    H, Hkv, D, L = stack.num_heads, stack.num_kv_heads, stack.head_dim, len(stack.layers)
+    h = getattr(config, "hidden_size", None) or config.n_embd
+    inter = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * h
+    mlp = 3 if hasattr(config, "intermediate_size") else 2  # gated (Llama) or not (GPT-2)
+    weights = L * (h * D * (2 * H + 2 * Hkv) + mlp * h * inter) + h * config.vocab_size
+    return 2 * H * D * L / weights
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

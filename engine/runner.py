@@ -1,9 +1,9 @@
 """All tensor work for causal LMs: the model forward over a paged KV cache.
 
 The Hugging Face model supplies the weights; the forward is ours so that a batch of sequences of
-different lengths shares every matmul: prefill packs the newcomers' tokens into one [T, hidden]
-matrix (no padding) and runs attention per sequence; decode runs one token per running sequence
-and reads each one's keys/values from the block cache. Llama-family models (Llama, Mistral,
+different lengths shares every matmul: each step packs every sequence's new tokens (one for a
+decode, a chunk for a prefill) into one [T, hidden] matrix (no padding) and runs attention per
+sequence over its keys and values in the block cache. Llama-family models (Llama, Mistral,
 Qwen2, SmolLM) and GPT-2 are supported natively."""
 
 from __future__ import annotations
@@ -14,14 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.block_manager import runs
 from engine.errors import UnsupportedModel
 from engine.sequence import Sequence
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2")
-
-
-def supported(model_type: str) -> bool:
-    return model_type in LLAMA_LIKE or model_type == "gpt2"
 
 
 class LlamaLayer(nn.Module):
@@ -131,14 +128,6 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + rotated * sin
 
 
-@dataclass(slots=True)
-class CacheShape:
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    bytes_per_token: int
-
-
 def build_stack(model: nn.Module) -> nn.Module:
     model_type = model.config.model_type
     if model_type in LLAMA_LIKE:
@@ -172,8 +161,24 @@ def perplexity(stack: nn.Module, ids: list[int]) -> float:
     return float(torch.exp(nll))
 
 
+@dataclass(slots=True)
+class _Span:
+    """One sequence's rows in a step: `n` new tokens at rows [row, row + n), positions from `start`."""
+
+    row: int
+    n: int
+    start: int
+    runs: list[tuple[int, int]]  # cache slots of positions [0, start + n), as (first slot, length)
+
+
 class ModelRunner:
-    """Owns the model stack and the preallocated KV cache: kv[layer, k|v, kv_head, block, slot, dim]."""
+    """Owns the model stack and the preallocated KV cache: kv[layer, k|v, kv_head, block, slot, dim].
+
+    One forward serves every step, whatever it mixes: the new tokens of all sequences (a decode's one,
+    a prefill chunk's many) are packed into one [T, hidden] matrix so that every matmul is shared,
+    their keys and values are written into the cache, and attention runs per sequence, reading its
+    cached keys and values in place: one strided view of the cache per run of contiguous blocks (the
+    block manager keeps a sequence's blocks together), copied only when a sequence's blocks are split."""
 
     def __init__(self, stack: nn.Module, *, num_blocks: int, block_size: int, device: torch.device,
                  dtype: torch.dtype):
@@ -188,13 +193,38 @@ class ModelRunner:
         n = len(stack.layers) * 2 * stack.num_kv_heads * stack.head_dim
         return n * torch.empty((), dtype=dtype).element_size()
 
-    def _slots(self, seq: Sequence, start: int, end: int) -> list[int]:
-        bs, table = self.block_size, seq.block_table
-        return [table[p // bs] * bs + p % bs for p in range(start, end)]
-
     def _layer_scale(self, i: int) -> float:
         fn = getattr(self.stack, "layer_scale", None)
         return fn(i) if fn else self.stack.scale
+
+    @torch.inference_mode()
+    def forward(self, seqs: list[Sequence], num_new: list[int]) -> torch.Tensor:
+        """Compute `num_new[i]` tokens of `seqs[i]` from its `num_computed` on, caching their keys and values.
+        Returns next-token logits [S, V] (float32) for the sequences whose last token this computes, in order."""
+        bs, dev = self.block_size, self.device
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        spans: list[_Span] = []
+        last: list[int] = []
+        for seq, n in zip(seqs, num_new, strict=True):
+            start, end = seq.num_computed, seq.num_computed + n
+            row = len(ids)
+            ids.extend(seq.token_ids[start:end])
+            pos.extend(range(start, end))
+            table = seq.block_table
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            spans.append(_Span(row, n, start, runs(table, end, bs) if start else []))
+            if end == len(seq):
+                last.append(row + n - 1)
+        ids_t = torch.tensor(ids, device=dev)
+        slots_t = torch.tensor(slots, device=dev)
+        x, rope = self.stack.embed_tokens(ids_t, torch.tensor(pos, device=dev))  # x: [T, hidden]
+        for i in range(self.num_layers):
+            q, k, v = self.stack.qkv(i, x, rope)  # q: [T, H, D]; k, v: [T, Hkv, D]
+            self._write(i, k, v, slots_t)
+            x = self.stack.post(i, x, self._attend(i, q, k, v, spans).view(len(ids), -1))
+        return self.stack.logits(x.index_select(0, torch.tensor(last, device=dev, dtype=torch.long))).float()
 
     def _write(self, i: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
         # k, v: [T, Hkv, D] → cache slots (flattened block × slot)
@@ -202,64 +232,36 @@ class ModelRunner:
         flat[0].index_copy_(1, slots, k.transpose(0, 1))
         flat[1].index_copy_(1, slots, v.transpose(0, 1))
 
-    @torch.inference_mode()
-    def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
-        """Run every not-yet-cached token of `seqs`; returns next-token logits [B, V] (float32)."""
-        ids: list[int] = []
-        pos: list[int] = []
-        slots: list[int] = []
-        spans: list[tuple[int, int]] = []
-        for seq in seqs:
-            start, end = seq.num_computed, len(seq)
-            spans.append((len(ids), end - start))
-            ids.extend(seq.token_ids[start:end])
-            pos.extend(range(start, end))
-            slots.extend(self._slots(seq, start, end))
-        dev = self.device
-        ids_t = torch.tensor(ids, device=dev)
-        pos_t = torch.tensor(pos, device=dev)
-        slots_t = torch.tensor(slots, device=dev)
-        x, rope = self.stack.embed_tokens(ids_t, pos_t)  # x: [T, hidden]
-        for i in range(self.num_layers):
-            q, k, v = self.stack.qkv(i, x, rope)  # q: [T, H, D]; k, v: [T, Hkv, D]
-            self._write(i, k, v, slots_t)
-            out = torch.empty_like(q)
-            scale = self._layer_scale(i)
-            for s, n in spans:  # attention per sequence; matmuls above and below are shared
-                qs, ks, vs = (t[s:s + n].transpose(0, 1)[None] for t in (q, k, v))  # [1, H, n, D]
-                o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale,
-                                                   enable_gqa=self.groups > 1)
-                out[s:s + n] = o[0].transpose(0, 1)
-            x = self.stack.post(i, x, out.view(len(ids), -1))
-        last = torch.tensor([s + n - 1 for s, n in spans], device=dev)
-        return self.stack.logits(x.index_select(0, last)).float()
+    def _attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: list[_Span]) -> torch.Tensor:
+        flat = self.kv[i].view(2, self.stack.num_kv_heads, -1, self.stack.head_dim)  # [2, Hkv, slots, D]
+        Hkv, G, D = self.stack.num_kv_heads, self.groups, self.stack.head_dim
+        scale = self._layer_scale(i)
+        out = torch.empty_like(q)
+        for sp in spans:
+            rows = slice(sp.row, sp.row + sp.n)
+            if sp.start == 0:  # a whole prompt, or its first chunk: its own keys, causal
+                qs, ks, vs = (t[rows].transpose(0, 1) for t in (q, k, v))  # [H, n, D], [Hkv, n, D]
+                o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=G > 1)
+                out[rows] = o.transpose(0, 1)
+                continue
+            ks, vs = _cached(flat, sp.runs)  # [Hkv, start + n, D], views of the cache
+            if sp.n == 1:  # a decode: the G query heads sharing a kv head act as G query rows
+                o = F.scaled_dot_product_attention(q[sp.row].view(Hkv, G, D), ks, vs, scale=scale)
+                out[sp.row] = o.reshape(-1, D)
+            else:  # a later chunk: every cached key up to each token's own position
+                ctx = sp.start + sp.n
+                mask = (torch.arange(ctx, device=q.device)[None, :]
+                        <= torch.arange(sp.start, ctx, device=q.device)[:, None])  # [n, ctx]
+                o = F.scaled_dot_product_attention(q[rows].transpose(0, 1), ks, vs, attn_mask=mask, scale=scale,
+                                                   enable_gqa=G > 1)
+                out[rows] = o.transpose(0, 1)
+        return out
 
-    @torch.inference_mode()
-    def decode(self, seqs: list[Sequence]) -> torch.Tensor:
-        """One token per sequence (its last, not yet cached); returns logits [B, V] (float32)."""
-        dev, bs = self.device, self.block_size
-        B = len(seqs)
-        ids_t = torch.tensor([s.token_ids[-1] for s in seqs], device=dev)
-        pos = [len(s) - 1 for s in seqs]
-        pos_t = torch.tensor(pos, device=dev)
-        slots_t = torch.tensor([s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, pos, strict=True)],
-                               device=dev)
-        nb = max(len(s.block_table) for s in seqs)
-        table = torch.tensor([s.block_table + [0] * (nb - len(s.block_table)) for s in seqs], device=dev)
-        L = nb * bs
-        mask = (torch.arange(L, device=dev)[None, :] <= pos_t[:, None]).view(B, 1, 1, L)
-        Hkv, D, G = self.stack.num_kv_heads, self.stack.head_dim, self.groups
-        x, rope = self.stack.embed_tokens(ids_t, pos_t)  # x: [B, hidden]
-        flat_table = table.view(-1)
-        # one gather buffer reused by every layer of this step: [2, Hkv, B*nb, bs, D]
-        buf = self.kv.new_empty((2, Hkv, B * nb, bs, D))
-        for i in range(self.num_layers):
-            q, k, v = self.stack.qkv(i, x, rope)  # q: [B, H, D]; k, v: [B, Hkv, D]
-            self._write(i, k, v, slots_t)
-            # gather this batch's blocks → keys, values [B, Hkv, L, D]
-            kv = torch.index_select(self.kv[i], 2, flat_table, out=buf).view(2, Hkv, B, L, D).transpose(1, 2)
-            # the G query heads sharing a kv head act as G query rows: [B, Hkv, G, D]
-            o = F.scaled_dot_product_attention(q.view(B, Hkv, G, D), kv[0], kv[1], attn_mask=mask,
-                                               scale=self._layer_scale(i))
-            x = self.stack.post(i, x, o.reshape(B, -1))
-        return self.stack.logits(x).float()
+
+def _cached(flat: torch.Tensor, spans: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values [Hkv, L, D] of one sequence: views when its slots are one run, else joined."""
+    if len(spans) == 1:
+        a, n = spans[0]
+        return flat[0, :, a:a + n], flat[1, :, a:a + n]
+    return (torch.cat([flat[0, :, a:a + n] for a, n in spans], dim=1),
+            torch.cat([flat[1, :, a:a + n] for a, n in spans], dim=1))

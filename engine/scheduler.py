@@ -1,9 +1,18 @@
-"""Continuous batching as int bookkeeping: who waits, who runs, who gets KV blocks.
+"""Continuous batching as int bookkeeping: who waits, who runs, who gets KV blocks, and how many
+tokens each computes in the next step.
 
-Each step is either a prefill of newcomers (bounded by `max_num_seqs`, `max_batch_tokens` and the
-free KV blocks) or one decode step for everything running. When decode runs out of blocks the
-youngest running sequence is preempted: its blocks are freed and it goes back to the front of
-the queue to be recomputed from its tokens."""
+Every step mixes decodes and prefill chunks under one token budget (`max_batch_tokens`), as vLLM's
+scheduler does. Running sequences go first, oldest first: each decoding one computes its next
+token, and a prompt still being prefilled computes its next chunk. Newcomers fill what is left of
+the budget, shortest prefill first (a sequence that was preempted, or passed over for
+`MAX_SKIPS` steps, goes before them). A long prompt is therefore prefilled in chunks between the
+decode steps of everyone else instead of stalling them, and a chunk's size shrinks as the prompt's
+attention grows (`attention_weight`), so each step costs about the same.
+
+When a running sequence needs a block and the pool is empty, spare blocks (reserved but not yet
+grown into) are reclaimed first; then the youngest running sequence is preempted: its blocks are
+freed and it waits to be recomputed from its tokens. A sequence never needs more blocks than the
+whole cache holds (the engine refuses such a request), so the oldest one always progresses."""
 
 from __future__ import annotations
 
@@ -14,24 +23,32 @@ from engine.block_manager import BlockManager
 from engine.errors import Overloaded
 from engine.sequence import FinishReason, Sequence, Status
 
+MAX_SKIPS = 16  # steps a waiting sequence may be passed over by later arrivals before it goes first
+
 
 @dataclass(slots=True)
 class Batch:
     seqs: list[Sequence]
-    is_prefill: bool
+    num_new: list[int]  # tokens each sequence computes this step: 1 for a decode, a chunk for a prefill
 
     @property
     def num_tokens(self) -> int:
-        return sum(len(s) - s.num_computed for s in self.seqs) if self.is_prefill else len(self.seqs)
+        return sum(self.num_new)
+
+    def completes(self) -> list[bool]:
+        """Which sequences reach their last token this step (and so sample the next one)."""
+        return [s.num_computed + n == len(s) for s, n in zip(self.seqs, self.num_new, strict=True)]
 
 
 class Scheduler:
     def __init__(self, *, max_num_seqs: int, max_batch_tokens: int, max_queue: int, num_blocks: int,
-                 block_size: int):
+                 block_size: int, attention_weight: float = 0.0):
         self.max_num_seqs, self.max_batch_tokens, self.max_queue = max_num_seqs, max_batch_tokens, max_queue
+        self.attention_weight = attention_weight  # cost of one cached key for a new token, in tokens
         self.block_manager = BlockManager(num_blocks, block_size)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.num_preemptions = 0  # since start
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -39,52 +56,111 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         if len(self.waiting) >= self.max_queue:
             raise Overloaded(f"the engine queue is full ({self.max_queue} requests waiting); retry shortly")
-        need = self.block_manager.blocks_needed(len(seq) + 1)
-        if need > self.block_manager.num_blocks:
-            raise RuntimeError(f"sequence needs {need} KV blocks; the whole cache has {self.block_manager.num_blocks}")
+        bm = self.block_manager
+        if bm.blocks_needed(self.reach(seq)) > bm.num_blocks:
+            raise ValueError(f"sequence may reach {self.reach(seq)} tokens; the whole KV cache holds "
+                             f"{bm.num_blocks * bm.block_size}")
         seq.status = Status.WAITING
         self.waiting.append(seq)
 
+    @staticmethod
+    def reach(seq: Sequence) -> int:
+        """The most tokens `seq` can hold: its prompt and every token it may still generate."""
+        return seq.num_prompt_tokens + seq.params.max_new_tokens
+
     def schedule(self) -> Batch | None:
-        prefill: list[Sequence] = []
-        tokens = 0
-        while self.waiting and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
-            n = len(seq)
-            # one prompt larger than the token budget still runs, alone
-            if prefill and tokens + n > self.max_batch_tokens:
-                break
-            if not self.block_manager.can_allocate(seq):
-                break
-            self.waiting.popleft()
-            self.block_manager.allocate(seq)
-            seq.status = Status.RUNNING
-            self.running.append(seq)
-            prefill.append(seq)
-            tokens += n
-        if prefill:
-            return Batch(prefill, is_prefill=True)
-        if not self.running:
-            return None
-        decode: list[Sequence] = []
+        seqs: list[Sequence] = []
+        num_new: list[int] = []
+        decodes = sum(1 for s in self.running if len(s) - s.num_computed == 1)
+        # decodes always run; prefill chunks share the rest of the budget (at least one block's worth)
+        budget = max(self.max_batch_tokens - decodes, self.block_manager.block_size)
+        preempted = False
         for seq in list(self.running):
             if seq.status is not Status.RUNNING:
                 continue  # preempted below while making room for an older one
-            while not self.block_manager.can_append(seq):
-                victim = self.running[-1]
-                self._preempt(victim)
-                if victim is seq:
-                    break
-            if seq.status is Status.RUNNING:
-                self.block_manager.append(seq)
-                decode.append(seq)
-        return Batch(decode, is_prefill=False) if decode else None
+            left = len(seq) - seq.num_computed
+            n = 1 if left == 1 else self._chunk(seq, budget)
+            if n == 0:
+                continue
+            if not self._hold(seq, seq.num_computed + n):
+                preempted = True
+                continue
+            seqs.append(seq)
+            num_new.append(n)
+            if left > 1:
+                budget -= n
+        if not preempted:  # a step that had to preempt admits nobody new
+            admitted = self._admit(budget, seqs, num_new)
+            self._count_skips(admitted)
+        return Batch(seqs, num_new) if seqs else None
+
+    def _chunk(self, seq: Sequence, budget: int) -> int:
+        """Prefill tokens for `seq` within `budget`: fewer when they attend to a long cached prefix."""
+        n = min(len(seq) - seq.num_computed, budget)
+        if n > 0 and self.attention_weight:
+            n = min(n, max(1, int(budget / (1 + (seq.num_computed + n) * self.attention_weight))))
+        return max(n, 0)
+
+    def _hold(self, seq: Sequence, num_tokens: int) -> bool:
+        """Blocks for `seq`'s first `num_tokens` tokens, reclaiming spare blocks and then preempting the
+        youngest running sequences for them; False when `seq` itself had to be preempted."""
+        bm = self.block_manager
+        while not bm.hold(seq, num_tokens):
+            if any(bm.reclaim(s) for s in reversed(self.running)):
+                continue
+            victim = self.running[-1]
+            self._preempt(victim)
+            if victim is seq:
+                return False
+        return True
+
+    def _hold_new(self, seq: Sequence, num_tokens: int) -> bool:
+        """Blocks for a newcomer's first chunk (and a run for its whole reach while the pool has room),
+        reclaiming spare blocks of running sequences for it, youngest first; nobody is preempted."""
+        bm = self.block_manager
+        while not bm.hold(seq, num_tokens, reserve_tokens=self.reach(seq)):
+            if not any(bm.reclaim(s) for s in reversed(self.running)):
+                return False
+        return True
+
+    def _admission_order(self) -> list[Sequence]:
+        def key(s: Sequence) -> tuple[bool, int, int]:
+            first = s.num_preemptions > 0 or s.skips >= MAX_SKIPS
+            return (not first, len(s) - s.num_computed, s.seq_id)
+
+        return sorted(self.waiting, key=key)
+
+    def _admit(self, budget: int, seqs: list[Sequence], num_new: list[int]) -> list[Sequence]:
+        admitted: list[Sequence] = []
+        for seq in self._admission_order():
+            if len(self.running) >= self.max_num_seqs or budget <= 0:
+                break
+            n = self._chunk(seq, budget)
+            if n == 0 or not self._hold_new(seq, n):
+                break
+            self.waiting.remove(seq)
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            seqs.append(seq)
+            num_new.append(n)
+            admitted.append(seq)
+            budget -= n
+        return admitted
+
+    def _count_skips(self, admitted: list[Sequence]) -> None:
+        if not admitted:
+            return
+        newest = max(s.seq_id for s in admitted)
+        for seq in self.waiting:
+            if seq.seq_id < newest:
+                seq.skips += 1
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self.block_manager.free(seq)
         seq.status = Status.WAITING
         seq.num_preemptions += 1
+        self.num_preemptions += 1
         self.waiting.appendleft(seq)
 
     def finish(self, seq: Sequence, reason: FinishReason) -> None:

@@ -39,8 +39,8 @@ class Sequence:
     cancel_requested: bool = False
     arrival_time: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None
-    finish_time: float | None = None
     num_preemptions: int = 0
+    skips: int = 0  # scheduling steps it waited while later arrivals were admitted
     state: Any = None  # engine-side state (detokenizer, generator, handle); never read by the scheduler
 
     def __post_init__(self) -> None:
@@ -65,9 +65,6 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status is Status.FINISHED
-
-    def num_blocks_for(self, num_tokens: int, block_size: int) -> int:
-        return (num_tokens + block_size - 1) // block_size
 
     def append_token(self, token_id: int) -> None:
         if self.first_token_time is None:

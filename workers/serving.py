@@ -162,7 +162,7 @@ class Runner:
             figures.update(running=s.running, waiting=s.waiting, batch_size=s.batch_size,
                            kv_cache_usage=round(s.kv_cache_usage, 4), tokens_per_s=round(s.tokens_per_s, 2),
                            generated_tokens=s.generated_tokens, steps=s.steps)
-            figures["stalled"] = self.progress.stalled(s.steps, bool(s.running or s.waiting))
+            figures["stalled"] = self.progress.stalled(s.computed_tokens, bool(s.running or s.waiting))
         return figures
 
 
@@ -171,18 +171,19 @@ class NotServing(Exception):
 
 
 class ProgressWatch:
-    """Tells a wedged engine from a busy one: it has requests but its step count stood still for
-    `limit_s` seconds (a live process with a stuck engine must not keep taking requests)."""
+    """Tells a wedged engine from a busy one: it has requests but computed no token (prompt or answer)
+    for `limit_s` seconds (a live process with a stuck engine must not keep taking requests). A long
+    prompt is prefilled in chunks, so a busy engine computes tokens every step."""
 
     def __init__(self, limit_s: float):
         self.limit_s = limit_s
-        self.steps = -1
+        self.tokens = -1
         self.since = time.monotonic()
 
-    def stalled(self, steps: int, has_work: bool, now: float | None = None) -> bool:
+    def stalled(self, tokens: int, has_work: bool, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
-        if steps != self.steps or not has_work:
-            self.steps, self.since = steps, now
+        if tokens != self.tokens or not has_work:
+            self.tokens, self.since = tokens, now
             return False
         return now - self.since > self.limit_s
 
@@ -446,8 +447,9 @@ def _generate(host: Host, runner: Runner, loaded: Loaded, request_id: str, reque
             events.error(429, "overloaded", f"{exc}; retry shortly.")
         else:
             code = getattr(exc, "code", "invalid_request")
-            events.error(400, "context_length_exceeded" if code == "prompt_too_long" else code, str(exc),
-                         "messages" if isinstance(request["prompt"], list) else "prompt")
+            field = getattr(exc, "param", None) or ("messages" if isinstance(request["prompt"], list)
+                                                    and isinstance(request["prompt"][0], dict) else "prompt")
+            events.error(400, "context_length_exceeded" if code == "prompt_too_long" else code, str(exc), field)
         return
     host.watch(request_id, handles, request["deadline"])
     try:

@@ -148,8 +148,16 @@ def test_a_prompt_longer_than_the_context_is_a_clear_error(engine: LLMEngine) ->
     assert engine.generate("still alive", SamplingParams(max_new_tokens=2)).result(60).usage.completion_tokens >= 1
 
 
-def test_generation_stops_at_the_context_window(engine: LLMEngine) -> None:
-    result = engine.generate(list(range(1000, 1250)), SamplingParams(max_new_tokens=50, ignore_eos=True)).result(60)
+def test_asking_for_more_tokens_than_the_context_leaves_names_both_numbers(engine: LLMEngine) -> None:
+    with pytest.raises(PromptTooLong, match="250 tokens and max_tokens asks for 50 more, 300 in all, but the context "
+                                            "window is 256; ask for at most 6") as caught:
+        engine.generate(list(range(1000, 1250)), SamplingParams(max_new_tokens=50))
+    assert caught.value.param == "max_tokens"
+
+
+def test_a_default_max_tokens_shrinks_to_the_context_window(engine: LLMEngine) -> None:
+    params = SamplingParams(max_new_tokens=50, ignore_eos=True, fit_context=True)
+    result = engine.generate(list(range(1000, 1250)), params).result(60)
     assert result.finish_reason == "length" and result.usage.completion_tokens == 6
 
 

@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
+from engine.block_manager import runs
 from engine.config import EngineConfig, SamplingParams
 from engine.errors import Overloaded
-from engine.scheduler import Scheduler
+from engine.scheduler import MAX_SKIPS, Scheduler
 from engine.sequence import FinishReason, Sequence, Status
 
 
@@ -17,8 +18,8 @@ def seq(n: int, max_new: int = 8) -> Sequence:
     return Sequence(list(range(1, n + 1)), SamplingParams(max_new_tokens=max_new))
 
 
-def sched(**kw: int) -> Scheduler:
-    opts = dict(max_num_seqs=4, max_batch_tokens=64, max_queue=8, num_blocks=16, block_size=4)
+def sched(**kw: float) -> Scheduler:
+    opts: dict[str, float] = dict(max_num_seqs=4, max_batch_tokens=64, max_queue=8, num_blocks=16, block_size=4)
     opts.update(kw)
     return Scheduler(**opts)
 
@@ -48,24 +49,86 @@ def test_it_validates_sampling_params() -> None:
     assert SamplingParams(top_logprobs=3).logprobs
 
 
-def test_it_prefills_newcomers_together_within_the_token_budget() -> None:
+def advance(s: Scheduler) -> dict[Sequence, int]:
+    """Run one step as the engine does (without weights): every sequence computes its tokens, and one
+    that reached its end gets a token (token 7), finishing at max_new_tokens. Returns {seq: tokens}."""
+    batch = s.schedule()
+    assert batch is not None, "no batch while there is work"
+    bm = s.block_manager
+    for seq, n, done in zip(batch.seqs, batch.num_new, batch.completes(), strict=True):
+        assert seq.status is Status.RUNNING and len(seq.block_table) >= bm.blocks_needed(seq.num_computed + n)
+        seq.num_computed += n
+        if done:
+            seq.append_token(7)
+            if seq.num_output_tokens >= seq.params.max_new_tokens:
+                s.finish(seq, FinishReason.LENGTH)
+    return dict(zip(batch.seqs, batch.num_new, strict=True))
+
+
+def drive(s: Scheduler, max_steps: int = 10_000) -> int:
+    """Steps until every sequence finished; fails on a stall or a livelock."""
+    for step in range(max_steps):
+        if not s.has_work():
+            return step
+        advance(s)
+    raise AssertionError(f"still working after {max_steps} steps: a livelock")
+
+
+def test_newcomers_are_prefilled_together_within_the_token_budget() -> None:
     s = sched(max_batch_tokens=20)
     a, b, c = seq(8), seq(8), seq(8)
     for x in (a, b, c):
         s.add(x)
     batch = s.schedule()
-    assert batch and batch.is_prefill and batch.seqs == [a, b]
-    assert batch.num_tokens == 16
-    assert [x.status for x in (a, b, c)] == [Status.RUNNING, Status.RUNNING, Status.WAITING]
-    assert s.block_manager.num_used == 4  # 2 blocks of 4 tokens each
+    assert batch and batch.seqs == [a, b, c] and batch.num_new == [8, 8, 4]  # c's first chunk fills the budget
+    assert batch.num_tokens == 20 and batch.completes() == [True, True, False]
 
 
-def test_a_prompt_larger_than_the_token_budget_still_runs_alone() -> None:
-    s = sched(max_batch_tokens=4)
-    a = seq(10)
+def test_a_long_prompt_is_prefilled_in_chunks_while_running_sequences_decode_every_step() -> None:
+    s = sched(max_batch_tokens=8, num_blocks=64)
+    a = seq(4, max_new=50)
     s.add(a)
+    advance(s)
+    long = seq(40)
+    s.add(long)
+    chunks = []
+    while not long.num_output_tokens:
+        step = advance(s)
+        assert step[a] == 1  # a decodes in every step of the long prefill
+        chunks.append(step[long])
+    assert sum(chunks) == 40 and max(chunks) <= 7  # the budget less a's decode token
+
+
+def test_later_chunks_of_a_long_prompt_are_smaller_as_their_attention_grows() -> None:
+    s = sched(max_batch_tokens=64, num_blocks=256, attention_weight=0.01)
+    long = seq(600)
+    s.add(long)
+    chunks = []
+    while not long.num_output_tokens:
+        chunks.append(advance(s)[long])
+    assert chunks[0] == int(64 / (1 + 64 * 0.01)) and chunks[-2] < chunks[0] / 4
+
+
+def test_the_shortest_prompt_is_admitted_first() -> None:
+    s = sched(max_batch_tokens=10)
+    long, short = seq(30), seq(3)
+    s.add(long)
+    s.add(short)
     batch = s.schedule()
-    assert batch and batch.seqs == [a]
+    assert batch and batch.seqs == [short, long] and batch.num_new == [3, 7]
+
+
+def test_a_sequence_passed_over_too_often_goes_first() -> None:
+    s = sched(max_batch_tokens=4, max_num_seqs=64, num_blocks=4096, max_queue=4096)
+    long = seq(12)
+    s.add(long)
+    for _ in range(MAX_SKIPS + 1):
+        s.add(seq(2, max_new=1))
+        s.add(seq(2, max_new=1))
+        if long.status is Status.RUNNING:
+            break
+        advance(s)
+    assert long.skips == MAX_SKIPS and long.status is Status.RUNNING
 
 
 def test_it_admits_no_more_than_max_num_seqs() -> None:
@@ -73,11 +136,8 @@ def test_it_admits_no_more_than_max_num_seqs() -> None:
     seqs = [seq(2) for _ in range(3)]
     for x in seqs:
         s.add(x)
-    assert s.schedule().seqs == seqs[:2]  # type: ignore[union-attr]
-    for x in seqs[:2]:
-        x.append_token(7)
-    batch = s.schedule()
-    assert batch and not batch.is_prefill and batch.seqs == seqs[:2]
+    assert advance(s).keys() == set(seqs[:2])
+    assert advance(s).keys() == set(seqs[:2]) and seqs[2].status is Status.WAITING
 
 
 def test_a_full_queue_raises_overloaded() -> None:
@@ -88,37 +148,46 @@ def test_a_full_queue_raises_overloaded() -> None:
         s.add(seq(2))
 
 
-def test_newcomers_join_between_decode_steps() -> None:
-    s = sched()
-    a = seq(3)
+def test_a_newcomer_takes_a_contiguous_run_for_its_whole_answer_and_grows_into_it() -> None:
+    s = sched(num_blocks=32)
+    a, b = seq(5, max_new=10), seq(5, max_new=10)
     s.add(a)
-    s.schedule()
-    a.num_computed = 3
-    a.append_token(5)
-    assert s.schedule().seqs == [a]  # type: ignore[union-attr]
-    b = seq(3)
     s.add(b)
-    batch = s.schedule()
-    assert batch and batch.is_prefill and batch.seqs == [b]
-    b.append_token(5)
-    batch = s.schedule()
-    assert batch and not batch.is_prefill and batch.seqs == [a, b]
+    advance(s)
+    assert a.block_table == [0, 1, 2, 3] and b.block_table == [4, 5, 6, 7]  # 15 tokens each: 4 blocks
+    for _ in range(8):
+        advance(s)
+    assert a.block_table == [0, 1, 2, 3] and runs(a.block_table, len(a), 4) == [(0, 14)]
 
 
-def test_decode_takes_a_new_block_at_the_boundary() -> None:
-    s = sched()
-    a = seq(4)
+def test_spare_blocks_are_reclaimed_before_anyone_is_preempted() -> None:
+    s = sched(num_blocks=6)
+    a = seq(4, max_new=16)  # reaches 20 tokens: takes 5 blocks while the pool has them
     s.add(a)
-    s.schedule()
-    assert len(a.block_table) == 1
-    a.append_token(9)  # token 5 is written by the next decode step: needs a second block
-    s.schedule()
+    advance(s)
+    assert len(a.block_table) == 5
+    b = seq(8, max_new=2)
+    s.add(b)
+    advance(s)  # b needs 2 blocks; one is free, a gives back its spare ones
+    assert b.status is Status.RUNNING and a.status is Status.RUNNING and a.num_preemptions == 0
     assert len(a.block_table) == 2
+
+
+def test_decode_preempts_the_youngest_when_blocks_run_out() -> None:
+    s = sched(num_blocks=2)
+    a, b = seq(4, max_new=4), seq(4, max_new=4)
+    s.add(a)
+    s.add(b)
+    advance(s)
+    step = advance(s)  # both need a second block for their fifth token; one pool block short
+    assert list(step) == [a]
+    assert b.status is Status.WAITING and s.waiting[0] is b and b.block_table == [] and b.num_preemptions == 1
+    assert b.num_computed == 0  # recomputed from its tokens when it comes back
 
 
 def test_finishing_and_cancelling_give_blocks_back() -> None:
     s = sched(num_blocks=4)
-    a, b = seq(8), seq(8)
+    a, b = seq(8, max_new=1), seq(8, max_new=1)
     s.add(a)
     s.add(b)
     s.schedule()
@@ -133,32 +202,32 @@ def test_finishing_and_cancelling_give_blocks_back() -> None:
     assert not s.waiting
 
 
-def test_it_waits_for_kv_blocks_and_reuses_them() -> None:
-    s = sched(num_blocks=3)
-    a, b = seq(8), seq(8)
-    s.add(a)
-    s.add(b)
-    assert s.schedule().seqs == [a]  # type: ignore[union-attr]
-    assert s.schedule().seqs == [a]  # type: ignore[union-attr]  # b waits: one block free, needs two
-    s.finish(a, FinishReason.LENGTH)
-    assert s.schedule().seqs == [b]  # type: ignore[union-attr]
-
-
-def test_decode_preempts_the_youngest_when_blocks_run_out() -> None:
+def test_it_refuses_a_sequence_that_could_outgrow_the_whole_cache() -> None:
     s = sched(num_blocks=2)
-    a, b = seq(4), seq(4)
-    s.add(a)
-    s.add(b)
-    s.schedule()
-    a.num_computed = b.num_computed = 4
-    a.append_token(1)
-    b.append_token(1)
-    batch = s.schedule()
-    assert batch and batch.seqs == [a]
-    assert b.status is Status.WAITING and s.waiting[0] is b and b.block_table == [] and b.num_preemptions == 1
+    with pytest.raises(ValueError, match="may reach 12 tokens; the whole KV cache holds 8"):
+        s.add(seq(4))  # 4 prompt + 8 new
 
 
-def test_it_refuses_a_sequence_larger_than_the_whole_cache() -> None:
-    s = sched(num_blocks=2)
-    with pytest.raises(RuntimeError, match="whole cache has 2"):
-        s.add(seq(20))
+def test_four_sequences_in_a_cache_that_fits_two_all_complete() -> None:
+    s = sched(num_blocks=10, max_batch_tokens=16)  # 40 tokens; each sequence reaches 20
+    seqs = [seq(12, max_new=8) for _ in range(4)]
+    for x in seqs:
+        s.add(x)
+    drive(s)
+    assert all(x.finish_reason is FinishReason.LENGTH and x.num_output_tokens == 8 for x in seqs)
+    assert s.block_manager.num_free == 10
+
+
+def test_a_sequence_needing_the_whole_cache_completes_beside_others() -> None:
+    s = sched(num_blocks=8, max_batch_tokens=8)  # 32 tokens
+    big = seq(20, max_new=12)  # reaches exactly 32
+    small = [seq(4, max_new=4) for _ in range(3)]
+    for x in (*small, big):
+        s.add(x)
+    drive(s)
+    assert all(x.is_finished for x in (*small, big)) and big.num_output_tokens == 12
+
+
+def test_runs_join_contiguous_blocks() -> None:
+    assert runs([3, 4, 5, 9, 10, 2], 22, 4) == [(12, 12), (36, 8), (8, 2)]
+    assert runs([3, 4, 5], 5, 4) == [(12, 5)]
