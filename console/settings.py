@@ -24,7 +24,13 @@ if not SECRET_KEY:
     if PRODUCTION:
         raise ImproperlyConfigured("SECRET_KEY must be set when TAUON_ENV=production")
     SECRET_KEY = "django-insecure-development-only-key-do-not-use-in-production-0123456789"
-DEBUG = env_bool("DEBUG", default=not PRODUCTION)
+# Debug pages show tracebacks, settings and paths to anyone who reaches a 500: off unless asked for.
+DEBUG = env_bool("TAUON_DEBUG", default=False)
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("TAUON_DEBUG must be off when TAUON_ENV=production (debug pages leak settings).")
+if PRODUCTION and len(SECRET_KEY) < 50:
+    raise ImproperlyConfigured("SECRET_KEY must be at least 50 characters when TAUON_ENV=production: "
+                               "python -c 'import secrets; print(secrets.token_urlsafe(50))'")
 ALLOWED_HOSTS = [h.strip() for h in env_str("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in env_str("CSRF_TRUSTED_ORIGINS").split(",") if o.strip()]
 
@@ -153,7 +159,6 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 TAUON_JOB_HARD_LIMIT_S = env_int("TAUON_JOB_HARD_LIMIT_S", 4 * 3600)
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": TAUON_JOB_HARD_LIMIT_S + 600}
 TAUON_JOB_HEARTBEAT_S = env_int("TAUON_JOB_HEARTBEAT_S", 5)
 TAUON_JOB_STALE_S = env_int("TAUON_JOB_STALE_S", 60)
 CELERY_IMPORTS = ["workers.serving"]
@@ -176,6 +181,11 @@ TAUON_MAX_DATASET_BYTES = env_int("TAUON_MAX_DATASET_BYTES", 64 * 1024**2)
 # Fine-tuning jobs (on TAUON_EVALUATION_QUEUE): their own time limits, the hard one below TAUON_JOB_HARD_LIMIT_S.
 TAUON_FINETUNE_SOFT_LIMIT_S = env_int("TAUON_FINETUNE_SOFT_LIMIT_S", 2 * 3600)
 TAUON_FINETUNE_HARD_LIMIT_S = env_int("TAUON_FINETUNE_HARD_LIMIT_S", 2 * 3600 + 600)
+# The broker redelivers an unacknowledged task after its visibility timeout: it must outlast the longest
+# job kind's hard limit, or a job still running is delivered (and run) a second time.
+TAUON_VISIBILITY_MARGIN_S = 600
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": max(
+    TAUON_JOB_HARD_LIMIT_S, TAUON_EVALUATION_HARD_LIMIT_S, TAUON_FINETUNE_HARD_LIMIT_S) + TAUON_VISIBILITY_MARGIN_S}
 TAUON_JOB_KIND_MODULES = [m for m in env_str("TAUON_JOB_KIND_MODULES").split(",") if m]
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-jobs": {"task": "workers.tasks.reap_stale_jobs", "schedule": 30.0, "options": {"queue": "default"}},

@@ -7,7 +7,7 @@ that concurrent requests share one engine's batches."""
 import os
 
 import click
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 # Before torch loads: OpenMP threads that spin while idle burn a core the engine needs (a worker's many
@@ -49,3 +49,11 @@ class ServeDeployments(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(ServeDeployments)
+
+
+@signals.worker_init.connect
+def check_visibility_timeout(**kwargs):  # type: ignore[no-untyped-def]
+    """Refuse to start a worker whose broker would redeliver a job still running (console/jobs/kinds.py)."""
+    from console.jobs.kinds import assert_visibility_timeout
+
+    assert_visibility_timeout()
