@@ -159,3 +159,8 @@ def test_a_gguf_with_deeply_nested_metadata_is_refused(maintainer_api, llm):
     assert_refused(post_file(maintainer_api, "deep.gguf", data), 400, "invalid_gguf", "nested more than 8 deep",
                    before)
     assert not ModelVersion.objects.exists()
+
+
+def test_a_rest_body_nested_100000_deep_is_a_400(maintainer_api):
+    response = maintainer_api.post("/api/deployments/", b"[" * 100_000, content_type="application/json")
+    assert error_of(response, 400)["code"] == "parse_error"
