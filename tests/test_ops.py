@@ -139,6 +139,10 @@ def test_the_visibility_timeout_outlasts_the_longest_job_kind_and_start_up_check
     refused = run_manage("check", env=production_env(TAUON_JOB_KIND_MODULES="tests.long_job_kinds"))
     assert refused.returncode != 0, refused.stdout
     assert "tauon.E001" in refused.stderr and "'test-forever'" in refused.stderr
+    worker = subprocess.run([sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "threads", "-Q",
+                             "nothing", "--without-gossip", "--without-mingle"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env=production_env(TAUON_JOB_KIND_MODULES="tests.long_job_kinds"))
+    assert worker.returncode == 1 and "'test-forever'" in worker.stderr, worker.stderr[-2000:]
 
 
 def test_production_probes_answer_over_plain_http_while_pages_redirect_to_https():

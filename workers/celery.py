@@ -5,6 +5,7 @@ deployments (workers/serving.py); give it the threads pool (`--pool threads --co
 that concurrent requests share one engine's batches."""
 
 import os
+import sys
 
 import click
 from celery import Celery, bootsteps, signals
@@ -53,7 +54,11 @@ app.steps["worker"].add(ServeDeployments)
 
 @signals.worker_init.connect
 def check_visibility_timeout(**kwargs):  # type: ignore[no-untyped-def]
-    """Refuse to start a worker whose broker would redeliver a job still running (console/jobs/kinds.py)."""
-    from console.jobs.kinds import assert_visibility_timeout
+    """Refuse to start a worker whose broker would redeliver a job still running (console/jobs/kinds.py).
+    SystemExit, since Celery logs and ignores exceptions from signal handlers."""
+    from console.jobs.kinds import visibility_problem
 
-    assert_visibility_timeout()
+    problem = visibility_problem()
+    if problem:
+        print(f"ERROR: {problem}", file=sys.stderr, flush=True)
+        raise SystemExit(1)

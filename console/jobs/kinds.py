@@ -76,10 +76,3 @@ def visibility_problem() -> str | None:
                 f"would be delivered twice. Raise TAUON_JOB_HARD_LIMIT_S to at least {longest}.")
     return None
 
-
-def assert_visibility_timeout() -> None:
-    from django.core.exceptions import ImproperlyConfigured
-
-    problem = visibility_problem()
-    if problem:
-        raise ImproperlyConfigured(problem)
