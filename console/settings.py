@@ -185,7 +185,7 @@ TAUON_REPLICA_LOST_S = env_int("TAUON_REPLICA_LOST_S", 5)
 # Inference: per-API-key limits unless the key sets its own (0 = unlimited).
 TAUON_KEY_REQUESTS_PER_MINUTE = env_int("TAUON_KEY_REQUESTS_PER_MINUTE", 600)
 TAUON_KEY_TOKENS_PER_MINUTE = env_int("TAUON_KEY_TOKENS_PER_MINUTE", 200_000)
-TAUON_KEY_CACHE_S = env_int("TAUON_KEY_CACHE_S", 5)  # a web process re-checks a key this often (revocation delay)
+TAUON_KEY_CACHE_S = env_int("TAUON_KEY_CACHE_S", 5)  # key cache TTL; revocations arrive sooner via Redis
 TAUON_REDIS_MAX_CONNECTIONS = env_int("TAUON_REDIS_MAX_CONNECTIONS", 512)  # per web process
 # explain (token attribution) caps: longer answers or prompts are refused with the cap named
 TAUON_EXPLAIN_MAX_OUTPUT_TOKENS = env_int("TAUON_EXPLAIN_MAX_OUTPUT_TOKENS", 64)
