@@ -164,3 +164,13 @@ def test_a_gguf_with_deeply_nested_metadata_is_refused(maintainer_api, llm):
 def test_a_rest_body_nested_100000_deep_is_a_400(maintainer_api):
     response = maintainer_api.post("/api/deployments/", b"[" * 100_000, content_type="application/json")
     assert error_of(response, 400)["code"] == "parse_error"
+
+
+def test_a_lone_surrogate_in_predict_input_is_a_400_naming_input(user_api, bob):
+    model = make_model("tiny-cls", task="text-classification", owner=bob)
+    Alias.move(model, "production", make_version(model, architecture="BertForSequenceClassification"), actor=bob)
+    Deployment.create(bob, name="cls", model=model, alias="production")
+    response = user_api.post("/api/deployments/cls/predict", '{"input": ["fine", "\\ud800"]}',
+                             content_type="application/json")
+    error = error_of(response, 400)
+    assert error["field"] == "input" and "surrogate" in error["message"]

@@ -238,6 +238,7 @@ def texts(data: dict[str, Any], config: dict[str, Any], field: str) -> list[str]
                       code="missing_required_parameter" if value is None else "invalid_type")
     if any(not t for t in value):
         raise invalid(f"'{field}' must not contain empty strings.", field)
+    _check_encodable(field, value)  # /predict's body comes through DRF, not load_json
     cap = int(config["max_input_items"])
     if len(value) > cap:
         raise ApiError(400, f"'{field}' has {len(value)} items, above this deployment's cap of {cap}; split it.",
