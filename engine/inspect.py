@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from engine import pickles
+
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the limit the safetensors library itself enforces
 MAX_JSON_BYTES = 64 * 1024 * 1024
@@ -71,30 +73,23 @@ class ModelInfo:
 
 # --- pickles ---------------------------------------------------------------------------------
 
-def sniff(path: Path) -> str | None:
-    """'pickle' for a pickle stream (protocol 2+, which torch.save writes), 'zip' for a zip
-    container (torch's newer checkpoint format, or a nested archive), else None."""
-    with path.open("rb") as f:
-        head = f.read(4)
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "pickle"
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return "zip"
-    return None
-
-
 def refuse_pickle(relpath: str, path: Path) -> None:
     if Path(relpath).suffix.lower() in PICKLE_SUFFIXES:
         raise InvalidModel(f"'{relpath}' is a pickle checkpoint; Tauon accepts only safetensors and GGUF "
                            f"because loading a pickle can run arbitrary code. {HOW_TO_CONVERT}", code="pickle_refused")
-    kind = sniff(path)
+    kind = pickles.kind_of(path)
     if kind == "pickle":
         raise InvalidModel(f"'{relpath}' is a Python pickle (whatever its name says); Tauon accepts only "
                            f"safetensors and GGUF because loading a pickle can run arbitrary code. {HOW_TO_CONVERT}",
                            code="pickle_refused")
+    if kind == "npy-object":
+        raise InvalidModel(f"'{relpath}' is a NumPy array of Python objects, stored as a pickle; Tauon accepts only "
+                           f"safetensors and GGUF because loading a pickle can run arbitrary code. {HOW_TO_CONVERT}",
+                           code="pickle_refused")
     if kind == "zip":
-        raise InvalidModel(f"'{relpath}' is a zip container (a torch checkpoint or a nested archive); Tauon accepts "
-                           f"only safetensors and GGUF. {HOW_TO_CONVERT}", code="pickle_refused")
+        raise InvalidModel(f"'{relpath}' is a zip container (a torch checkpoint, an .npz or a nested archive) that may "
+                           f"hold pickles; Tauon accepts only safetensors and GGUF. {HOW_TO_CONVERT}",
+                           code="pickle_refused")
 
 
 # --- safetensors -----------------------------------------------------------------------------
@@ -171,6 +166,7 @@ GGUF_MAGIC = b"GGUF"
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 _MAX_COUNT = 10_000_000
+_MAX_ARRAY_DEPTH = 8  # llama.cpp writes flat arrays; deeper nesting is hostile
 
 
 class _Reader:
@@ -205,7 +201,7 @@ class _Reader:
             return ""
         return self.read(n).decode("utf-8", errors="replace")
 
-    def value(self, vtype: int, keep: bool = True) -> Any:
+    def value(self, vtype: int, keep: bool = True, depth: int = 0) -> Any:
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[vtype])
         if vtype == _STRING:
@@ -215,8 +211,11 @@ class _Reader:
             if item_type in _SCALARS:  # skip fixed-size items in one seek
                 self.f.seek(n * struct.calcsize(_SCALARS[item_type]), 1)
             else:
+                if item_type == _ARRAY and depth >= _MAX_ARRAY_DEPTH:
+                    raise InvalidModel(f"'{self.name}' is not a valid GGUF file (arrays nested more than "
+                                       f"{_MAX_ARRAY_DEPTH} deep in its metadata).", code="invalid_gguf")
                 for _ in range(n):
-                    self.value(item_type, keep=False)
+                    self.value(item_type, keep=False, depth=depth + 1)
             return None
         raise InvalidModel(f"'{self.name}' is not a valid GGUF file (unknown value type {vtype}).", code="invalid_gguf")
 
@@ -300,6 +299,13 @@ def list_files(root: Path) -> list[str]:
 
 
 def read_json(path: Path, relpath: str) -> dict[str, Any]:
+    data = read_json_value(path, relpath)
+    if not isinstance(data, dict):
+        raise InvalidModel(f"'{relpath}' must hold a JSON object.", code="invalid_config")
+    return data
+
+
+def read_json_value(path: Path, relpath: str) -> Any:
     if path.stat().st_size > MAX_JSON_BYTES:
         raise InvalidModel(f"'{relpath}' is larger than {MAX_JSON_BYTES // 2**20} MiB; that is not a config file.",
                            code="invalid_config")
@@ -308,16 +314,33 @@ def read_json(path: Path, relpath: str) -> dict[str, Any]:
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidModel(f"'{relpath}' is not valid JSON ({exc}); fix or regenerate it with save_pretrained().",
                            code="invalid_config") from exc
-    if not isinstance(data, dict):
-        raise InvalidModel(f"'{relpath}' must hold a JSON object.", code="invalid_config")
+    except RecursionError as exc:
+        raise InvalidModel(f"'{relpath}' nests too deeply to be a config file.", code="invalid_config") from exc
     return data
 
 
-def refuse_remote_code(data: dict[str, Any], relpath: str) -> None:
-    if "auto_map" in data:
-        raise InvalidModel(f"'{relpath}' has an `auto_map` entry: this model needs custom Python code from its "
+def remote_code_key(data: Any) -> str | None:
+    """'auto_map' or 'trust_remote_code' when either appears (turned on) anywhere in a JSON value."""
+    stack = [data]
+    while stack:  # iterative: a deeply nested file must not exhaust the stack
+        value = stack.pop()
+        if isinstance(value, dict):  # (a vocabulary's token ids are ints: a token named so is no entry)
+            if isinstance(value.get("auto_map"), dict | list | str):
+                return "auto_map"
+            if value.get("trust_remote_code") is True:
+                return "trust_remote_code"
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return None
+
+
+def refuse_remote_code(data: Any, relpath: str) -> None:
+    key = remote_code_key(data)
+    if key is not None:
+        raise InvalidModel(f"'{relpath}' has a `{key}` entry: this model needs custom Python code from its "
                            f"repository (trust_remote_code), which Tauon never runs. Use a model whose architecture is "
-                           f"built into transformers, or remove `auto_map` if the architecture is built in.",
+                           f"built into transformers, or remove `{key}` if the architecture is built in.",
                            code="remote_code_refused")
 
 
@@ -367,8 +390,9 @@ def inspect_folder(root: Path, *, originals: tuple[str, ...] = ()) -> ModelInfo:
             raise InvalidModel(f"'{rel}' is a GGUF file inside a model folder; upload the .gguf file on its own.",
                                code="unexpected_gguf")
     config = read_config(root)
-    if (root / "tokenizer_config.json").is_file():
-        refuse_remote_code(read_json(root / "tokenizer_config.json", "tokenizer_config.json"), "tokenizer_config.json")
+    for rel in files:  # every JSON file: processor, generation and tokenizer configs can all name remote code
+        if rel.lower().endswith(".json") and rel not in originals:
+            refuse_remote_code(read_json_value(root / rel, rel), rel)
     weights = [rel for rel in files if rel.endswith(".safetensors")]
     if not weights:
         raise InvalidModel("The model folder has no *.safetensors weights. Save the model with "

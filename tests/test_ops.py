@@ -31,7 +31,7 @@ def run_manage(*args: str, env: dict[str, str], timeout: float = 180) -> subproc
 
 
 def production_env(**overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS"}}
+    env = {k: v for k, v in os.environ.items() if k not in {"TAUON_DEBUG", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS"}}
     env.update(TAUON_ENV="production", SECRET_KEY=secrets.token_urlsafe(50), ALLOWED_HOSTS="tauon.example.com",
                REDIS_URL=settings.REDIS_URL, DJANGO_SETTINGS_MODULE="console.settings")
     env.update(overrides)
@@ -98,6 +98,51 @@ def test_production_refuses_to_start_without_a_secret_key():
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert "SECRET_KEY must be set when TAUON_ENV=production" in result.stderr
+
+
+@pytest.mark.parametrize(("overrides", "says"), [
+    ({"TAUON_DEBUG": "1"}, "TAUON_DEBUG must be off when TAUON_ENV=production"),
+    ({"SECRET_KEY": "x" * 49}, "SECRET_KEY must be at least 50 characters"),
+], ids=["debug-on", "short-secret-key"])
+def test_production_refuses_to_start_with_debug_on_or_a_short_secret_key(overrides, says):
+    result = run_manage("check", env=production_env(**overrides))
+    assert result.returncode != 0 and "ImproperlyConfigured" in result.stderr and says in result.stderr
+
+
+@pytest.mark.parametrize(("overrides", "debug"), [
+    ({"TAUON_ENV": "development"}, "False"), ({"TAUON_ENV": "development", "TAUON_DEBUG": "1"}, "True"),
+    ({}, "False"),
+], ids=["development", "development-asked-for", "production"])
+def test_debug_is_off_unless_asked_for_in_every_environment(overrides, debug):
+    env = production_env(**overrides)
+    env.pop("DEBUG", None)
+    script = "import django; django.setup(); from django.conf import settings; print(settings.DEBUG)"
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == debug
+
+
+def test_the_visibility_timeout_outlasts_the_longest_job_kind_and_start_up_checks_it():
+    from console.jobs import kinds
+
+    longest = max(settings.TAUON_JOB_HARD_LIMIT_S, *(k.time_limit or 0 for k in kinds.KINDS.values()))
+    assert settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] >= longest + settings.TAUON_VISIBILITY_MARGIN_S
+    # fine-tuning's own limit, longer than the generic one, still fits
+    env = production_env(TAUON_JOB_HARD_LIMIT_S="600", TAUON_FINETUNE_HARD_LIMIT_S="90000")
+    script = "import django; django.setup(); from django.conf import settings; " \
+             "print(settings.CELERY_BROKER_TRANSPORT_OPTIONS['visibility_timeout'])"
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.split()[-1] == str(90000 + settings.TAUON_VISIBILITY_MARGIN_S), result.stderr
+    # a kind registered with a longer hard limit than the broker allows: `check` (run by `up`) refuses to start
+    refused = run_manage("check", env=production_env(TAUON_JOB_KIND_MODULES="tests.long_job_kinds"))
+    assert refused.returncode != 0, refused.stdout
+    assert "tauon.E001" in refused.stderr and "'test-forever'" in refused.stderr
+    worker = subprocess.run([sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "threads", "-Q",
+                             "nothing", "--without-gossip", "--without-mingle"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env=production_env(TAUON_JOB_KIND_MODULES="tests.long_job_kinds"))
+    assert worker.returncode == 1 and "'test-forever'" in worker.stderr, worker.stderr[-2000:]
 
 
 def test_production_probes_answer_over_plain_http_while_pages_redirect_to_https():

@@ -5,9 +5,10 @@ deployments (workers/serving.py); give it the threads pool (`--pool threads --co
 that concurrent requests share one engine's batches."""
 
 import os
+import sys
 
 import click
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 # Before torch loads: OpenMP threads that spin while idle burn a core the engine needs (a worker's many
@@ -49,3 +50,15 @@ class ServeDeployments(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(ServeDeployments)
+
+
+@signals.worker_init.connect
+def check_visibility_timeout(**kwargs):  # type: ignore[no-untyped-def]
+    """Refuse to start a worker whose broker would redeliver a job still running (console/jobs/kinds.py).
+    SystemExit, since Celery logs and ignores exceptions from signal handlers."""
+    from console.jobs.kinds import visibility_problem
+
+    problem = visibility_problem()
+    if problem:
+        print(f"ERROR: {problem}", file=sys.stderr, flush=True)
+        raise SystemExit(1)

@@ -19,6 +19,8 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if not header:
             return None
         parts = header.split()
+        if not parts:  # only whitespace (str.split() also splits on \xa0, \x85)
+            raise exceptions.AuthenticationFailed("Malformed Authorization header: use 'Bearer <api key>'.")
         if parts[0].lower() != self.keyword.lower():
             return None
         if len(parts) != 2:

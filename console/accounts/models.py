@@ -11,6 +11,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from console.accounts.choices import RANK, Role
+from console.accounts.revocation import keys_changed
 from console.audit.models import record
 
 KEY_PREFIX = "tau"
@@ -129,6 +130,8 @@ class ApiKey(models.Model):
         """Revoke once; True when this call revoked it (and, with `actor`, audited it)."""
         with transaction.atomic():
             done = ApiKey.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+            if done:
+                keys_changed()  # web processes drop their cached keys (an update() sends no signal)
             if done and actor is not None:
                 record(actor, "apikey.revoke", self, user=self.user.username, name=self.name, prefix=self.prefix)
         self.refresh_from_db(fields=["revoked_at"])

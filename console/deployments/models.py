@@ -97,6 +97,7 @@ class Deployment(models.Model):
         return deployment
 
     def change(self, actor: Any, **fields: Any) -> None:
+        fields.pop("model", None)  # never changes (a PUT/PATCH may name the current one)
         if "config" in fields:
             fields["config"] = deployment_config.normalize(fields["config"], previous=self.config)
         with transaction.atomic():

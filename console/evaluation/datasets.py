@@ -98,6 +98,9 @@ def _jsonl_rows(text: str) -> list[tuple[int, Any]]:
         except json.JSONDecodeError as exc:
             rows.append((n, f"not valid JSON ({exc.msg} at column {exc.colno})"))
             continue
+        except RecursionError:
+            rows.append((n, "nested too deeply; each line must be a flat JSON object"))
+            continue
         rows.append((n, value if isinstance(value, dict) else "each line must be a JSON object"))
     return rows
 

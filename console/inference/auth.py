@@ -12,15 +12,44 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest
 from django.middleware.csrf import CsrfViewMiddleware
+from redis.exceptions import RedisError
 
 from console.accounts.choices import Role
 from console.accounts.models import ApiKey, hash_key
+from console.accounts.revocation import EPOCH_KEY
 from console.inference.errors import ApiError
 from console.inference.gateway import redis_client
 from console.inference.ttl import TTLCache
 
-# A revoked or expired key keeps working in a web process for at most this long.
+# Keys cached per process; a change to any key or user moves the epoch in Redis (console/accounts/revocation.py),
+# checked at most every EPOCH_CHECK_S, which drops the cache. The TTL bounds the delay should Redis not answer.
 KEYS: TTLCache[ApiKey] = TTLCache(ttl_s=float(settings.TAUON_KEY_CACHE_S))
+EPOCH_CHECK_S = 0.25
+
+
+@dataclass(slots=True)
+class _Epoch:
+    value: str | None = None
+    checked: float = float("-inf")
+
+
+_EPOCH = _Epoch()
+
+
+async def _drop_changed_keys() -> None:
+    """Clear KEYS when a key or user changed since the last look (one Redis GET per EPOCH_CHECK_S)."""
+    now = time.monotonic()
+    if now - _EPOCH.checked < EPOCH_CHECK_S:
+        return
+    _EPOCH.checked = now
+    try:
+        value = await redis_client().get(EPOCH_KEY)
+    except RedisError:
+        return
+    value = value.decode() if isinstance(value, bytes) else value
+    if value != _EPOCH.value:
+        KEYS.clear()
+        _EPOCH.value = value
 
 
 @dataclass(slots=True)
@@ -62,6 +91,7 @@ async def authenticate(request: HttpRequest) -> Caller:
     if scheme.lower() != "bearer" or not raw.strip():
         raise ApiError(401, "Send your API key as 'Authorization: Bearer <key>' (create one under API keys).",
                        code="invalid_api_key")
+    await _drop_changed_keys()
     key = await KEYS.get_or_load(hash_key(raw.strip()), lambda: sync_to_async(ApiKey.authenticate)(raw.strip()))
     if key is not None and key.expires_at is not None and key.status != "active":
         key = None  # expired while cached

@@ -33,14 +33,35 @@ class Parsed:
     token_ids: bool = False  # extension `return_token_ids`: each choice also carries its tokens' ids
 
 
+SEED_MAX = 2**63 - 1
+
+
 def load_json(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise invalid(f"The body is not valid JSON ({exc}); send a JSON object.", code="invalid_json") from exc
+    except RecursionError as exc:
+        raise invalid("The body nests too deeply; send a JSON object of the documented shape.",
+                      code="invalid_json") from exc
     if not isinstance(data, dict):
         raise invalid("The body must be a JSON object.", code="invalid_json")
+    for name, value in data.items():
+        _check_encodable(name, value)
     return data
+
+
+def _check_encodable(name: str, value: Any) -> None:
+    """Refuse what JSON parses but nothing downstream can carry: lone surrogates ("\\ud800" is no
+    character, so it has no UTF-8), and values nested too deeply to serialize."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise invalid(f"'{name}' holds a lone UTF-16 surrogate (such as \\ud800), which is not a character; "
+                      f"send valid Unicode text.", name, code="invalid_value") from exc
+    except (RecursionError, ValueError) as exc:
+        raise invalid(f"'{name}' nests too deeply.", name, code="invalid_value") from exc
 
 
 def model_name(data: dict[str, Any]) -> str:
@@ -111,10 +132,8 @@ def _sampling(data: dict[str, Any], config: dict[str, Any], *, max_tokens_names:
         "stop": _stop(data),
     }
     params["ignore_eos"] = _flag(data, "ignore_eos")  # vLLM's extension: generate exactly max_tokens
-    seed = data.get("seed")
+    seed = _integer(data, "seed", None, -SEED_MAX - 1, SEED_MAX)
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise invalid("'seed' must be an integer.", "seed", code="invalid_type")
         params["seed"] = seed
     return params
 
@@ -219,6 +238,7 @@ def texts(data: dict[str, Any], config: dict[str, Any], field: str) -> list[str]
                       code="missing_required_parameter" if value is None else "invalid_type")
     if any(not t for t in value):
         raise invalid(f"'{field}' must not contain empty strings.", field)
+    _check_encodable(field, value)  # /predict's body comes through DRF, not load_json
     cap = int(config["max_input_items"])
     if len(value) > cap:
         raise ApiError(400, f"'{field}' has {len(value)} items, above this deployment's cap of {cap}; split it.",

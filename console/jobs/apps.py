@@ -9,6 +9,8 @@ class JobsConfig(AppConfig):
     label = "jobs"
 
     def ready(self) -> None:
+        from console.jobs import checks  # noqa: F401 - registers the start-up checks
+
         # Extra modules that register job kinds (the test suite registers its own this way).
         for module in settings.TAUON_JOB_KIND_MODULES:
             import_module(module)

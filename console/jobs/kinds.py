@@ -56,3 +56,23 @@ def on_failed(job: Job) -> None:
     kind = KINDS.get(job.kind)
     if kind is not None and kind.on_failed is not None:
         kind.on_failed(job)
+
+
+def visibility_problem() -> str | None:
+    """Why the broker's visibility timeout is too short for some registered kind, or None.
+
+    With acks_late a task stays unacknowledged while it runs; Redis hands it to another worker once the
+    visibility timeout passes, so it must outlast the longest kind's hard limit plus a margin."""
+    from django.conf import settings
+
+    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 3600)
+    limits = {name: kind.time_limit for name, kind in KINDS.items() if kind.time_limit}
+    limits["(any job)"] = settings.TAUON_JOB_HARD_LIMIT_S
+    name, longest = max(limits.items(), key=lambda item: item[1])
+    needed = longest + settings.TAUON_VISIBILITY_MARGIN_S
+    if timeout < needed:
+        return (f"The broker's visibility timeout ({timeout} s) is shorter than the hard limit of job kind "
+                f"'{name}' ({longest} s) plus a {settings.TAUON_VISIBILITY_MARGIN_S} s margin: a running job "
+                f"would be delivered twice. Raise TAUON_JOB_HARD_LIMIT_S to at least {longest}.")
+    return None
+

@@ -58,6 +58,10 @@ class Limits:
                                  f"do not compress that well: check the archive's contents.", code="archive_ratio")
 
 
+MAX_DEPTH = 32  # folders in one entry's path
+MAX_NAME_BYTES = 255  # one path component, as ext4 and most file systems allow
+
+
 def kind_of(filename: str) -> str | None:
     """'zip' or 'tar' by the file's suffix, else None."""
     lower = filename.lower()
@@ -78,6 +82,13 @@ def member_path(name: str) -> PurePosixPath | None:
     if ".." in parts:
         raise ArchiveRefused(f"Archive entry '{name}' contains '..' and would be written outside the model folder "
                              f"(zip-slip); it was refused.", code="unsafe_path")
+    if len(parts) - 1 > MAX_DEPTH:
+        raise ArchiveRefused(f"Archive entry '{name[:200]}…' is {len(parts) - 1} folders deep; a model folder nests at "
+                             f"most {MAX_DEPTH}.", code="unsafe_path")
+    long = next((p for p in parts if len(p.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES), None)
+    if long is not None:
+        raise ArchiveRefused(f"Archive entry '{name[:200]}…' has a name over {MAX_NAME_BYTES} bytes, longer than "
+                             f"file systems allow; shorten it.", code="unsafe_path")
     return PurePosixPath(*parts) if parts else None
 
 
@@ -89,7 +100,14 @@ def _skipped(rel: PurePosixPath) -> bool:
 def _copy(src: BinaryIO, target: Path, declared: int, written_before: int, limits: Limits, archive_size: int) -> int:
     """Stream one member to `target`; refuse as soon as it exceeds its declared size or the caps."""
     written = 0
-    with target.open("xb") as out:
+    try:
+        out = target.open("xb")
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise ArchiveRefused(f"Archive entry '{target.name[:200]}' cannot be written: {exc.strerror}.",
+                             code="unsafe_path") from exc
+    with out:
         while chunk := src.read(CHUNK):
             written += len(chunk)
             if written > declared:

@@ -73,6 +73,7 @@ class PromotionGateSerializer(serializers.ModelSerializer):
         fields = ["id", "model", "alias", "dataset", "metric", "max_regression_pct", "config", "config_key", "rule",
                   "created_by", "created_at"]
         read_only_fields = ["id", "config_key", "rule", "created_by", "created_at"]
+        extra_kwargs = {"alias": {"required": True}}
         validators: list[Any] = []  # the same model, alias, dataset and metric changes the gate (PromotionGate.put)
 
     def validate_config(self, value: Any) -> dict[str, Any]:

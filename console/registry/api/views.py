@@ -199,6 +199,9 @@ class AliasViewSet(mixins.ListModelMixin, ModelScopedViewSet):
             raise NotFound(f"Model '{self.registry_model.name}' has no alias '{name}'.")
         return alias
 
+    def get_object(self) -> Alias:  # what DRF's OPTIONS (metadata) asks for
+        return self.get_alias()
+
     def retrieve(self, request: Request, name: str, alias: str) -> Response:
         return Response(AliasSerializer(self.get_alias()).data)
 
