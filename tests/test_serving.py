@@ -137,6 +137,36 @@ def test_bad_input_gets_a_clear_openai_error_before_any_worker_sees_it(serving, 
     assert live.inflight("chat") == 0  # nothing was left holding a place
 
 
+def test_bad_token_ids_get_a_400_and_fail_no_other_users_request(serving, web_server, llama_dir, alice, charlie,
+                                                                   bob):
+    deploy("chat", llama_dir, owner=bob, config={"max_tokens": 64})
+    a, b = client_for(alice, web_server), client_for(charlie, web_server)
+    prompts = [f"Story {i}: once upon a time" for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        running = [pool.submit(a.completions.create, model="chat", prompt=p, max_tokens=48,
+                               extra_body={"ignore_eos": True}) for p in prompts]
+        for bad in ([1, 2, 999_999_999], [-1]):
+            with pytest.raises(openai.BadRequestError) as caught:
+                b.completions.create(model="chat", prompt=bad, max_tokens=4)
+            assert caught.value.code == "invalid_prompt" and caught.value.body["param"] == "prompt"
+            assert "outside this model's vocabulary" in caught.value.body["message"]
+        answers = [f.result(timeout=120) for f in running]
+    assert all(r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 48 for r in answers)
+
+
+def test_max_tokens_beyond_the_context_is_refused_and_a_default_shrinks_to_fit(serving, web_server, llama_dir,
+                                                                              charlie, bob):
+    deploy("chat", llama_dir, owner=bob, config={"max_tokens": 512, "sampling": {"max_tokens": 512}})
+    client = client_for(charlie, web_server)
+    prompt = list(range(1000, 1200))  # 200 of the model's 256 positions
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="chat", prompt=prompt, max_tokens=100)
+    assert caught.value.code == "context_length_exceeded" and caught.value.body["param"] == "max_tokens"
+    assert "200 tokens and max_tokens asks for 100 more" in caught.value.body["message"]
+    reply = client.completions.create(model="chat", prompt=prompt, extra_body={"ignore_eos": True})
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 56
+
+
 def _error(client: openai.OpenAI, **body) -> openai.APIStatusError:  # type: ignore[no-untyped-def]
     try:
         client.chat.completions.create(model="chat", messages=HELLO, **body)

@@ -125,6 +125,8 @@ def _sampling(data: dict[str, Any], config: dict[str, Any], *, max_tokens_names:
             break
     params: dict[str, Any] = {
         "max_new_tokens": max_tokens or min(int(defaults["max_tokens"]), cap),
+        # a default, not asked for: the engine shrinks it to the context the prompt leaves instead of refusing
+        "fit_context": max_tokens is None,
         "temperature": _number(data, "temperature", float(defaults["temperature"]), 0.0, 2.0),
         "top_p": _number(data, "top_p", float(defaults["top_p"]), 0.0, 1.0) or 1e-6,
         "presence_penalty": _number(data, "presence_penalty", 0.0, -2.0, 2.0),
