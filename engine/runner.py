@@ -161,6 +161,20 @@ def perplexity(stack: nn.Module, ids: list[int]) -> float:
     return float(torch.exp(nll))
 
 
+# Decodes whose contexts are all this short attend in one batched call over a padded copy of their blocks:
+# copying a few hundred tokens costs less than a call per sequence. Longer ones read the cache in place.
+GATHER_MAX_CONTEXT = 256
+
+
+@dataclass(slots=True)
+class _Gather:
+    """Short decodes attended together: their rows, their blocks (padded) and which slots are real."""
+
+    rows: torch.Tensor  # [B]
+    blocks: torch.Tensor  # [B * nb]
+    mask: torch.Tensor  # [B, 1, 1, nb * block_size]
+
+
 @dataclass(slots=True)
 class _Span:
     """One sequence's rows in a step: `n` new tokens at rows [row, row + n), positions from `start`."""
@@ -178,7 +192,8 @@ class ModelRunner:
     a prefill chunk's many) are packed into one [T, hidden] matrix so that every matmul is shared,
     their keys and values are written into the cache, and attention runs per sequence, reading its
     cached keys and values in place: one strided view of the cache per run of contiguous blocks (the
-    block manager keeps a sequence's blocks together), copied only when a sequence's blocks are split."""
+    block manager keeps a sequence's blocks together), copied only when a sequence's blocks are split.
+    Decodes with short contexts are the exception: they attend in one call over a padded gather."""
 
     def __init__(self, stack: nn.Module, *, num_blocks: int, block_size: int, device: torch.device,
                  dtype: torch.dtype):
@@ -219,11 +234,12 @@ class ModelRunner:
                 last.append(row + n - 1)
         ids_t = torch.tensor(ids, device=dev)
         slots_t = torch.tensor(slots, device=dev)
+        spans, gather = self._plan(spans)
         x, rope = self.stack.embed_tokens(ids_t, torch.tensor(pos, device=dev))  # x: [T, hidden]
         for i in range(self.num_layers):
             q, k, v = self.stack.qkv(i, x, rope)  # q: [T, H, D]; k, v: [T, Hkv, D]
             self._write(i, k, v, slots_t)
-            x = self.stack.post(i, x, self._attend(i, q, k, v, spans).view(len(ids), -1))
+            x = self.stack.post(i, x, self._attend(i, q, k, v, spans, gather).view(len(ids), -1))
         return self.stack.logits(x.index_select(0, torch.tensor(last, device=dev, dtype=torch.long))).float()
 
     def _write(self, i: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
@@ -232,11 +248,32 @@ class ModelRunner:
         flat[0].index_copy_(1, slots, k.transpose(0, 1))
         flat[1].index_copy_(1, slots, v.transpose(0, 1))
 
-    def _attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: list[_Span]) -> torch.Tensor:
+    def _plan(self, spans: list[_Span]) -> tuple[list[_Span], _Gather | None]:
+        """Split off the short decodes to attend together; the rest attend one sequence at a time."""
+        short = [sp for sp in spans if sp.n == 1 and 0 < sp.start < GATHER_MAX_CONTEXT]
+        if len(short) < 2:
+            return spans, None
+        bs, dev = self.block_size, self.device
+        tables = [[a // bs + j for a, n in sp.runs for j in range((n + bs - 1) // bs)] for sp in short]
+        nb = max(len(t) for t in tables)
+        ctx = torch.tensor([sp.start + 1 for sp in short], device=dev)
+        mask = (torch.arange(nb * bs, device=dev)[None, :] < ctx[:, None]).view(len(short), 1, 1, nb * bs)
+        gather = _Gather(torch.tensor([sp.row for sp in short], device=dev),
+                         torch.tensor([b for t in tables for b in t + [0] * (nb - len(t))], device=dev), mask)
+        return [sp for sp in spans if not (sp.n == 1 and 0 < sp.start < GATHER_MAX_CONTEXT)], gather
+
+    def _attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: list[_Span],
+                gather: _Gather | None) -> torch.Tensor:
         flat = self.kv[i].view(2, self.stack.num_kv_heads, -1, self.stack.head_dim)  # [2, Hkv, slots, D]
         Hkv, G, D = self.stack.num_kv_heads, self.groups, self.stack.head_dim
         scale = self._layer_scale(i)
         out = torch.empty_like(q)
+        if gather is not None:  # [2, Hkv, B * nb, bs, D] → keys, values [B, Hkv, L, D]
+            B, L = gather.mask.shape[0], gather.mask.shape[-1]
+            kv = self.kv[i].index_select(2, gather.blocks).view(2, Hkv, B, L, D).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q.index_select(0, gather.rows).view(B, Hkv, G, D), kv[0], kv[1],
+                                               attn_mask=gather.mask, scale=scale)
+            out.index_copy_(0, gather.rows, o.reshape(B, -1, D))
         for sp in spans:
             rows = slice(sp.row, sp.row + sp.n)
             if sp.start == 0:  # a whole prompt, or its first chunk: its own keys, causal

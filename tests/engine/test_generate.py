@@ -126,3 +126,19 @@ def test_engine_from_pretrained_picks_the_llm_engine_and_reports_stats(tiny_llam
         stats = engine.stats()
     assert stats.generated_tokens == 6 and stats.running == 0 and stats.waiting == 0
     assert stats.kv_blocks_total > 0 and 0.0 <= stats.kv_cache_usage <= 1.0 and stats.peak_batch_size == 1
+
+
+@pytest.mark.parametrize("gather_below", [0, 10**6], ids=["in-place", "gathered"])
+def test_chunked_prefill_and_both_attention_paths_match_hf(tiny_llama: Path, gather_below: int,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine import runner
+
+    monkeypatch.setattr(runner, "GATHER_MAX_CONTEXT", gather_below)
+    hf = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    prompts = [list(range(100 + 40 * i, 100 + 40 * i + n)) for i, n in enumerate((90, 7, 150, 33))]
+    # a 16-token step budget: every prompt longer than that is prefilled in chunks between decodes
+    config = EngineConfig(kv_cache_bytes=8 << 20, max_num_seqs=8, block_size=8, max_batch_tokens=16)
+    with LLMEngine.from_pretrained(tiny_llama, config) as engine:
+        results = [h.result(60) for h in [engine.generate(p, greedy(20)) for p in prompts]]
+    for ids, result in zip(prompts, results, strict=True):
+        assert_greedy_parity(hf, ids, result.token_ids, hf_greedy(hf, ids, 20, eos=False))
