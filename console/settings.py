@@ -173,6 +173,9 @@ TAUON_EXPLAIN_MAX_OUTPUT_TOKENS = env_int("TAUON_EXPLAIN_MAX_OUTPUT_TOKENS", 64)
 TAUON_EXPLAIN_MAX_PROMPT_TOKENS = env_int("TAUON_EXPLAIN_MAX_PROMPT_TOKENS", 512)
 # explain jobs one user may have queued or running at once (more are refused with 429); 0 = no cap
 TAUON_EXPLAIN_MAX_PER_USER = env_int("TAUON_EXPLAIN_MAX_PER_USER", 2)
+# explain runs below serving: before each chunk of its work it waits while the replica's engine has requests,
+# at most this many seconds (so it still moves under steady traffic); 0 turns the waiting off
+TAUON_EXPLAIN_YIELD_S = env_int("TAUON_EXPLAIN_YIELD_S", 2)
 # Evaluation jobs: their queue (give long jobs workers of their own), time limits, the dataset size cap.
 TAUON_EVALUATION_QUEUE = env_str("TAUON_EVALUATION_QUEUE", "jobs")
 TAUON_EVALUATION_SOFT_LIMIT_S = env_int("TAUON_EVALUATION_SOFT_LIMIT_S", 2 * 3600)
