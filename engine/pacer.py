@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 
 Pause = Callable[[], None]  # called before every paced chunk: may wait (serving goes first) or raise (cancel)
-CHUNK_S = 0.25  # a paced chunk runs about this long, so pauses (and cancels) come at least that often
+CHUNK_S = 0.1  # a paced chunk runs about this long, so pauses (and cancels) come at least that often
 FIRST_CHUNK_TOKENS = 256  # the first chunk, which measures the pace
 
 
@@ -44,3 +44,28 @@ class Pacer:
             self.measured(k * cost, time.perf_counter() - began)
             start += k
         return torch.cat(out)
+
+
+class ServingFirst:
+    """A pause that lets serving go first: while `busy()` (the serving engine has requests to run) it
+    waits, at most `max_wait_s` per pause so the paced work still moves under steady traffic, calling
+    `check()` (which may raise, e.g. on a cancel) while it waits and once after."""
+
+    def __init__(self, busy: Callable[[], bool] | None, max_wait_s: float, check: Callable[[], None] | None = None,
+                 poll_s: float = 0.005):
+        self.busy, self.max_wait_s, self.check, self.poll_s = busy, max_wait_s, check, poll_s
+        self.pauses = 0
+        self.waited_s = 0.0
+
+    def __call__(self) -> None:
+        self.pauses += 1
+        if self.busy is not None and self.max_wait_s > 0:
+            began = time.monotonic()
+            until = began + self.max_wait_s
+            while self.busy() and time.monotonic() < until:
+                if self.check is not None:
+                    self.check()
+                time.sleep(self.poll_s)
+            self.waited_s += time.monotonic() - began
+        if self.check is not None:
+            self.check()
