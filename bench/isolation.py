@@ -1,7 +1,7 @@
 """`python -m bench.isolation`: does Explain starve serving? User B's short completion (10 new tokens, greedy)
 on SmolLM2-135M, idle and while N Shapley explain runs share the replica's process (as on a serving worker:
 the engine's loop thread beside explain threads running attribution over the engine's own weights), with
-explain's priority off (its forwards run whole, as before issue 13) and on (paced in ~0.25 s chunks,
+explain's priority off (its forwards run whole, as before issue 13) and on (paced in ~0.1 s chunks,
 waiting before each while the engine has work: engine/pacer.py, as workers/explain.py runs it).
 
     python -m bench.isolation [--model FOLDER] [--explains 4] [--requests 5] [--yield-s 2]

@@ -3,7 +3,7 @@ travels on the deployment's queue). It borrows the replica's loaded engine for i
 (engine/attribute.py runs its own forward over them, so the engine's running batches are untouched),
 reports progress as it goes, and returns the result the job keeps.
 
-Explain runs below serving: its forwards go in chunks of about a quarter second (engine/pacer.py), and
+Explain runs below serving: its forwards go in chunks of about a tenth of a second (engine/pacer.py), and
 before each chunk its `gate` waits while the replica's engine has requests to run (at most
 TAUON_EXPLAIN_YIELD_S, so explain still moves under steady traffic) and checks for a cancel, which
 therefore ends the job within about a chunk."""
