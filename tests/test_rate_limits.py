@@ -95,3 +95,14 @@ def test_two_keys_of_one_user_share_the_users_budget_and_a_key_with_its_own_limi
     own.set_limits(alice, own_limits=True, tokens_per_minute=30)  # an admin gives this key a budget of its own
     assert served(complete(web_server, raw, max_tokens=20)) == 25
     assert complete(web_server, first, max_tokens=15).status_code == 200  # 40 + 20 ≤ 60: the user's is untouched
+
+
+def test_the_browser_session_draws_on_the_same_budget_as_the_users_keys(charlie, alice):
+    from console.inference.auth import caller_for
+
+    shared, _ = ApiKey.issue(charlie, "laptop")
+    own, _ = ApiKey.issue(charlie, "batch")
+    own.set_limits(alice, own_limits=True, requests_per_minute=5)
+    session = caller_for(charlie, None).budget
+    assert caller_for(charlie, shared).budget == session and session.bucket == f"user:{charlie.pk}"
+    assert caller_for(charlie, own).budget.bucket == f"key:{own.pk}" and caller_for(charlie, own).budget.own
