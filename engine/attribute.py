@@ -18,7 +18,9 @@ of the predicted (or a named) label.
 
 The forward never goes through hooks on shared modules: for the engine's causal LMs it runs the
 engine's own layer stack (`LLMEngine.stack`: the served weights, quantized or not) directly, without a
-KV cache, so the engine's concurrent batches are untouched; encoders take `inputs_embeds`.
+KV cache, so the engine's concurrent batches are untouched; encoders take `inputs_embeds`. Given a
+`pause`, every forward runs in short chunks with `pause` called before each (engine/pacer.py): that is
+how Explain lets the serving engine go first and sees a cancel.
 Plain Python and torch; no Django, no Celery."""
 
 from __future__ import annotations
