@@ -182,14 +182,22 @@ CELERY_IMPORTS = ["workers.serving"]
 # Serving: replicas beat every TAUON_REPLICA_HEARTBEAT_S; one silent for TAUON_REPLICA_LOST_S is lost.
 TAUON_REPLICA_HEARTBEAT_S = env_int("TAUON_REPLICA_HEARTBEAT_S", 1)
 TAUON_REPLICA_LOST_S = env_int("TAUON_REPLICA_LOST_S", 5)
-# Inference: per-API-key limits unless the key sets its own (0 = unlimited).
-TAUON_KEY_REQUESTS_PER_MINUTE = env_int("TAUON_KEY_REQUESTS_PER_MINUTE", 600)
-TAUON_KEY_TOKENS_PER_MINUTE = env_int("TAUON_KEY_TOKENS_PER_MINUTE", 200_000)
+# Inference: each user's budget per minute, shared by all their keys and their browser session (a key an
+# admin gave its own limits has its own budget); 0 = unlimited. The TAUON_KEY_* names of earlier releases
+# still work.
+TAUON_USER_REQUESTS_PER_MINUTE = env_int("TAUON_USER_REQUESTS_PER_MINUTE",
+                                         env_int("TAUON_KEY_REQUESTS_PER_MINUTE", 600))
+TAUON_USER_TOKENS_PER_MINUTE = env_int("TAUON_USER_TOKENS_PER_MINUTE", env_int("TAUON_KEY_TOKENS_PER_MINUTE", 200_000))
 TAUON_KEY_CACHE_S = env_int("TAUON_KEY_CACHE_S", 5)  # key cache TTL; revocations arrive sooner via Redis
 TAUON_REDIS_MAX_CONNECTIONS = env_int("TAUON_REDIS_MAX_CONNECTIONS", 512)  # per web process
 # explain (token attribution) caps: longer answers or prompts are refused with the cap named
 TAUON_EXPLAIN_MAX_OUTPUT_TOKENS = env_int("TAUON_EXPLAIN_MAX_OUTPUT_TOKENS", 64)
 TAUON_EXPLAIN_MAX_PROMPT_TOKENS = env_int("TAUON_EXPLAIN_MAX_PROMPT_TOKENS", 512)
+# explain jobs one user may have queued or running at once (more are refused with 429); 0 = no cap
+TAUON_EXPLAIN_MAX_PER_USER = env_int("TAUON_EXPLAIN_MAX_PER_USER", 2)
+# explain runs below serving: before each chunk of its work it waits while the replica's engine has requests,
+# at most this many seconds (so it still moves under steady traffic); 0 turns the waiting off
+TAUON_EXPLAIN_YIELD_S = env_int("TAUON_EXPLAIN_YIELD_S", 2)
 # Evaluation jobs: their queue (give long jobs workers of their own), time limits, the dataset size cap.
 TAUON_EVALUATION_QUEUE = env_str("TAUON_EVALUATION_QUEUE", "jobs")
 TAUON_EVALUATION_SOFT_LIMIT_S = env_int("TAUON_EVALUATION_SOFT_LIMIT_S", 2 * 3600)

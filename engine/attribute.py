@@ -18,7 +18,9 @@ of the predicted (or a named) label.
 
 The forward never goes through hooks on shared modules: for the engine's causal LMs it runs the
 engine's own layer stack (`LLMEngine.stack`: the served weights, quantized or not) directly, without a
-KV cache, so the engine's concurrent batches are untouched; encoders take `inputs_embeds`.
+KV cache, so the engine's concurrent batches are untouched; encoders take `inputs_embeds`. Given a
+`pause`, every forward runs in short chunks with `pause` called before each (engine/pacer.py): that is
+how Explain lets the serving engine go first and sees a cancel.
 Plain Python and torch; no Django, no Celery."""
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from engine.pacer import Pacer, Pause
 
 METHODS = ("feature_ablation", "integrated_gradients", "shapley")
 SPANS = ("prompt", "user")  # every prompt token, or only the text of the user messages
@@ -251,9 +255,10 @@ def baseline_token(tokenizer: Any) -> int:
 def explain_generation(model: Any, tokenizer: Any, prompt: Prompt, targets: list[int], method: str = "feature_ablation",
                        *, baseline_id: int | None = None, batch_size: int = DEFAULTS["batch_size"],
                        steps: int = DEFAULTS["steps"], samples: int = DEFAULTS["samples"], seed: int = 0,
-                       progress: Progress | None = None) -> Attribution:
+                       progress: Progress | None = None, pause: Pause | None = None) -> Attribution:
     """Attribute each of `targets` (the answer's exact token ids) to the features of `prompt`.
-    `model`: the engine's layer stack (`LLMEngine.stack`) or a Hugging Face causal LM."""
+    `model`: the engine's layer stack (`LLMEngine.stack`) or a Hugging Face causal LM. With `pause`, every
+    forward runs in short chunks (see Pacer) and `pause` is called before each."""
     if not targets:
         raise AttributionError("there is no answer to explain (no output tokens)")
     batch_size = fit_batch(method, batch_size, len(prompt.ids) + len(targets))
@@ -265,13 +270,15 @@ def explain_generation(model: Any, tokenizer: Any, prompt: Prompt, targets: list
     target_t = torch.tensor(list(targets), device=dev)
     n_prompt = len(prompt.ids)
     counter = _Counter(len(targets) * steps if method == "integrated_gradients" else plan["sequences"], progress)
+    pacer = Pacer(pause) if pause is not None else None
     started = time.perf_counter()
     if method == "integrated_gradients":
-        rows = _integrated_gradients(fwd, full, n_prompt, target_t, prompt, baseline_id, steps, batch_size, counter)
+        rows = _integrated_gradients(fwd, full, n_prompt, target_t, prompt, baseline_id, steps, batch_size, counter,
+                                     pacer)
         batches = plan["batches"]
     else:
         rows, batches = _perturb(fwd, full, n_prompt, target_t, prompt, baseline_id, method, batch_size, samples,
-                                 seed, counter)
+                                 seed, counter, pacer)
     return Attribution(prompt.labels, token_texts(tokenizer, list(targets)), rows, method, counter.sequences,
                        batches, round(time.perf_counter() - started, 3),
                        {"baseline_token": tokenizer.convert_ids_to_tokens([baseline_id])[0]})
@@ -291,7 +298,7 @@ class _Counter:
 
 def _perturb(fwd: CausalForward, full: torch.Tensor, n_prompt: int, targets: torch.Tensor, prompt: Prompt,
              baseline_id: int, method: str, batch_size: int, samples: int, seed: int,
-             counter: _Counter) -> tuple[list[list[float]], int]:
+             counter: _Counter, pacer: Pacer | None = None) -> tuple[list[list[float]], int]:
     from captum.attr import FeatureAblation, ShapleyValueSampling
 
     n = len(prompt.features)
@@ -308,7 +315,10 @@ def _perturb(fwd: CausalForward, full: torch.Tensor, n_prompt: int, targets: tor
         off = torch.zeros_like(ids, dtype=torch.bool)
         off[:, in_span] = mask[:, owner[in_span]] == 0
         ids[off] = baseline_id
-        out = fwd.logprobs(fwd.embed(ids), n_prompt, targets)
+        if pacer is None:
+            out = fwd.logprobs(fwd.embed(ids), n_prompt, targets)
+        else:
+            out = pacer.run(B, ids.shape[1], lambda rows: fwd.logprobs(fwd.embed(ids[rows]), n_prompt, targets))
         counter.add(B)
         return out
 
@@ -332,7 +342,7 @@ def _path(steps: int) -> tuple[list[float], list[float]]:
 
 def _integrated_gradients(fwd: CausalForward, full: torch.Tensor, n_prompt: int, targets: torch.Tensor,
                           prompt: Prompt, baseline_id: int, steps: int, batch_size: int,
-                          counter: _Counter) -> list[list[float]]:
+                          counter: _Counter, pacer: Pacer | None = None) -> list[list[float]]:
     positions = torch.tensor(prompt.positions, device=full.device)
     base_ids = full.clone()
     base_ids[positions] = baseline_id
@@ -341,20 +351,28 @@ def _integrated_gradients(fwd: CausalForward, full: torch.Tensor, n_prompt: int,
         base = fwd.embed(base_ids[None]).detach()
     weights, alphas = _path(steps)
     grads = _path_gradients(lambda e: fwd.logprobs(e, n_prompt, targets), x, base, alphas, weights, batch_size,
-                            len(targets), counter)  # [T, L, H]
+                            len(targets), counter, pacer)  # [T, L, H]
     per_token = (grads * (x - base)).sum(-1)  # [T, L]
     return _group(per_token, prompt.features)
 
 
 def _path_gradients(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, base: torch.Tensor,
                     alphas: list[float], weights: list[float], batch_size: int, n_out: int,
-                    counter: _Counter) -> torch.Tensor:
+                    counter: _Counter, pacer: Pacer | None = None) -> torch.Tensor:
     """Σ_s w_s · ∂out_t/∂x at x_s = base + α_s (x − base), for each output t: [T, L, H].
-    One forward per batch of path points, then one backward per output (the graph is kept between them)."""
+    One forward per batch of path points, then one backward per output (the graph is kept between them).
+    With a pacer, batches are sized to its pace (a backward costs about two forwards)."""
     total = torch.zeros(n_out, *x.shape[1:], device=x.device)
-    for start in range(0, len(alphas), batch_size):
-        a = torch.tensor(alphas[start:start + batch_size], device=x.device, dtype=x.dtype).view(-1, 1, 1)
-        w = torch.tensor(weights[start:start + batch_size], device=x.device, dtype=torch.float32).view(-1, 1, 1)
+    cost = x.shape[1] * (1 + 2 * n_out)  # token-forwards per path point
+    start = 0
+    while start < len(alphas):
+        size = batch_size if pacer is None else pacer.rows(cost, min(batch_size, len(alphas) - start))
+        if pacer is not None:
+            pacer.pause()
+        began = time.perf_counter()
+        a = torch.tensor(alphas[start:start + size], device=x.device, dtype=x.dtype).view(-1, 1, 1)
+        w = torch.tensor(weights[start:start + size], device=x.device, dtype=torch.float32).view(-1, 1, 1)
+        start += size
         with torch.enable_grad():
             points = (base + a * (x - base)).requires_grad_(True)  # [S, L, H]
             out = forward(points)  # [S, T]
@@ -365,6 +383,8 @@ def _path_gradients(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
                 (g,) = torch.autograd.grad(out[:, t].sum(), points, retain_graph=t < n_out - 1)
                 total[t] += (g.float() * w).sum(0)
                 counter.add(len(a) if t == 0 else 0, work=len(a))
+        if pacer is not None:
+            pacer.measured(size * cost, time.perf_counter() - began)
     return total
 
 
@@ -378,7 +398,7 @@ def _group(per_token: torch.Tensor, features: list[list[int]]) -> list[list[floa
 
 def explain_classification(model: Any, tokenizer: Any, text: str, *, label: str | None = None, words: bool = False,
                            steps: int = 32, batch_size: int = DEFAULTS["batch_size"], max_length: int = 512,
-                           progress: Progress | None = None) -> Attribution:
+                           progress: Progress | None = None, pause: Pause | None = None) -> Attribution:
     """Integrated gradients on the token embeddings towards the probability of `label` (default: the
     predicted one), for a sequence-classification model. Special tokens ([CLS], [SEP]) stay; the others
     move from the padding token's embedding to their own."""
@@ -421,7 +441,8 @@ def explain_classification(model: Any, tokenizer: Any, text: str, *, label: str 
     weights, alphas = _path(steps)
     counter = _Counter(steps, progress)  # one output: one backward per path point
     batch_size = fit_batch("integrated_gradients", batch_size, len(ids))
-    grads = _path_gradients(forward, x, base, alphas, weights, batch_size, 1, counter)
+    grads = _path_gradients(forward, x, base, alphas, weights, batch_size, 1, counter,
+                            Pacer(pause) if pause is not None else None)
     per_token = (grads * (x - base)).sum(-1)  # [1, L]
     return Attribution(labels, [str(id2label[index])], _group(per_token, features), "integrated_gradients",
                        counter.sequences, math.ceil(steps / batch_size), round(time.perf_counter() - started, 3),

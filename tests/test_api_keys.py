@@ -6,6 +6,7 @@ from datetime import timedelta
 from io import StringIO
 
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -18,7 +19,7 @@ from tests.conftest import make_user
 pytestmark = pytest.mark.django_db
 
 LISTED_FIELDS = {"id", "name", "prefix", "user", "status", "created_at", "expires_at", "last_used_at", "revoked_at",
-                 "requests_per_minute", "tokens_per_minute"}
+                 "own_limits", "requests_per_minute", "tokens_per_minute"}
 
 
 def bearer(raw: str) -> APIClient:
@@ -122,7 +123,7 @@ def test_an_admin_revokes_anyones_key(alice, bob, admin_api):
     assert admin_api.post(f"/api/keys/{key.pk}/revoke").json() | {"revoked_at": None, "created_at": None} == {
         "id": key.pk, "name": "leaked", "prefix": key.prefix, "user": "bob", "status": "revoked",
         "created_at": None, "expires_at": None, "last_used_at": None, "revoked_at": None,
-        "requests_per_minute": None, "tokens_per_minute": None}
+        "own_limits": False, "requests_per_minute": None, "tokens_per_minute": None}
     error_of(bearer(raw).get("/api/models/"), 401)
     event = AuditEvent.objects.get(action="apikey.revoke")
     assert event.actor == alice and event.data["user"] == "bob"
@@ -176,8 +177,30 @@ def test_only_admins_give_a_key_its_own_rate_limits(admin_api, user_api):
     made = admin_api.post("/api/keys/", {"name": "batch", "requests_per_minute": 0, "tokens_per_minute": 5000},
                           format="json")
     assert made.status_code == 201, made.content
-    assert (made.json()["requests_per_minute"], made.json()["tokens_per_minute"]) == (0, 5000)
+    assert (made.json()["own_limits"], made.json()["requests_per_minute"], made.json()["tokens_per_minute"]) == (
+        True, 0, 5000)
     refused = user_api.post("/api/keys/", {"name": "mine", "requests_per_minute": 0}, format="json")
     assert refused.status_code == 400
     assert refused.json()["error"]["field"] == "requests_per_minute"
     assert "Only admins" in refused.json()["error"]["message"]
+    refused = user_api.post("/api/keys/", {"name": "mine", "own_limits": True}, format="json")
+    assert refused.status_code == 400 and refused.json()["error"]["field"] == "own_limits"
+    assert not ApiKey.objects.filter(name="mine").exists()
+
+
+def test_an_admin_gives_an_existing_key_its_own_budget_and_its_owner_cannot(alice, charlie, admin_api, user_api):
+    key, _ = ApiKey.issue(charlie, "laptop")
+    assert key.own_limits is False  # a user's keys share the user's budget
+    error_of(user_api.patch(f"/api/keys/{key.pk}/", {"own_limits": True}, format="json"), 403)
+    res = admin_api.patch(f"/api/keys/{key.pk}/", {"tokens_per_minute": 900}, format="json")
+    assert res.status_code == 200, res.content
+    assert (res.json()["own_limits"], res.json()["requests_per_minute"], res.json()["tokens_per_minute"]) == (
+        True, None, 900)
+    key.refresh_from_db()
+    assert key.own_limits and key.limits() == (settings.TAUON_USER_REQUESTS_PER_MINUTE, 900)  # the site default fills what was not given
+    event = AuditEvent.objects.get(action="apikey.limits")
+    assert event.actor == alice and event.data["tokens_per_minute"] == 900
+    back = admin_api.patch(f"/api/keys/{key.pk}/", {"own_limits": False}, format="json").json()
+    assert (back["own_limits"], back["tokens_per_minute"]) == (False, None)
+    error_of(admin_api.patch(f"/api/keys/{key.pk}/", {"own_limits": False, "tokens_per_minute": 5}, format="json"),
+             400)

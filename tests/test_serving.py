@@ -247,12 +247,13 @@ def test_per_key_rate_limits_answer_429_with_retry_after(serving, web_server, ll
         by_requests.chat.completions.create(model="chat", messages=HELLO, max_tokens=1)
     assert caught.value.code == "rate_limit_requests" and 1 <= int(caught.value.response.headers["Retry-After"]) <= 60
 
-    by_tokens = client_for(charlie, web_server, tokens_per_minute=10)
+    by_tokens = client_for(charlie, web_server, tokens_per_minute=100)  # a chat reserves its prompt's bound (55)
     by_tokens.chat.completions.create(model="chat", messages=HELLO, max_tokens=8,
-                                      extra_body={"ignore_eos": True})  # more than 10 tokens in all
-    with pytest.raises(openai.RateLimitError) as caught:
-        by_tokens.chat.completions.create(model="chat", messages=HELLO, max_tokens=1)
-    assert caught.value.code == "rate_limit_tokens"
+                                      extra_body={"ignore_eos": True})  # + max_tokens; settles at its usage
+    by_tokens.chat.completions.create(model="chat", messages=HELLO, max_tokens=8, extra_body={"ignore_eos": True})
+    with pytest.raises(openai.RateLimitError) as caught:  # two real usages left less than this reservation
+        by_tokens.chat.completions.create(model="chat", messages=HELLO, max_tokens=40)
+    assert caught.value.code == "rate_limit_tokens" and int(caught.value.response.headers["Retry-After"]) >= 1
 
 
 def test_embeddings_through_the_openai_client_equal_the_engine(serving, web_server, charlie, bob):

@@ -51,3 +51,24 @@ def test_an_admin_revokes_a_key_from_the_admin_without_seeing_its_hash(client, a
     key.refresh_from_db()
     assert key.status == "revoked"
     assert AuditEvent.objects.get(action="apikey.revoke").actor == alice
+
+
+def test_an_admin_sets_a_users_budget_and_gives_one_key_its_own_in_the_admin(client, alice, charlie):
+    from console.accounts.models import user_limits
+
+    key, _ = ApiKey.issue(charlie, "batch")
+    client.force_login(alice)
+    response = client.post(f"/admin/accounts/apikey/{key.pk}/change/", {"own_limits": "on",
+                                                                        "requests_per_minute": "",
+                                                                        "tokens_per_minute": "5000"})
+    assert response.status_code == 302, response.content[:3000]
+    key.refresh_from_db()
+    assert key.own_limits and (key.requests_per_minute, key.tokens_per_minute) == (None, 5000)
+    assert AuditEvent.objects.get(action="apikey.limits").actor == alice
+    response = client.post(f"/admin/accounts/user/{charlie.pk}/change/", {
+        "username": "charlie", "role": "user", "is_active": "on", "requests_per_minute": "30",
+        "tokens_per_minute": "", "first_name": "", "last_name": "", "email": "", "last_login_0": "",
+        "last_login_1": "", "date_joined_0": "2026-01-01", "date_joined_1": "00:00:00"})
+    assert response.status_code == 302, response.content[:3000]
+    charlie.refresh_from_db()
+    assert user_limits(charlie)[0] == 30

@@ -1,18 +1,27 @@
 """The `explain` job: token attributions for one answer, on a worker that hosts the deployment (the job
 travels on the deployment's queue). It borrows the replica's loaded engine for its tokenizer and weights
 (engine/attribute.py runs its own forward over them, so the engine's running batches are untouched),
-reports progress as it goes (cancel takes effect at the next report), and returns the result the job keeps."""
+reports progress as it goes, and returns the result the job keeps.
+
+Explain runs below serving: its forwards go in chunks of about a tenth of a second (engine/pacer.py), and
+before each chunk its `gate` waits while the replica's engine has requests to run (at most
+TAUON_EXPLAIN_YIELD_S, so explain still moves under steady traffic) and checks for a cancel, which
+therefore ends the job within about a chunk."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
-from console.jobs.models import Job
+from console.jobs.models import Job, JobCancelled
+
+if TYPE_CHECKING:
+    from engine.pacer import ServingFirst
 
 REPORT_EVERY_S = 0.5
+CANCEL_POLL_S = 0.2  # how often the gate reads the job's cancel flag
 
 
 class ExplainError(Exception):
@@ -41,6 +50,26 @@ def explain(job: Job) -> dict[str, Any]:
         return result
     finally:
         runner.release(loaded)
+
+
+def gate(job: Job, engine: Any) -> ServingFirst:
+    """The pause before every chunk of attribution: the replica's engine goes first (TAUON_EXPLAIN_YIELD_S at
+    most per chunk), and a cancel is seen (JobCancelled; the flag is read every CANCEL_POLL_S)."""
+    checked = [0.0]
+
+    def check_cancel() -> None:
+        now = time.monotonic()
+        if now - checked[0] < CANCEL_POLL_S:
+            return
+        checked[0] = now
+        if Job.objects.filter(pk=job.pk, cancel_requested=True).exists():
+            raise JobCancelled()
+
+    from engine.pacer import ServingFirst
+
+    scheduler = getattr(engine, "scheduler", None)
+    return ServingFirst(scheduler.has_work if scheduler is not None else None, settings.TAUON_EXPLAIN_YIELD_S,
+                        check_cancel)
 
 
 def _progress(job: Job, what: str):  # type: ignore[no-untyped-def]
@@ -94,15 +123,18 @@ def _generation(job: Job, engine: Any, p: dict[str, Any]) -> dict[str, Any]:
                log=f"Estimate: {len(prompt.features)} input features × {len(targets)} output tokens → "
                    f"{plan['sequences']} sequences in {plan['batches']} batched forward passes"
                    + (f" and {plan['backwards'] * plan['batches']} backward passes" if plan["backwards"] else "") + ".")
+    pause = gate(job, engine)
     result = A.explain_generation(engine.stack, tokenizer, prompt, targets, method,
-                                  progress=_progress(job, method.replace("_", " ")), **options)
+                                  progress=_progress(job, method.replace("_", " ")), pause=pause, **options)
     out = result.as_dict()
     out.update(output_text=tokenizer.decode(targets, skip_special_tokens=False), output_ids=targets,
                generated=generated, output_round_trips=exact, span=p.get("span", "prompt"),
                words=bool(p.get("words")),
-               prompt_tokens=len(prompt.ids), estimate=plan)
+               prompt_tokens=len(prompt.ids), estimate=plan, chunks=pause.pauses,
+               yielded_s=round(pause.waited_s, 3))
     job.report(1.0, f"Done in {result.seconds:.1f} s",
-               log=f"{result.forward_passes} sequences in {result.batches} forward passes, {result.seconds:.1f} s.")
+               log=f"{result.forward_passes} sequences in {result.batches} forward passes ({pause.pauses} chunks), "
+                   f"{result.seconds:.1f} s, of which {pause.waited_s:.1f} s waiting for serving.")
     return out
 
 
@@ -115,7 +147,7 @@ def _classification(job: Job, engine: Any, p: dict[str, Any]) -> dict[str, Any]:
     job.report(0.05, "integrated gradients", log=f"Estimate: {steps} path points through the model, one backward each.")
     result = A.explain_classification(engine.model, engine.tokenizer, p["input"], label=p.get("label"),
                                       words=bool(p.get("words")), steps=steps, max_length=engine.max_length,
-                                      progress=_progress(job, "integrated gradients"))
+                                      progress=_progress(job, "integrated gradients"), pause=gate(job, engine))
     out = result.as_dict()
     out.update(words=bool(p.get("words")), text=p["input"])
     return out

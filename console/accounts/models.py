@@ -19,6 +19,10 @@ KEY_PREFIX = "tau"
 
 class User(AbstractUser):
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.USER)
+    # The user's inference budget per minute, shared by their keys and browser session (set by admins);
+    # empty means the site default (TAUON_USER_REQUESTS_PER_MINUTE / _TOKENS_), 0 means none.
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
 
     @property
     def effective_role(self) -> str:
@@ -47,6 +51,14 @@ class User(AbstractUser):
         return self.has_role(Role.ADMIN)
 
 
+def user_limits(user: Any) -> tuple[int, int]:
+    """(requests, tokens) per minute of a user's inference budget, which all their keys (but those with
+    limits of their own) and their browser session share; 0 is unlimited."""
+    rpm, tpm = getattr(user, "requests_per_minute", None), getattr(user, "tokens_per_minute", None)
+    return (settings.TAUON_USER_REQUESTS_PER_MINUTE if rpm is None else rpm,
+            settings.TAUON_USER_TOKENS_PER_MINUTE if tpm is None else tpm)
+
+
 def hash_key(raw: str) -> str:
     # Keys are 256-bit random secrets, so one SHA-256 is the right hash (no stretching needed).
     return hashlib.sha256(raw.encode()).hexdigest()
@@ -71,7 +83,10 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
-    # Inference rate limits; empty means the site default (TAUON_KEY_REQUESTS_PER_MINUTE / _TOKENS_), 0 means none.
+    # Inference rate limits. Without own_limits the key shares its user's budget (and these are unused); with
+    # own_limits (set by admins only) it has a budget of its own: these, or when empty the site default
+    # (TAUON_USER_REQUESTS_PER_MINUTE / _TOKENS_); 0 means none.
+    own_limits = models.BooleanField(default=False)
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
     tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
 
@@ -85,15 +100,19 @@ class ApiKey(models.Model):
 
     @classmethod
     def issue(cls, user: User, name: str, expires_at: datetime | None = None, *, actor: Any = None,
-              requests_per_minute: int | None = None, tokens_per_minute: int | None = None) -> tuple[ApiKey, str]:
-        """Create a key; return it with the raw secret, which is never stored.
+              requests_per_minute: int | None = None, tokens_per_minute: int | None = None,
+              own_limits: bool | None = None) -> tuple[ApiKey, str]:
+        """Create a key; return it with the raw secret, which is never stored. Limits given make the key's
+        budget its own (`own_limits`); callers check that only admins give them.
 
         With `actor` (every user-facing path passes one) the creation lands in the audit log."""
         prefix = secrets.token_hex(4)
         raw = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
         with transaction.atomic():
             key = cls.objects.create(user=user, name=name, prefix=prefix, hashed_key=hash_key(raw), expires_at=expires_at,
-                                     requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute)
+                                     requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
+                                     own_limits=bool(own_limits) or requests_per_minute is not None
+                                     or tokens_per_minute is not None)
             if actor is not None:
                 record(actor, "apikey.create", key, user=user.username, name=name, prefix=prefix,
                        expires_at=expires_at.isoformat() if expires_at else None)
@@ -112,11 +131,22 @@ class ApiKey(models.Model):
         return key
 
     def limits(self) -> tuple[int, int]:
-        """(requests, tokens) per minute for inference; 0 is unlimited."""
+        """(requests, tokens) per minute of this key's own budget; 0 is unlimited."""
         rpm = self.requests_per_minute
         tpm = self.tokens_per_minute
-        return (settings.TAUON_KEY_REQUESTS_PER_MINUTE if rpm is None else rpm,
-                settings.TAUON_KEY_TOKENS_PER_MINUTE if tpm is None else tpm)
+        return (settings.TAUON_USER_REQUESTS_PER_MINUTE if rpm is None else rpm,
+                settings.TAUON_USER_TOKENS_PER_MINUTE if tpm is None else tpm)
+
+    def set_limits(self, actor: Any, *, own_limits: bool, requests_per_minute: int | None = None,
+                   tokens_per_minute: int | None = None) -> None:
+        """An admin gives the key its own budget (or takes it back: it shares its user's again); audited."""
+        with transaction.atomic():
+            self.own_limits = own_limits
+            self.requests_per_minute = requests_per_minute if own_limits else None
+            self.tokens_per_minute = tokens_per_minute if own_limits else None
+            self.save(update_fields=["own_limits", "requests_per_minute", "tokens_per_minute"])
+            record(actor, "apikey.limits", self, user=self.user.username, name=self.name, own_limits=own_limits,
+                   requests_per_minute=self.requests_per_minute, tokens_per_minute=self.tokens_per_minute)
 
     @property
     def status(self) -> str:

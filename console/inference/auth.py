@@ -1,6 +1,7 @@
 """Who may call the inference API, and how often: an API key (`Authorization: Bearer`), or the
 browser session (with its CSRF token, for the playground), of a user with role `user` or above,
-within the key's (or the site's default) requests-per-minute and tokens-per-minute limits."""
+within the user's requests-per-minute and tokens-per-minute budget (shared by all their keys and their
+browser session), or the key's own when an admin gave it its own limits (console/inference/limits.py)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from django.middleware.csrf import CsrfViewMiddleware
 from redis.exceptions import RedisError
 
 from console.accounts.choices import Role
-from console.accounts.models import ApiKey, hash_key
+from console.accounts.models import ApiKey, hash_key, user_limits
 from console.accounts.revocation import EPOCH_KEY
 from console.inference.errors import ApiError
 from console.inference.gateway import redis_client
+from console.inference.limits import Budget
 from console.inference.ttl import TTLCache
 
 # Keys cached per process; a change to any key or user moves the epoch in Redis (console/accounts/revocation.py),
@@ -56,19 +58,17 @@ async def _drop_changed_keys() -> None:
 class Caller:
     user: Any
     key: ApiKey | None  # None: the browser session
-    bucket: str  # whose minute the rate limits count
-
-    def limits(self) -> tuple[int, int]:
-        if self.key is not None:
-            return self.key.limits()
-        return settings.TAUON_KEY_REQUESTS_PER_MINUTE, settings.TAUON_KEY_TOKENS_PER_MINUTE
+    budget: Budget  # whose minute the rate limits count
 
 
 def caller_for(user: Any, key: Any) -> Caller:
-    """The caller of a request DRF already authenticated (key: `request.auth`)."""
-    if isinstance(key, ApiKey):
-        return Caller(user, key, f"key:{key.pk}")
-    return Caller(user, None, f"user:{user.pk}")
+    """The caller of a request DRF already authenticated (key: `request.auth`). A key shares its user's
+    budget unless an admin gave it its own limits."""
+    if isinstance(key, ApiKey) and key.own_limits:
+        rpm, tpm = key.limits()
+        return Caller(user, key, Budget(f"key:{key.pk}", rpm, tpm, own=True))
+    rpm, tpm = user_limits(user)
+    return Caller(user, key if isinstance(key, ApiKey) else None, Budget(f"user:{user.pk}", rpm, tpm))
 
 
 def _csrf_refusal(request: HttpRequest) -> Any:
@@ -101,40 +101,3 @@ async def authenticate(request: HttpRequest) -> Caller:
         raise ApiError(403, "This key's user has no role; an admin must give it role 'user' or above.",
                        code="insufficient_role")
     return caller_for(key.user, key)
-
-
-def _window() -> tuple[int, int]:
-    now = time.time()
-    minute = int(now // 60)
-    return minute, max(1, int(60 - now % 60))
-
-
-async def check_rate(caller: Caller) -> None:
-    """Count this request against the caller's minute; refuse with 429 and Retry-After when over."""
-    rpm, tpm = caller.limits()
-    minute, retry_after = _window()
-    r = redis_client()
-    if rpm:
-        pipe = r.pipeline(transaction=False)
-        pipe.incr(f"tauon:rl:req:{caller.bucket}:{minute}")
-        pipe.expire(f"tauon:rl:req:{caller.bucket}:{minute}", 120)
-        count, _ = await pipe.execute()
-        if int(count) > rpm:
-            raise ApiError(429, f"Rate limit reached: this key may make {rpm} requests per minute; "
-                                f"retry in {retry_after} s.", code="rate_limit_requests", retry_after=retry_after)
-    if tpm:
-        used = int(await r.get(f"tauon:rl:tok:{caller.bucket}:{minute}") or 0)
-        if used >= tpm:
-            raise ApiError(429, f"Rate limit reached: this key may use {tpm} tokens per minute and has used "
-                                f"{used}; retry in {retry_after} s.", code="rate_limit_tokens",
-                           retry_after=retry_after)
-
-
-async def charge_tokens(caller: Caller, tokens: int) -> None:
-    if tokens <= 0 or not caller.limits()[1]:
-        return
-    minute, _ = _window()
-    pipe = redis_client().pipeline(transaction=False)
-    pipe.incrby(f"tauon:rl:tok:{caller.bucket}:{minute}", tokens)
-    pipe.expire(f"tauon:rl:tok:{caller.bucket}:{minute}", 120)
-    await pipe.execute()

@@ -22,9 +22,10 @@ from redis.exceptions import RedisError
 from console.deployments.models import Deployment
 from console.inference import formats, metrics
 from console.inference import requests as parse
-from console.inference.auth import Caller, authenticate, charge_tokens, check_rate
+from console.inference.auth import Caller, authenticate
 from console.inference.errors import ApiError
 from console.inference.gateway import Call
+from console.inference.limits import Ticket, reserve, settle, used_tokens
 from console.inference.ttl import TTLCache
 
 log = logging.getLogger("tauon.requests")
@@ -71,7 +72,6 @@ async def _deployment(request: HttpRequest, tasks: tuple[str, ...], endpoint: st
     if deployment.stopped:
         raise ApiError(503, f"Deployment '{name}' is stopped; a maintainer can start it again.",
                        code="deployment_stopped")
-    await check_rate(caller)
     return caller, deployment, data
 
 
@@ -99,21 +99,24 @@ async def _generate(request: HttpRequest, chat: bool) -> HttpResponse:
     endpoint = "/v1/chat/completions" if chat else "/v1/completions"
     caller, deployment, data = await _deployment(request, GENERATION, endpoint)
     parsed = (parse.chat if chat else parse.completion)(data, deployment.config)
+    ticket = await reserve(caller.budget, parsed.work)
     call = Call(deployment.name, deployment.queue, deployment.config, parsed.work)
     try:
         await call.open()
         accepted = await call.first()
     except ApiError as exc:
         await call.close()
+        await settle(ticket, 0)
         _log(call, endpoint, exc.status, started, None, None, exc.code)
         raise
     except BaseException:
         await call.close()
+        await settle(ticket, 0)
         raise
     builder = formats.Builder(call.request_id, deployment.name, chat=chat, n=parsed.n,
                               version=accepted.get("version"), token_ids=parsed.token_ids)
     if parsed.stream:
-        response = StreamingHttpResponse(_sse(call, builder, parsed, caller, endpoint, started),
+        response = StreamingHttpResponse(_sse(call, builder, parsed, ticket, endpoint, started),
                                          content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
@@ -129,7 +132,7 @@ async def _generate(request: HttpRequest, chat: bool) -> HttpResponse:
         raise
     finally:
         await call.close()
-    await charge_tokens(caller, builder.usage["total_tokens"] if builder.usage else 0)
+        await settle(ticket, used_tokens(ticket, builder.usage, sum(map(len, builder.ids))))
     _log(call, endpoint, 200, started, builder.usage, ttft)
     return _tagged(JsonResponse(builder.body(parsed.logprobs)), call)
 
@@ -146,7 +149,7 @@ def _sse_line(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
-async def _sse(call: Call, builder: formats.Builder, parsed: parse.Parsed, caller: Caller, endpoint: str,
+async def _sse(call: Call, builder: formats.Builder, parsed: parse.Parsed, ticket: Ticket, endpoint: str,
                started: float) -> AsyncIterator[str]:
     ttft, status, code = None, 200, None
     try:
@@ -172,8 +175,7 @@ async def _sse(call: Call, builder: formats.Builder, parsed: parse.Parsed, calle
         raise
     finally:
         await call.close()
-        if builder.usage:
-            await charge_tokens(caller, builder.usage["total_tokens"])
+        await settle(ticket, used_tokens(ticket, builder.usage, sum(map(len, builder.ids))))
         _log(call, endpoint, status, started, builder.usage, ttft, code)
 
 
@@ -195,7 +197,9 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
     started = time.perf_counter()
     caller, deployment, data = await _deployment(request, ("embeddings",), "/v1/embeddings")
     parsed = parse.embeddings(data, deployment.config)
+    ticket = await reserve(caller.budget, parsed.work)
     call = Call(deployment.name, deployment.queue, deployment.config, parsed.work)
+    done: dict[str, Any] = {}
     try:
         await call.open()
         done = await call.done()
@@ -204,8 +208,8 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
         raise
     finally:
         await call.close()
+        await settle(ticket, used_tokens(ticket, done.get("usage"), 0))
     tokens = int(done["usage"]["prompt_tokens"])
-    await charge_tokens(caller, tokens)
     _log(call, "/v1/embeddings", 200, started, done["usage"], None)
     return JsonResponse(formats.embeddings_body(deployment.name, done["embeddings"], tokens,
                                                 parsed.work["encoding_format"]))

@@ -27,6 +27,10 @@ class JobCancelled(Exception):
     """Raised inside a running job when a user asked to cancel it."""
 
 
+class TooManyJobs(Exception):
+    """The user already has as many jobs of this kind queued or running as they may."""
+
+
 class JobTimedOut(Exception):
     """Raised inside a running job that ran past its kind's soft time limit."""
 
@@ -108,6 +112,22 @@ class Job(models.Model):
             job = cls.enqueue(kind, params, user)
             record(user, "job.create", job, kind=kind, params=params)
         return job
+
+    @classmethod
+    def enqueue_capped(cls, kind: str, params: dict[str, Any], user: Any, cap: int) -> Job:
+        """Enqueue unless `user` already has `cap` jobs of this kind queued or running (0: no cap); raises
+        TooManyJobs then, and no row is made. The user's row is locked while counting, so two requests
+        at once cannot both take the last place."""
+        from console.accounts.models import User
+
+        with transaction.atomic():
+            if cap:
+                User.objects.select_for_update().filter(pk=user.pk).first()
+                active = cls.objects.filter(kind=kind, created_by=user, status__in=ACTIVE).count()
+                if active >= cap:
+                    raise TooManyJobs(f"You have {active} {kind} job(s) queued or running, the most one user may "
+                                      f"have at once ({cap}); wait for one to finish or cancel one, then retry.")
+            return cls.enqueue(kind, params, user)
 
     @classmethod
     def enqueue(cls, kind: str, params: dict[str, Any], user: Any = None) -> Job:

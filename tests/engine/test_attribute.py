@@ -155,6 +155,38 @@ def test_integrated_gradients_add_up_to_the_change_along_the_path(tiny):  # type
     torch.testing.assert_close(totals, lp[0] - lp[1], atol=0.02, rtol=0.02)
 
 
+@pytest.mark.parametrize("method", ["shapley", "integrated_gradients"])
+def test_paced_attribution_pauses_between_short_chunks_and_gives_the_same_answer(tiny, method, monkeypatch):  # type: ignore[no-untyped-def]
+    from engine import pacer
+
+    monkeypatch.setattr(pacer, "FIRST_CHUNK_TOKENS", 1)
+    monkeypatch.setattr(pacer, "CHUNK_S", 1e-6)  # every chunk as small as it can be: one row
+    prompt = A.build_prompt(tiny.tokenizer, "a small random model", words=True)
+    targets = [2000, 2001, 2002]
+    whole = A.explain_generation(tiny.stack, tiny.tokenizer, prompt, targets, method, samples=2, steps=8)
+    pauses: list[int] = []
+    paced = A.explain_generation(tiny.stack, tiny.tokenizer, prompt, targets, method, samples=2, steps=8,
+                                 pause=lambda: pauses.append(1))
+    assert len(pauses) == (1 + 2 * len(prompt.features) if method == "shapley" else 8)  # one per row
+    torch.testing.assert_close(torch.tensor(paced.attributions), torch.tensor(whole.attributions), atol=1e-4,
+                               rtol=1e-4)
+    assert (paced.forward_passes, paced.batches) == (whole.forward_passes, whole.batches)
+
+
+def test_a_pause_that_raises_stops_the_attribution_before_its_next_chunk(tiny):  # type: ignore[no-untyped-def]
+    prompt = A.build_prompt(tiny.tokenizer, "stop when asked")
+    calls = []
+
+    def pause() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # stands for the job's JobCancelled
+
+    with pytest.raises(KeyboardInterrupt):
+        A.explain_generation(tiny.stack, tiny.tokenizer, prompt, [2000], "feature_ablation", pause=pause)
+    assert len(calls) == 2
+
+
 @pytest.mark.slow
 def test_feature_ablation_equals_captums_llm_attribution_on_the_same_tokens(smol, smol_hf):  # type: ignore[no-untyped-def]
     from captum.attr import FeatureAblation, LLMAttribution

@@ -19,27 +19,43 @@ class ApiKeySerializer(serializers.ModelSerializer):
     class Meta:
         model = ApiKey
         fields = ["id", "name", "prefix", "user", "status", "created_at", "expires_at", "last_used_at", "revoked_at",
-                  "requests_per_minute", "tokens_per_minute"]
+                  "own_limits", "requests_per_minute", "tokens_per_minute"]
         read_only_fields = fields
 
 
-class ApiKeyCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100, help_text="What the key is for, e.g. 'ci' or 'laptop'.")
-    expires_at = serializers.DateTimeField(required=False, allow_null=True, help_text="When it stops working; "
-                                           "never when absent.")
+class ApiKeyLimitsSerializer(serializers.Serializer):
+    """Admins only: give a key a budget of its own, or (own_limits false) make it share its user's again."""
+
+    own_limits = serializers.BooleanField(
+        required=False, help_text="True: the key has its own requests/tokens per minute instead of sharing its "
+                                  "user's budget (true when limits are given).")
     requests_per_minute = serializers.IntegerField(
         required=False, allow_null=True, min_value=0,
-        help_text="Inference requests per minute (admins only); 0 is unlimited, absent is the site default.")
+        help_text="Inference requests per minute of the key's own budget; 0 is unlimited, absent is the site default.")
     tokens_per_minute = serializers.IntegerField(
         required=False, allow_null=True, min_value=0,
-        help_text="Prompt + completion tokens per minute (admins only); 0 is unlimited, absent is the site default.")
+        help_text="Prompt + completion tokens per minute of the key's own budget; 0 is unlimited, absent is the "
+                  "site default.")
 
     def validate(self, attrs: dict[str, object]) -> dict[str, object]:
         request = self.context.get("request")
-        limited = [f for f in ("requests_per_minute", "tokens_per_minute") if attrs.get(f) is not None]
-        if limited and not (request and request.user.is_admin):
-            raise serializers.ValidationError({limited[0]: "Only admins set a key's rate limits."})
+        given = [f for f in ("own_limits", "requests_per_minute", "tokens_per_minute")
+                 if attrs.get(f) is not None and attrs.get(f) is not False]
+        if given and not (request and request.user.is_admin):
+            raise serializers.ValidationError({given[0]: "Only admins give a key limits of its own; your keys share "
+                                                         "your account's budget."})
+        limited = attrs.get("requests_per_minute") is not None or attrs.get("tokens_per_minute") is not None
+        if attrs.get("own_limits") is False and limited:
+            raise serializers.ValidationError({"own_limits": "Limits are a key's own budget; leave them out when "
+                                                             "own_limits is false."})
+        attrs["own_limits"] = bool(attrs.get("own_limits")) or limited
         return attrs
+
+
+class ApiKeyCreateSerializer(ApiKeyLimitsSerializer):
+    name = serializers.CharField(max_length=100, help_text="What the key is for, e.g. 'ci' or 'laptop'.")
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, help_text="When it stops working; "
+                                           "never when absent.")
 
     def validate_expires_at(self, value: datetime | None) -> datetime | None:
         if value is not None and value <= timezone.now():

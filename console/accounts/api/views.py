@@ -11,7 +11,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.viewsets import GenericViewSet
 
-from console.accounts.api.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeySerializer
+from console.accounts.api.serializers import (
+    ApiKeyCreatedSerializer,
+    ApiKeyCreateSerializer,
+    ApiKeyLimitsSerializer,
+    ApiKeySerializer,
+)
 from console.accounts.models import ApiKey
 from console.accounts.permissions import IsUser
 
@@ -56,8 +61,22 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVie
         data = body.validated_data
         key, raw = ApiKey.issue(request.user, data["name"], data.get("expires_at"), actor=request.user,
                                 requests_per_minute=data.get("requests_per_minute"),
-                                tokens_per_minute=data.get("tokens_per_minute"))
+                                tokens_per_minute=data.get("tokens_per_minute"), own_limits=data["own_limits"])
         return Response({**ApiKeySerializer(key).data, "key": raw}, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=ApiKeyLimitsSerializer, responses=ApiKeySerializer,
+                   description="Admins only: give the key a budget of its own (`own_limits`, with optional "
+                               "`requests_per_minute` / `tokens_per_minute`), or make it share its user's again.")
+    def partial_update(self, request: Request, pk: int) -> Response:
+        if not request.user.is_admin:
+            raise PermissionDenied("Only admins change a key's limits; your keys share your account's budget.")
+        key = self.get_object()
+        body = ApiKeyLimitsSerializer(data=request.data, context={"request": request})
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        key.set_limits(request.user, own_limits=data["own_limits"], requests_per_minute=data.get("requests_per_minute"),
+                       tokens_per_minute=data.get("tokens_per_minute"))
+        return Response(ApiKeySerializer(key).data)
 
     def revoke_key(self, request: Request) -> ApiKey:
         key = self.get_object()

@@ -17,9 +17,10 @@ from console.deployments import live
 from console.deployments.api.serializers import DeploymentSerializer, PredictSerializer
 from console.deployments.models import Deployment
 from console.inference import requests as parse
-from console.inference.auth import Caller, caller_for, charge_tokens, check_rate
+from console.inference.auth import Caller, caller_for
 from console.inference.errors import ApiError
 from console.inference.gateway import Call
+from console.inference.limits import reserve, settle
 
 
 class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
@@ -100,13 +101,14 @@ class PredictViewSet(GenericViewSet):
 
     @staticmethod
     async def _run(caller: Caller, deployment: Deployment, work: dict[str, Any]) -> dict[str, Any]:
-        await check_rate(caller)
+        ticket = await reserve(caller.budget, work)
         call = Call(deployment.name, deployment.queue, deployment.config, work)
+        done: dict[str, Any] = {}
         try:
             await call.open()
             accepted = await call.first()
             done = accepted if accepted["type"] == "done" else await call.done()
         finally:
             await call.close()
-        await charge_tokens(caller, int(done["usage"]["prompt_tokens"]))
+            await settle(ticket, int(done.get("usage", {}).get("prompt_tokens", 0)))
         return {**done, "version": accepted.get("version")}

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.db import transaction
+from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status
 from rest_framework.exceptions import NotFound
@@ -16,7 +16,7 @@ from console.audit.models import record
 from console.core.api import Conflict, error_response
 from console.deployments.models import Deployment
 from console.jobs.api.serializers import JobSerializer
-from console.jobs.models import Job
+from console.jobs.models import Job, TooManyJobs
 from console.playground.api.serializers import SessionListSerializer, SessionSerializer
 from console.playground.explain import ExplainAcceptedSerializer, ExplainRequestSerializer, Refused, prepare
 from console.playground.models import Session
@@ -26,7 +26,9 @@ ERRORS = {code: OpenApiResponse(description=what) for code, what in (
           "not support, a method the deployment cannot run."),
     (404, "No such deployment."),
     (409, "The deployment is not ready (stopped, loading, failed); the message says why."),
+    (429, "You already have TAUON_EXPLAIN_MAX_PER_USER explain jobs queued or running (Retry-After)."),
 )}
+RETRY_AFTER_S = 5
 
 
 class ExplainView(APIView):
@@ -49,8 +51,11 @@ class ExplainView(APIView):
             params = prepare(deployment, data)
         except Refused as exc:
             return error_response(exc.message, code=exc.code, field=exc.field, status_code=exc.status)
-        with transaction.atomic():
-            job = Job.enqueue("explain", params, request.user)
+        try:
+            job = Job.enqueue_capped("explain", params, request.user, settings.TAUON_EXPLAIN_MAX_PER_USER)
+        except TooManyJobs as exc:
+            return error_response(str(exc), code="too_many_jobs", status_code=429,
+                                  headers={"Retry-After": str(RETRY_AFTER_S)})
         body = {"job": job.pk, "deployment": name, "method": params["method"], "output_tokens": params["output_tokens"]}
         return Response(body, status=status.HTTP_202_ACCEPTED)
 
