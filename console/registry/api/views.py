@@ -82,7 +82,7 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Crea
         except IntegrityError as exc:  # lost a race with a create of the same name
             name = serializer.validated_data["name"]
             raise serializers.ValidationError(
-                {"name": f"A model named '{name}' already exists; choose another name."}) from exc
+                {"name": f"A model named '{name}' already exists; choose another name."}, code="duplicate") from exc
 
     def perform_update(self, serializer: BaseSerializer) -> None:
         model: Model = serializer.instance
