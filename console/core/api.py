@@ -45,14 +45,20 @@ class Pagination(PageNumberPagination):
         return [page, page_size]
 
 
-class StrictCharField(serializers.CharField):
-    """A string. DRF's CharField also takes a number and makes it one, which the schema (type: string) refuses;
-    CoreConfig.ready() makes this the field for every model CharField and TextField."""
+def read_strings_strictly() -> None:
+    """Every serializer CharField takes only a string, as the schema (type: string) says; DRF's also takes a
+    number and makes it one. Called once from CoreConfig.ready()."""
+    to_internal_value = serializers.CharField.to_internal_value
+    if getattr(to_internal_value, "strict", False):
+        return
 
-    def to_internal_value(self, data: Any) -> str:
+    def strict(self: serializers.CharField, data: Any) -> str:
         if not isinstance(data, str):
             self.fail("invalid")
-        return super().to_internal_value(data)
+        return to_internal_value(self, data)
+
+    strict.strict = True  # type: ignore[attr-defined]
+    serializers.CharField.to_internal_value = strict  # type: ignore[method-assign]
 
 
 @extend_schema_field({"type": "object", "additionalProperties": {}})
