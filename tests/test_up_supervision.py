@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import httpx
 import psutil
 import pytest
 
+from console.core.supervisor import Child, GaveUp
 from tests.conftest import wait_for
 from tests.modelfactory import zip_dir
 from tests.test_ops import UpProcess, alive, free_port, run_manage
@@ -117,3 +119,37 @@ def _current(up: UpProcess, marker: str, avoid: int) -> psutil.Process | None:
     except (LookupError, psutil.Error):
         return None
     return process if process.pid != avoid else None
+
+
+def exited(child: Child, now: float, said: list[str]) -> None:
+    """Let the child's process end, then let the supervisor see it at time `now`."""
+    child.proc.wait(timeout=30)
+    child.check(now, said.append)
+
+
+def test_a_child_that_exits_is_restarted_after_a_growing_backoff_and_given_up_on_at_the_fifth_exit_in_a_minute():
+    child = Child("flaky", [sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ))
+    said: list[str] = []
+    for now, delay in ((0.0, 1), (2.0, 2), (5.0, 4), (10.0, 8)):
+        exited(child, now, said)
+        assert said[-1] == (f"The flaky process exited with code 3; restarting it in {delay} s "
+                            f"(exit {len(child.crashes)} of 5 allowed within 60 s).")
+        first = child.proc.pid
+        child.check(now + delay - 0.1, said.append)
+        assert child.proc.pid == first  # still backing off
+        child.check(now + delay, said.append)
+        assert child.proc.pid != first and said[-1] == f"Restarted the flaky process (pid {child.proc.pid})."
+    with pytest.raises(GaveUp, match=r"The flaky process exited with code 3, its 5th exit within 60 s; it cannot "
+                                     r"stay up, so everything stops\. Its command was: .*SystemExit\(3\)"):
+        exited(child, 30.0, said)
+
+
+def test_exits_more_than_a_minute_apart_never_add_up_to_giving_up():
+    child = Child("rare", [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"],
+                  dict(os.environ))
+    said: list[str] = []
+    for now in (0.0, 61.0, 122.0, 183.0, 244.0, 305.0):
+        exited(child, now, said)
+        assert said[-1].startswith("The rare process was killed by SIGKILL; restarting it in 1 s (exit 1 of 5")
+        child.check(now + 1, said.append)
+    child.stop()
