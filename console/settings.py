@@ -230,10 +230,14 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PAGINATION_CLASS": "console.core.api.Pagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend", "rest_framework.filters.OrderingFilter"],
+    "DEFAULT_FILTER_BACKENDS": ["console.core.filters.StrictFilterBackend", "rest_framework.filters.OrderingFilter"],
+    # JSON bodies; the two upload views (versions, datasets) name their multipart parser themselves.
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "console.core.api.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # `format` is a filter (versions by file format), not a renderer choice: negotiate by Accept only.
+    "URL_FORMAT_OVERRIDE": None,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tauon API",
@@ -242,6 +246,8 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["console.accounts.permissions.IsUser"],  # everything but /healthz, /readyz needs auth
     "COMPONENT_SPLIT_REQUEST": True,
+    # Every operation documents its error answers with the one Error shape (console/core/schema.py).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "console.core.schema.document_errors"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
@@ -249,6 +255,8 @@ SPECTACULAR_SETTINGS = {
         "JobStatusEnum": "console.jobs.choices.JobStatus",
         "VersionStatusEnum": "console.registry.choices.VersionStatus",
         "ApiKeyStatusEnum": "console.accounts.api.serializers.KEY_STATUSES",
+        "JobKindEnum": "console.jobs.api.serializers.creatable_kinds",
+        "DatasetKindEnum": "console.evaluation.choices.DatasetKind",
     },
 }
 

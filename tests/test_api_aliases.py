@@ -72,7 +72,7 @@ def test_an_alias_cannot_point_at_a_version_of_another_model(tiny, maintainer_ap
     other = make_model("other")
     for _ in range(5):
         make_version(other)
-    error = error_of(put(maintainer_api, 5), 400)
+    error = error_of(put(maintainer_api, 5), 404)
     assert error["field"] == "version"
     assert error["message"].startswith("Model 'tiny' has no version 5; version numbers count per model")
     assert not Alias.objects.exists() and not AuditEvent.objects.exists()

@@ -56,3 +56,44 @@ def test_a_nested_field_error_names_its_path(maintainer_api):
     make_version(make_model("tiny"))
     response = maintainer_api.patch("/api/models/tiny/versions/1/", {"config": {"dtype": "int3"}}, format="json")
     assert error_of(response, 400)["field"] == "config"
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ("page_size=null", "page_size"), ("page_size=0", "page_size"), ("page_size=501", "page_size"),
+    ("page=first", "page"), ("page=-1", "page"),
+])
+def test_a_page_or_page_size_out_of_range_is_a_400_naming_it(user_api, query, field):
+    error = error_of(user_api.get(f"/api/models/?{query}"), 400)
+    assert error["field"] == field and "whole number from 1" in error["message"], error
+
+
+def test_the_largest_page_size_is_accepted(user_api):
+    assert user_api.get("/api/models/?page_size=500").status_code == 200
+
+
+@pytest.mark.parametrize(("url", "field"), [
+    ("/api/deployments/?stopped=null", "stopped"), ("/api/jobs/?active=yes", "active"),
+    ("/api/audit/?since=", "since"), ("/api/evaluations/?version=0.5", "version"),
+])
+def test_a_filter_value_that_cannot_be_read_is_a_400_not_ignored(admin_api, url, field):
+    assert error_of(admin_api.get(url), 400)["field"] == field
+
+
+def test_a_filter_value_that_can_be_read_filters(admin_api):
+    assert admin_api.get("/api/deployments/?stopped=false").status_code == 200
+    assert admin_api.get("/api/jobs/?active=true").json()["count"] == 0
+
+
+def test_a_body_naming_an_object_that_does_not_exist_is_a_404_naming_the_field(maintainer_api):
+    error = error_of(maintainer_api.post("/api/deployments/", {"name": "x", "model": "nope"}, format="json"), 404)
+    assert error["code"] == "does_not_exist" and error["field"] == "model"
+
+
+def test_a_number_where_a_string_is_due_is_a_400(maintainer_api):
+    response = maintainer_api.post("/api/playground/sessions/", {"title": 7}, format="json")
+    assert error_of(response, 400)["field"] == "title"
+
+
+def test_a_form_encoded_body_is_refused_where_json_is_due(maintainer_api):
+    response = maintainer_api.post("/api/models/", {"name": "x", "task": "embeddings"})  # multipart
+    assert error_of(response, 415)["code"] == "unsupported_media_type"

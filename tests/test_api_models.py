@@ -30,16 +30,16 @@ def test_the_owner_may_be_another_user(charlie, maintainer_api):
     assert Model.objects.get(name="smol").owner == charlie
 
 
-def test_an_unknown_owner_is_refused(maintainer_api):
+def test_an_unknown_owner_is_a_404_naming_the_field(maintainer_api):
     error = error_of(maintainer_api.post("/api/models/", {"name": "smol", "task": "embeddings", "owner": "nobody"},
-                                         format="json"), 400)
+                                         format="json"), 404)
     assert error["field"] == "owner" and "nobody" in error["message"]
     assert not Model.objects.exists()
 
 
 def test_a_duplicate_name_is_refused_with_a_clear_message_and_nothing_recorded(bob, maintainer_api):
     make_model("smol", owner=bob)
-    error = error_of(maintainer_api.post("/api/models/", {"name": "smol", "task": "embeddings"}, format="json"), 400)
+    error = error_of(maintainer_api.post("/api/models/", {"name": "smol", "task": "embeddings"}, format="json"), 409)
     assert error == {"code": "duplicate", "field": "name",
                      "message": "A model named 'smol' already exists; choose another name."}
     assert Model.objects.count() == 1 and not AuditEvent.objects.exists()

@@ -62,3 +62,38 @@ def test_the_swagger_ui_works_offline_from_our_own_static_files(charlie) -> None
     html = page.content.decode()
     assert "cdn." not in html and "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in html
     assert finders.find("drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js")
+
+
+def schema_dict(tmp_path: Path) -> dict:
+    out = tmp_path / "schema.yml"
+    call_command("spectacular", "--file", str(out))
+    return yaml.safe_load(out.read_text())
+
+
+def test_every_operation_documents_its_errors_in_the_one_error_shape(tmp_path: Path) -> None:
+    schema = schema_dict(tmp_path)
+    error = schema["components"]["schemas"]["Error"]
+    assert error["required"] == ["error"] and error["properties"]["error"]["required"] == ["code", "message", "field"]
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            errors = {code: r for code, r in operation["responses"].items() if code[0] in "45"}
+            assert {"401", "403"} <= set(errors), f"{method.upper()} {path}"
+            if "{" in path or "requestBody" in operation:
+                assert "404" in errors, f"{method.upper()} {path}"
+            if "requestBody" in operation:
+                assert {"400", "415"} <= set(errors), f"{method.upper()} {path}"
+            for code, response in errors.items():
+                assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}, (
+                    f"{method.upper()} {path} {code}")
+
+
+def test_fields_returned_as_null_are_nullable_and_pages_are_bounded(tmp_path: Path) -> None:
+    schema = schema_dict(tmp_path)
+    components = schema["components"]["schemas"]
+    version = components["ModelVersion"]["properties"]
+    for name in ("created_by", "parent", "produced_by", "import_job"):
+        assert version[name]["nullable"] is True, name
+    assert components["Deployment"]["properties"]["created_by"]["nullable"] is True
+    parameters = {p["name"]: p["schema"] for p in schema["paths"]["/api/models/"]["get"]["parameters"]}
+    assert parameters["page"] == {"type": "integer", "minimum": 1}
+    assert parameters["page_size"] == {"type": "integer", "minimum": 1, "maximum": 500}

@@ -105,7 +105,6 @@ def stored_files(storage_root: Path) -> set[Path]:
     ({}, "file", "No file was submitted."),
     ({"file": "x", "config": "{temperature: 1}"}, "config", "config is not valid JSON"),
     ({"file": "x", "config": '{"generation": {"top_p": 0}}'}, "config", "config generation/top_p: 0 is less than"),
-    ({"file": "x", "parent": "7"}, "parent", "Model 'tiny' has no version 7"),
     ({"file": "x", "parent": "first"}, "parent", "A valid integer is required."),
 ])
 def test_an_upload_with_bad_fields_is_refused_before_anything_is_stored(tiny, maintainer_api, storage_root, form,
@@ -115,6 +114,16 @@ def test_an_upload_with_bad_fields_is_refused_before_anything_is_stored(tiny, ma
     before = stored_files(storage_root)
     error = error_of(maintainer_api.post("/api/models/tiny/versions/", form, format="multipart"), 400)
     assert error["field"] == field and says in error["message"], error
+    assert not ModelVersion.objects.exists() and not Job.objects.exists()
+    assert stored_files(storage_root) == before
+
+
+def test_an_upload_naming_a_parent_that_does_not_exist_is_a_404_and_nothing_is_stored(tiny, maintainer_api,
+                                                                                     storage_root):
+    before = stored_files(storage_root)
+    form = {"file": upload(), "parent": "7"}
+    error = error_of(maintainer_api.post("/api/models/tiny/versions/", form, format="multipart"), 404)
+    assert error["field"] == "parent" and "Model 'tiny' has no version 7" in error["message"], error
     assert not ModelVersion.objects.exists() and not Job.objects.exists()
     assert stored_files(storage_root) == before
 

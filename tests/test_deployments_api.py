@@ -50,9 +50,6 @@ def test_the_serving_version_follows_the_alias_unless_a_version_is_pinned(mainta
 
 @pytest.mark.parametrize(("body", "field", "words"), [
     ({"name": "Not A Slug", "model": "tiny-llm"}, "name", "slug"),
-    ({"name": "x", "model": "nope"}, "model", "does not exist"),
-    ({"name": "x", "model": "tiny-llm", "alias": "staging"}, "alias", "no alias 'staging'"),
-    ({"name": "x", "model": "tiny-llm", "version": 9}, "version", "no version 9"),
     ({"name": "x", "model": "tiny-llm", "alias": "production", "version": 1}, "alias", "not both"),
     ({"name": "x", "model": "tiny-llm", "config": {"engine": {"max_num_seqs": 0}}}, "config.engine.max_num_seqs",
      "positive integer"),
@@ -71,6 +68,18 @@ def test_bad_deployments_get_a_400_naming_the_field_and_nothing_is_created(maint
     assert not Deployment.objects.exists()
 
 
+@pytest.mark.parametrize(("body", "field", "words"), [
+    ({"name": "x", "model": "nope"}, "model", "does not exist"),
+    ({"name": "x", "model": "tiny-llm", "alias": "staging"}, "alias", "no alias 'staging'"),
+    ({"name": "x", "model": "tiny-llm", "version": 9}, "version", "no version 9"),
+])
+def test_a_deployment_naming_what_does_not_exist_gets_a_404_naming_the_field(maintainer_api, served, body, field,
+                                                                             words):
+    error = error_of(maintainer_api.post("/api/deployments/", body, format="json"), 404)
+    assert error["field"] == field and words in error["message"], error
+    assert not Deployment.objects.exists()
+
+
 def test_a_version_that_is_not_ready_cannot_be_pinned(maintainer_api, served):
     make_version(served[0], status="importing")
     error = error_of(maintainer_api.post("/api/deployments/", {"name": "x", "model": "tiny-llm", "version": 3},
@@ -83,7 +92,7 @@ def test_name_and_model_cannot_change_and_a_name_is_unique(maintainer_api, serve
     assert error_of(maintainer_api.patch("/api/deployments/chat/", {"name": "other"}, format="json"),
                     400)["field"] == "name"
     assert error_of(maintainer_api.post("/api/deployments/", {"name": "chat", "model": "tiny-llm"}, format="json"),
-                    400)["field"] == "name"
+                    409)["field"] == "name"
 
 
 def test_users_read_deployments_but_only_maintainers_change_them(user_api, maintainer_api, anon_api, served):

@@ -235,7 +235,7 @@ def test_an_alias_cannot_point_at_a_failed_version_or_another_models_version(mai
     failed = maintainer_api.put(url, {"version": 1}, format="json")
     assert failed.status_code == 400 and "only ready versions" in failed.json()["error"]["message"]
     foreign = maintainer_api.put(url, {"version": 2}, format="json")
-    assert foreign.status_code == 400 and "has no version 2" in foreign.json()["error"]["message"]
+    assert foreign.status_code == 404 and "has no version 2" in foreign.json()["error"]["message"]
     assert not Alias.objects.exists() and not AliasEvent.objects.exists()
 
 

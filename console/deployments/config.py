@@ -8,7 +8,7 @@ from typing import Any
 
 from rest_framework.exceptions import ValidationError
 
-from engine.config import EngineConfig
+from engine.config import DEVICES, DTYPES, QUANTIZATIONS, EngineConfig
 
 ENGINE_FIELDS = {f.name: f.default for f in dataclasses.fields(EngineConfig)}
 LIMITS = {  # name: (default, low, high)
@@ -22,6 +22,26 @@ SAMPLING = {  # the defaults a request starts from
     "top_p": 1.0,
     "max_tokens": 128,
 }
+
+
+def _schema() -> dict[str, Any]:
+    """The OpenAPI schema of what `normalize` accepts (a cap between two keys is beyond it: sampling.max_tokens
+    must also stay within max_tokens)."""
+    positive = {"type": "integer", "minimum": 1}
+    engine = {"device": {"type": "string", "enum": list(DEVICES)}, "dtype": {"type": "string", "enum": list(DTYPES)},
+              "quantization": {"type": "string", "enum": list(QUANTIZATIONS)},
+              **{name: positive for name in ("max_num_seqs", "max_batch_tokens", "kv_cache_bytes", "block_size",
+                                             "max_queue")},
+              "max_model_len": {"type": "integer", "minimum": 0}, "seed": {"type": "integer"}}
+    assert set(engine) == set(ENGINE_FIELDS), "every engine setting has a schema"
+    sampling = {"temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                "top_p": {"type": "number", "minimum": 0.001, "maximum": 1},
+                "max_tokens": {"type": "integer", "minimum": 1, "maximum": LIMITS["max_tokens"][2]}}
+    return {"type": "object", "additionalProperties": False, "properties": {
+        "engine": {"type": "object", "additionalProperties": False, "properties": engine},
+        "sampling": {"type": "object", "additionalProperties": False, "properties": sampling},
+        **{key: {"type": "integer", "minimum": low, "maximum": high} for key, (_, low, high) in LIMITS.items()},
+    }}
 
 
 def _fail(field: str, message: str) -> ValidationError:
@@ -47,6 +67,9 @@ def _section(config: dict[str, Any], name: str, known: dict[str, Any], what: str
     return section
 
 
+SCHEMA = _schema()
+
+
 def normalize(config: Any, *, previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """Check `config` and return it complete. Keys left out keep their `previous` value (on edit) or
     the default. Unknown keys are refused so that typos don't pass silently."""
@@ -60,6 +83,8 @@ def normalize(config: Any, *, previous: dict[str, Any] | None = None) -> dict[st
 
     engine_in = _section(config, "engine", ENGINE_FIELDS, "engine setting")
     engine = {**ENGINE_FIELDS, **base.get("engine", {}), **engine_in}
+    if "seed" in engine_in:
+        _number("engine.seed", engine_in["seed"], -(2**63), 2**63 - 1, integer=True)
     try:
         EngineConfig(**engine)
     except (TypeError, ValueError) as exc:

@@ -70,6 +70,21 @@ CONFIG_SCHEMA: dict[str, Any] = {
 _validator = jsonschema.Draft202012Validator(CONFIG_SCHEMA)
 
 
+def _openapi(schema: Any) -> Any:
+    """CONFIG_SCHEMA in OpenAPI 3.0's dialect (no $schema; a numeric exclusiveMinimum is a boolean flag there)."""
+    if isinstance(schema, list):
+        return [_openapi(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _openapi(value) for key, value in schema.items() if key != "$schema"}
+    if isinstance(schema.get("exclusiveMinimum"), int | float) and not isinstance(schema["exclusiveMinimum"], bool):
+        out["minimum"], out["exclusiveMinimum"] = schema["exclusiveMinimum"], True
+    return out
+
+
+OPENAPI_CONFIG_SCHEMA = _openapi(CONFIG_SCHEMA)
+
+
 def validate_config(config: Any) -> None:
     """Raise ValidationError({"config": "<path>: <problem>"}) for the first problem found."""
     errors = sorted(_validator.iter_errors(config), key=lambda e: list(e.absolute_path))

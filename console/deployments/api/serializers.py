@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from console.deployments import config as deployment_config
@@ -21,6 +22,11 @@ class ReplicaSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+@extend_schema_field(deployment_config.SCHEMA)
+class DeploymentConfigField(serializers.JSONField):
+    pass
+
+
 class DeploymentSerializer(serializers.ModelSerializer):
     model = serializers.SlugRelatedField(slug_field="name", queryset=Model.objects.all(),
                                          help_text="The registered model to serve (fixed once created).")
@@ -28,7 +34,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
                                   help_text="Follow this alias (default 'production' unless a version is pinned).")
     version = serializers.IntegerField(required=False, allow_null=True, min_value=1, source="version.number",
                                        help_text="Pin this version number instead of following an alias.")
-    config = serializers.JSONField(required=False, help_text="engine (device, dtype, quantization, max_num_seqs, "
+    config = DeploymentConfigField(required=False, help_text="engine (device, dtype, quantization, max_num_seqs, "
                                    "max_queue, kv_cache_bytes…), max_tokens, max_n, max_input_items, timeout_s, "
                                    "sampling defaults (temperature, top_p, max_tokens).")
     replicas = serializers.IntegerField(required=False, min_value=0, max_value=64)
@@ -37,7 +43,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
     serving_version = serializers.SerializerMethodField(help_text="The version replicas should serve now.")
     task = serializers.CharField(source="model.task", read_only=True)
     replica_set = ReplicaSerializer(many=True, read_only=True)
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
 
     class Meta:
         model = Deployment
@@ -72,7 +78,8 @@ class DeploymentSerializer(serializers.ModelSerializer):
         if number is not None:
             version = model.versions.filter(number=number).first()
             if version is None:
-                raise serializers.ValidationError({"version": f"{model.name} has no version {number}."})
+                raise serializers.ValidationError({"version": f"{model.name} has no version {number}."},
+                                                  code="does_not_exist")
             if version.status != VersionStatus.READY:
                 raise serializers.ValidationError({"version": f"Version {number} is {version.status}; only a "
                                                               "ready version can be deployed."})
@@ -81,12 +88,12 @@ class DeploymentSerializer(serializers.ModelSerializer):
             attrs["version"] = None
             if not model.aliases.filter(name=alias).exists():
                 raise serializers.ValidationError({"alias": f"{model.name} has no alias '{alias}'; promote a version "
-                                                            f"to it first, or pin a version."})
+                                                            f"to it first, or pin a version."}, code="does_not_exist")
         elif instance is None or ("version" in self.initial_data and self.initial_data["version"] is None):
             attrs["version"], attrs["alias"] = None, "production"
             if not model.aliases.filter(name="production").exists():
                 raise serializers.ValidationError({"alias": f"{model.name} has no 'production' alias; promote a "
-                                                            "version, name another alias, or pin a version."})
+                                                            "version, name another alias, or pin a version."}, code="does_not_exist")
         if "config" in attrs:
             attrs["config"] = deployment_config.normalize(attrs["config"],
                                                           previous=instance.config if instance else None)

@@ -16,6 +16,7 @@ from rest_framework.viewsets import GenericViewSet
 from console.accounts.choices import Role
 from console.accounts.permissions import ReadUserWriteMaintainer
 from console.core.api import error_response
+from console.core.filters import IntegerFilter
 from console.evaluation.api.serializers import (
     DatasetSerializer,
     DatasetUploadSerializer,
@@ -75,7 +76,7 @@ class DatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVi
 
 class ResultFilter(django_filters.FilterSet):
     model = django_filters.CharFilter(field_name="version__model__name", help_text="Model name.")
-    version = django_filters.NumberFilter(field_name="version__number", help_text="Version number.")
+    version = IntegerFilter(field_name="version__number", help_text="Version number.")
     dataset = django_filters.CharFilter(field_name="dataset_version__dataset__name", help_text="Dataset name.")
     config_key = django_filters.CharFilter()
 

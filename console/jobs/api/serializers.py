@@ -5,6 +5,7 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
+from console.core.api import JSONObjectField
 from console.jobs import kinds
 from console.jobs.models import Job
 
@@ -35,17 +36,26 @@ def creatable_kinds() -> list[str]:
     return sorted(name for name, kind in kinds.KINDS.items() if kind.user_creatable)
 
 
-class JobCreateSerializer(serializers.Serializer):
-    kind = serializers.CharField(max_length=32)
-    params = serializers.JSONField(required=False, default=dict, help_text="The kind's parameters (a JSON object).")
+class KindField(serializers.ChoiceField):
+    """A creatable job kind; the schema lists them (kinds register at start-up, so the choices are read late)."""
 
-    def validate_kind(self, value: str) -> str:
-        known = creatable_kinds()
-        if value not in known:
-            listed = ", ".join(known) if known else "none yet"
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=creatable_kinds(), **kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        value = str(data)
+        if value not in self.choices:
+            listed = ", ".join(self.choices) if self.choices else "none yet"
             raise serializers.ValidationError(f"Unknown job kind '{value}'; known kinds: {listed}.",
                                               code="unknown_kind")
         return value
+
+
+class JobCreateSerializer(serializers.Serializer):
+    params = JSONObjectField(required=False, default=dict, help_text="The kind's parameters (a JSON object).")
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return {"kind": KindField(), **super().get_fields()}
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         params = attrs["params"]

@@ -5,6 +5,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from console.core.api import JSONObjectField
 from console.playground.models import Session
 
 MAX_DATA_BYTES = 4 * 1024 * 1024
@@ -12,7 +13,7 @@ MAX_DATA_BYTES = 4 * 1024 * 1024
 
 class SessionSerializer(serializers.ModelSerializer):
     owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
-    data = serializers.JSONField(required=False, help_text="What the page keeps: params, system prompt, turns "
+    data = JSONObjectField(required=False, help_text="What the page keeps: params, system prompt, turns "
                                                            "with their answers, timings and explanations.")
     shared = serializers.SerializerMethodField()
     share_url = serializers.SerializerMethodField()

@@ -10,7 +10,7 @@ from rest_framework import serializers
 from console.accounts.models import User
 from console.jobs.models import Job
 from console.registry.choices import Task
-from console.registry.config_schema import validate_config
+from console.registry.config_schema import OPENAPI_CONFIG_SCHEMA, validate_config
 from console.registry.models import Alias, AliasEvent, Model, ModelVersion
 
 TASKS = ", ".join(Task.values)
@@ -30,15 +30,29 @@ def version_or_error(model: Model, number: int) -> ModelVersion:
     if version is None:
         raise serializers.ValidationError(
             f"Model '{model.name}' has no version {number}; version numbers count per model "
-            f"(see /api/models/{model.name}/versions/).")
+            f"(see /api/models/{model.name}/versions/).", code="does_not_exist")
     return version
+
+
+class NamedOrNull(serializers.SlugRelatedField):
+    """A name or null; an empty string is neither (DRF's related fields would read it as null)."""
+
+    def run_validation(self, data: Any = serializers.empty) -> Any:
+        if data == "":
+            raise serializers.ValidationError("Give a username, or null for none.", code="blank")
+        return super().run_validation(data)
+
+
+@extend_schema_field(OPENAPI_CONFIG_SCHEMA)
+class VersionConfigField(serializers.JSONField):
+    pass
 
 
 # --- models --------------------------------------------------------------------------------------
 class ModelSerializer(serializers.ModelSerializer):
     task = serializers.ChoiceField(choices=Task.choices, error_messages={
         "invalid_choice": f"'{{input}}' is not a task; choose one of: {TASKS}."})
-    owner = serializers.SlugRelatedField(
+    owner = NamedOrNull(
         slug_field="username", queryset=User.objects.filter(is_active=True), required=False, allow_null=True,
         help_text="Username of the owner; defaults to the user who creates the model.")
     versions = serializers.SerializerMethodField(help_text="How many versions the model has.")
@@ -96,10 +110,12 @@ class JobSummarySerializer(serializers.ModelSerializer):
 class ModelVersionSerializer(serializers.ModelSerializer):
     model = serializers.SlugRelatedField(slug_field="name", read_only=True)
     files = VersionFileSerializer(many=True, read_only=True)
-    parent = serializers.SlugRelatedField(slug_field="number", read_only=True, help_text="Parent version number.")
-    produced_by = serializers.PrimaryKeyRelatedField(read_only=True, help_text="Id of the job that produced it.")
-    import_job = JobSummarySerializer(read_only=True)
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    parent = serializers.SlugRelatedField(slug_field="number", read_only=True, allow_null=True,
+                                          help_text="Parent version number (null for an import).")
+    produced_by = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True,
+                                                     help_text="Id of the job that produced it (null for an upload).")
+    import_job = JobSummarySerializer(read_only=True, allow_null=True)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
     aliases = serializers.SerializerMethodField(help_text="Names of the aliases pointing at this version.")
 
     class Meta:
@@ -139,14 +155,14 @@ class VersionFromHubSerializer(serializers.Serializer):
     hub_id = serializers.CharField(max_length=200, help_text="A hub repository id, e.g. 'HuggingFaceTB/SmolLM2-135M'.")
     revision = serializers.CharField(max_length=100, required=False, allow_null=True,
                                      help_text="A branch, tag or commit; the default branch when absent.")
-    config = serializers.JSONField(required=False, help_text="The version config.")
+    config = VersionConfigField(required=False, help_text="The version config.")
 
     def validate_config(self, value: Any) -> dict[str, Any]:
         return check_config(value)
 
 
 class VersionConfigSerializer(serializers.Serializer):
-    config = serializers.JSONField(help_text="The whole new config; validated against the config schema.")
+    config = VersionConfigField(help_text="The whole new config; validated against the config schema.")
 
     def validate_config(self, value: Any) -> dict[str, Any]:
         return check_config(value)

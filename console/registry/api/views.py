@@ -33,6 +33,7 @@ from console.registry.api.serializers import (
     VersionUploadSerializer,
 )
 from console.registry.choices import VersionStatus
+from console.registry.config_schema import OPENAPI_CONFIG_SCHEMA
 from console.registry.filters import ModelFilter, VersionFilter
 from console.registry.models import Alias, AliasEvent, Model, ModelVersion, PromotionRefused
 
@@ -82,7 +83,7 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Crea
         except IntegrityError as exc:  # lost a race with a create of the same name
             name = serializer.validated_data["name"]
             raise serializers.ValidationError(
-                {"name": f"A model named '{name}' already exists; choose another name."}) from exc
+                {"name": f"A model named '{name}' already exists; choose another name."}, code="duplicate") from exc
 
     def perform_update(self, serializer: BaseSerializer) -> None:
         model: Model = serializer.instance
@@ -171,7 +172,12 @@ class VersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ModelScop
             return error_response(exc.message, code=exc.code, field=exc.field, status_code=exc.status)
         return Response(ModelVersionSerializer(version).data, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(request=VersionConfigSerializer, responses=ModelVersionSerializer,
+    # A plain schema, not the serializer: spectacular would make every field of a PATCH body optional, and
+    # this PATCH needs its one field.
+    @extend_schema(request={"application/json": {
+                       "type": "object", "required": ["config"],
+                       "properties": {"config": {**OPENAPI_CONFIG_SCHEMA, "description": "The whole new config."}}}},
+                   responses=ModelVersionSerializer,
                    description="Replace the version's config; it is validated against the config schema.")
     def partial_update(self, request: Request, name: str, number: int) -> Response:
         version = self.get_object()

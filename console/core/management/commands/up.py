@@ -4,17 +4,16 @@ Migrates, collects static files, creates an admin if there is none (printing its
 imports and deploys the bundled models, then runs the web server (uvicorn, ASGI), a Celery worker for
 background jobs (with beat embedded, so the stale-job reaper runs) and a serving worker that hosts
 every deployment (threads pool: requests share each engine's batches) as child processes until
-Ctrl-C or SIGTERM. If a
-child dies, everything stops. With REDIS_URL unset, this process owns the embedded Redis and
-hands its socket to the children, so they all share one server."""
+Ctrl-C or SIGTERM. A child that dies is restarted with backoff while the others keep running
+(console/core/supervisor.py); one that dies five times within a minute stops everything. With
+REDIS_URL unset, this process owns the embedded Redis and hands its socket to the children, so they
+all share one server."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -27,8 +26,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
 from console import embedded_redis
+from console.core.supervisor import Child, GaveUp, check_all
 
-STOP_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 180.0
 
 
@@ -38,36 +37,6 @@ class Stop(Exception):
 
 def _raise_stop(signum: int, frame: Any) -> None:
     raise Stop(signal.Signals(signum).name)
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: if `up` itself is killed, the child gets SIGTERM (Linux)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-class Child:
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str]):
-        self.name, self.cmd = name, cmd
-        # Own session: a terminal's Ctrl-C reaches only `up`, which then stops each child in order.
-        self.proc = subprocess.Popen(cmd, cwd=settings.BASE_DIR, env=env, start_new_session=True,
-                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                pass
-        try:  # whatever is left of its process group (e.g. Celery pool processes)
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if self.proc.poll() is None:
-            self.proc.wait(timeout=10)
 
 
 class Command(BaseCommand):
@@ -111,7 +80,7 @@ class Command(BaseCommand):
             self._supervise()
         except Stop as stop:
             self.stdout.write(f"{stop.args[0]} received; stopping the web server and the worker…")
-        except _ChildDied as died:
+        except (_ChildDied, GaveUp) as died:
             self.stderr.write(self.style.ERROR(str(died)))
             code = 1
         finally:
@@ -124,7 +93,8 @@ class Command(BaseCommand):
                 signal.signal(sig, handler)
         self.stdout.write("Stopped.")
         if code:
-            raise CommandError("Tauon stopped because a child process died (see above).", returncode=code)
+            raise CommandError("Tauon stopped because a child process could not stay up (see above).",
+                               returncode=code)
 
     def _check_port_free(self, host: str, port: int) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -206,11 +176,8 @@ class Command(BaseCommand):
             time.sleep(0.5)
 
     def _check_children(self) -> None:
-        for child in self.children:
-            returncode = child.proc.poll()
-            if returncode is not None:
-                raise _ChildDied(f"The {child.name} process exited (code {returncode}); stopping everything. "
-                                 f"Its command was: {' '.join(child.cmd)}")
+        """Restart a child that exited (after its backoff); GaveUp when one keeps exiting."""
+        check_all(self.children, lambda line: self.stderr.write(self.style.WARNING(line)))
 
 
 class _ChildDied(Exception):
