@@ -89,6 +89,9 @@ def beyond_the_schema(case, field: str) -> bool:  # type: ignore[no-untyped-def]
     field = field.split(".")[0]
     return (case.method, case.path, field) in {
         ("POST", "/api/keys/", "expires_at"),  # must be in the future
+        ("POST", "/api/keys/", "own_limits"),  # limits of its own only with own_limits, set by an admin
+        ("PATCH", "/api/keys/{id}/", "own_limits"),
+        ("PUT", "/api/keys/{id}/", "own_limits"),
         ("POST", "/api/jobs/", "params"),  # each kind's own parameters
         ("POST", "/api/deployments/", "config"),  # sampling.max_tokens within max_tokens
         ("PUT", "/api/deployments/{name}/", "config"),
