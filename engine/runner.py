@@ -274,31 +274,31 @@ class ModelRunner:
             o = F.scaled_dot_product_attention(q.index_select(0, gather.rows).view(B, Hkv, G, D), kv[0], kv[1],
                                                attn_mask=gather.mask, scale=scale)
             out.index_copy_(0, gather.rows, o.reshape(B, -1, D))
-        for sp in spans:
+        for sp in spans:  # 4-D inputs throughout: CPU's fused (flash) kernel takes nothing else
             rows = slice(sp.row, sp.row + sp.n)
             if sp.start == 0:  # a whole prompt, or its first chunk: its own keys, causal
-                qs, ks, vs = (t[rows].transpose(0, 1) for t in (q, k, v))  # [H, n, D], [Hkv, n, D]
+                qs, ks, vs = (t[rows].transpose(0, 1)[None] for t in (q, k, v))  # [1, H, n, D], [1, Hkv, n, D]
                 o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=G > 1)
-                out[rows] = o.transpose(0, 1)
+                out[rows] = o[0].transpose(0, 1)
                 continue
-            ks, vs = _cached(flat, sp.runs)  # [Hkv, start + n, D], views of the cache
+            ks, vs = _cached(flat, sp.runs)  # [1, Hkv, start + n, D], views of the cache
             if sp.n == 1:  # a decode: the G query heads sharing a kv head act as G query rows
-                o = F.scaled_dot_product_attention(q[sp.row].view(Hkv, G, D), ks, vs, scale=scale)
+                o = F.scaled_dot_product_attention(q[sp.row].view(1, Hkv, G, D), ks, vs, scale=scale)
                 out[sp.row] = o.reshape(-1, D)
             else:  # a later chunk: every cached key up to each token's own position
                 ctx = sp.start + sp.n
                 mask = (torch.arange(ctx, device=q.device)[None, :]
                         <= torch.arange(sp.start, ctx, device=q.device)[:, None])  # [n, ctx]
-                o = F.scaled_dot_product_attention(q[rows].transpose(0, 1), ks, vs, attn_mask=mask, scale=scale,
-                                                   enable_gqa=G > 1)
-                out[rows] = o.transpose(0, 1)
+                o = F.scaled_dot_product_attention(q[rows].transpose(0, 1)[None], ks, vs, attn_mask=mask,
+                                                   scale=scale, enable_gqa=G > 1)
+                out[rows] = o[0].transpose(0, 1)
         return out
 
 
 def _cached(flat: torch.Tensor, spans: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values [Hkv, L, D] of one sequence: views when its slots are one run, else joined."""
+    """Keys and values [1, Hkv, L, D] of one sequence: views when its slots are one run, else joined."""
     if len(spans) == 1:
         a, n = spans[0]
-        return flat[0, :, a:a + n], flat[1, :, a:a + n]
-    return (torch.cat([flat[0, :, a:a + n] for a, n in spans], dim=1),
-            torch.cat([flat[1, :, a:a + n] for a, n in spans], dim=1))
+        return flat[0, None, :, a:a + n], flat[1, None, :, a:a + n]
+    return (torch.cat([flat[0, None, :, a:a + n] for a, n in spans], dim=2),
+            torch.cat([flat[1, None, :, a:a + n] for a, n in spans], dim=2))
