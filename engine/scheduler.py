@@ -6,8 +6,9 @@ scheduler does. Running sequences go first, oldest first: each decoding one comp
 token, and a prompt still being prefilled computes its next chunk. Newcomers fill what is left of
 the budget, shortest prefill first (a sequence that was preempted, or passed over for
 `MAX_SKIPS` steps, goes before them). A long prompt is therefore prefilled in chunks between the
-decode steps of everyone else instead of stalling them, and a chunk's size shrinks as the prompt's
-attention grows (`attention_weight`), so each step costs about the same.
+decode steps of everyone else instead of stalling them: while others decode, a prompt longer than
+`LONG_PROMPT` steps' budget takes at most a quarter of each step, and a chunk's size shrinks as the
+prompt's attention grows (`attention_weight`), so each step costs about the same.
 
 When a running sequence needs a block and the pool is empty, spare blocks (reserved but not yet
 grown into) are reclaimed first; then the youngest running sequence is preempted: its blocks are
@@ -24,6 +25,7 @@ from engine.errors import Overloaded
 from engine.sequence import FinishReason, Sequence, Status
 
 MAX_SKIPS = 16  # steps a waiting sequence may be passed over by later arrivals before it goes first
+LONG_PROMPT = 2  # a prompt longer than this many steps' budget is prefilled in quarter-budget chunks beside decodes
 
 
 @dataclass(slots=True)
@@ -79,7 +81,7 @@ class Scheduler:
             if seq.status is not Status.RUNNING:
                 continue  # preempted below while making room for an older one
             left = len(seq) - seq.num_computed
-            n = 1 if left == 1 else self._chunk(seq, budget)
+            n = 1 if left == 1 else self._chunk(seq, budget, decodes)
             if n == 0:
                 continue
             if not self._hold(seq, seq.num_computed + n):
@@ -90,13 +92,18 @@ class Scheduler:
             if left > 1:
                 budget -= n
         if not preempted:  # a step that had to preempt admits nobody new
-            admitted = self._admit(budget, seqs, num_new)
+            admitted = self._admit(budget, decodes, seqs, num_new)
             self._count_skips(admitted)
         return Batch(seqs, num_new) if seqs else None
 
-    def _chunk(self, seq: Sequence, budget: int) -> int:
-        """Prefill tokens for `seq` within `budget`: fewer when they attend to a long cached prefix."""
-        n = min(len(seq) - seq.num_computed, budget)
+    def _chunk(self, seq: Sequence, budget: int, decodes: int) -> int:
+        """Prefill tokens for `seq` within `budget`: fewer when they attend to a long cached prefix, and
+        at most a quarter of the step's budget for a long prompt while others are decoding (so their
+        tokens keep coming at a steady pace; short prompts still go through in one step)."""
+        left = len(seq) - seq.num_computed
+        n = min(left, budget)
+        if decodes and len(seq) > LONG_PROMPT * self.max_batch_tokens:
+            n = min(n, max(self.block_manager.block_size, self.max_batch_tokens // 4))
         if n > 0 and self.attention_weight:
             n = min(n, max(1, int(budget / (1 + (seq.num_computed + n) * self.attention_weight))))
         return max(n, 0)
@@ -130,12 +137,12 @@ class Scheduler:
 
         return sorted(self.waiting, key=key)
 
-    def _admit(self, budget: int, seqs: list[Sequence], num_new: list[int]) -> list[Sequence]:
+    def _admit(self, budget: int, decodes: int, seqs: list[Sequence], num_new: list[int]) -> list[Sequence]:
         admitted: list[Sequence] = []
         for seq in self._admission_order():
             if len(self.running) >= self.max_num_seqs or budget <= 0:
                 break
-            n = self._chunk(seq, budget)
+            n = self._chunk(seq, budget, decodes)
             if n == 0 or not self._hold_new(seq, n):
                 break
             self.waiting.remove(seq)

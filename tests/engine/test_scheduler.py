@@ -96,7 +96,20 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_running_sequences_decode_eve
         step = advance(s)
         assert step[a] == 1  # a decodes in every step of the long prefill
         chunks.append(step[long])
-    assert sum(chunks) == 40 and max(chunks) <= 7  # the budget less a's decode token
+    assert sum(chunks) == 40 and max(chunks) == 4  # a quarter of the budget (one block) beside a's decodes
+
+
+def test_a_long_prompt_alone_takes_the_whole_budget_and_a_short_one_is_never_capped() -> None:
+    s = sched(max_batch_tokens=16, num_blocks=64)
+    long = seq(40)
+    s.add(long)
+    assert advance(s)[long] == 16  # nobody decodes: no cap
+    s2 = sched(max_batch_tokens=16, num_blocks=64)
+    a, short = seq(4, max_new=20), seq(12)
+    s2.add(a)
+    advance(s2)
+    s2.add(short)
+    assert advance(s2)[short] == 12  # within two budgets: one step, beside a's decode
 
 
 def test_later_chunks_of_a_long_prompt_are_smaller_as_their_attention_grows() -> None:
