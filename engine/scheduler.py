@@ -24,7 +24,7 @@ from engine.block_manager import BlockManager
 from engine.errors import Overloaded
 from engine.sequence import FinishReason, Sequence, Status
 
-MAX_SKIPS = 16  # steps a waiting sequence may be passed over by later arrivals before it goes first
+MAX_SKIPS = 8  # steps a waiting sequence may be passed over by later arrivals before it goes first
 LONG_PROMPT = 2  # a prompt longer than this many steps' budget is prefilled in quarter-budget chunks beside decodes
 
 
