@@ -20,7 +20,7 @@ from engine.detokenizer import Detokenizer
 from engine.errors import EngineClosed, InvalidPrompt, PromptTooLong
 from engine.outputs import Completion, Delta, RequestHandle, TokenLogprob, Usage
 from engine.runner import ModelRunner, build_stack
-from engine.scheduler import Scheduler
+from engine.scheduler import Batch, Scheduler
 from engine.sequence import FinishReason, Sequence
 
 MAX_CONTEXT_DEFAULT = 8192
@@ -212,7 +212,7 @@ class LLMEngine:
                 self._recent.popleft()
         return len(batch.seqs)
 
-    def _forward(self, batch: Any, ends: list[Sequence],
+    def _forward(self, batch: Batch, ends: list[Sequence],
                  failed: dict[Sequence, BaseException]) -> tuple[torch.Tensor | None, list[Sequence]]:
         """Logits for `ends` (the sequences that complete this step), and the sequences they belong to. If
         the shared forward fails, each sequence runs alone, so that only the one at fault fails (its cache
