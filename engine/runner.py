@@ -183,6 +183,7 @@ class _Span:
     n: int
     start: int
     runs: list[tuple[int, int]]  # cache slots of positions [0, start + n), as (first slot, length)
+    blocks: torch.Tensor | None = None  # its blocks, when they are split into several runs
 
 
 class ModelRunner:
@@ -192,7 +193,7 @@ class ModelRunner:
     a prefill chunk's many) are packed into one [T, hidden] matrix so that every matmul is shared,
     their keys and values are written into the cache, and attention runs per sequence, reading its
     cached keys and values in place: one strided view of the cache per run of contiguous blocks (the
-    block manager keeps a sequence's blocks together), copied only when a sequence's blocks are split.
+    block manager keeps a sequence's blocks together), gathered (copied) only when its blocks are split.
     Decodes with short contexts are the exception: they attend in one call over a padded gather."""
 
     def __init__(self, stack: nn.Module, *, num_blocks: int, block_size: int, device: torch.device,
@@ -229,7 +230,9 @@ class ModelRunner:
             pos.extend(range(start, end))
             table = seq.block_table
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
-            spans.append(_Span(row, n, start, runs(table, end, bs) if start else []))
+            cached = runs(table, end, bs) if start else []
+            blocks = torch.tensor(table[:(end + bs - 1) // bs], device=dev) if len(cached) > 1 else None
+            spans.append(_Span(row, n, start, cached, blocks))
             if end == len(seq):
                 last.append(row + n - 1)
         ids_t = torch.tensor(ids, device=dev)
@@ -248,6 +251,16 @@ class ModelRunner:
         flat[0].index_copy_(1, slots, k.transpose(0, 1))
         flat[1].index_copy_(1, slots, v.transpose(0, 1))
 
+    def _cached(self, i: int, sp: _Span) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [1, Hkv, L, D] of one sequence in layer i: views of the cache when its blocks are
+        one run, else one gather of its blocks (a copy of this sequence alone)."""
+        if sp.blocks is None:
+            a, n = sp.runs[0]
+            flat = self.kv[i].view(2, self.stack.num_kv_heads, -1, self.stack.head_dim)  # [2, Hkv, slots, D]
+            return flat[0, None, :, a:a + n], flat[1, None, :, a:a + n]
+        kv = self.kv[i].index_select(2, sp.blocks).flatten(2, 3)[:, None, :, :sp.start + sp.n]
+        return kv[0], kv[1]
+
     def _plan(self, spans: list[_Span]) -> tuple[list[_Span], _Gather | None]:
         """Split off the short decodes to attend together; the rest attend one sequence at a time."""
         short = [sp for sp in spans if sp.n == 1 and 0 < sp.start < GATHER_MAX_CONTEXT]
@@ -264,7 +277,6 @@ class ModelRunner:
 
     def _attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: list[_Span],
                 gather: _Gather | None) -> torch.Tensor:
-        flat = self.kv[i].view(2, self.stack.num_kv_heads, -1, self.stack.head_dim)  # [2, Hkv, slots, D]
         Hkv, G, D = self.stack.num_kv_heads, self.groups, self.stack.head_dim
         scale = self._layer_scale(i)
         out = torch.empty_like(q)
@@ -281,7 +293,7 @@ class ModelRunner:
                 o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=G > 1)
                 out[rows] = o[0].transpose(0, 1)
                 continue
-            ks, vs = _cached(flat, sp.runs)  # [1, Hkv, start + n, D], views of the cache
+            ks, vs = self._cached(i, sp)  # [1, Hkv, start + n, D], views of the cache
             if sp.n == 1:  # a decode: the G query heads sharing a kv head act as G query rows
                 o = F.scaled_dot_product_attention(q[sp.row].view(1, Hkv, G, D), ks, vs, scale=scale)
                 out[sp.row] = o.reshape(-1, D)
@@ -293,12 +305,3 @@ class ModelRunner:
                                                    scale=scale, enable_gqa=G > 1)
                 out[rows] = o[0].transpose(0, 1)
         return out
-
-
-def _cached(flat: torch.Tensor, spans: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values [1, Hkv, L, D] of one sequence: views when its slots are one run, else joined."""
-    if len(spans) == 1:
-        a, n = spans[0]
-        return flat[0, None, :, a:a + n], flat[1, None, :, a:a + n]
-    return (torch.cat([flat[0, None, :, a:a + n] for a, n in spans], dim=2),
-            torch.cat([flat[1, None, :, a:a + n] for a, n in spans], dim=2))

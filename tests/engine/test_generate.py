@@ -128,12 +128,16 @@ def test_engine_from_pretrained_picks_the_llm_engine_and_reports_stats(tiny_llam
     assert stats.kv_blocks_total > 0 and 0.0 <= stats.kv_cache_usage <= 1.0 and stats.peak_batch_size == 1
 
 
-@pytest.mark.parametrize("gather_below", [0, 10**6], ids=["in-place", "gathered"])
-def test_chunked_prefill_and_both_attention_paths_match_hf(tiny_llama: Path, gather_below: int,
+@pytest.mark.parametrize(("gather_below", "scattered"), [(0, False), (0, True), (10**6, False)],
+                         ids=["in-place", "in-place-scattered-blocks", "gathered"])
+def test_chunked_prefill_and_every_attention_path_match_hf(tiny_llama: Path, gather_below: int, scattered: bool,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from engine import runner
+    from engine.block_manager import BlockManager
 
     monkeypatch.setattr(runner, "GATHER_MAX_CONTEXT", gather_below)
+    if scattered:  # no contiguous runs: blocks are taken one by one, interleaved between sequences
+        monkeypatch.setattr(BlockManager, "_find_run", lambda self, n: -1)
     hf = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
     prompts = [list(range(100 + 40 * i, 100 + 40 * i + n)) for i, n in enumerate((90, 7, 150, 33))]
     # a 16-token step budget: every prompt longer than that is prefilled in chunks between decodes
