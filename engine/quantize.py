@@ -28,6 +28,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from engine.int8_format import FORMAT, MARKER, STORED_MODES, WEIGHTS
+from engine.int8_format import is_stored as is_stored  # re-exported: engine.llm_engine reads it here
+
 QMAX = 63.0  # 7-bit activations: u8 in [1, 127] around zero point 64
 RESIDUAL = 126.0  # residual rows (in [-0.5, 0.5]) are scaled to ±63 before the second pass
 
@@ -207,15 +210,7 @@ def _quantize_cuda(stack: nn.Module, mode: str) -> None:
     quantize_(stack.layers, configs[mode]())
 
 
-# --- int8 folders on disk -------------------------------------------------------------------------
-# A compressed child stores the engine's int8 layers as they run: int8 rows, one float32 scale per row,
-# the w8a8 input scaling, and the token embeddings as int8 rows too (they are 21 % of SmolLM2's
-# weights). Loading packs the rows for FBGEMM and re-quantizes nothing. `MARKER` says a folder holds
-# this format; its weights are not a Hugging Face state dict (transformers alone cannot load them).
-MARKER = "tauon-quantized.json"
-FORMAT = "tauon-int8/1"
-WEIGHTS = "model.safetensors"
-STORED_MODES = ("int8", "w8a8")
+# --- int8 folders on disk: the format (marker, names, `is_stored`) is in engine.int8_format ---------
 
 
 class Int8Embedding(nn.Module):
@@ -241,17 +236,6 @@ class Int8Embedding(nn.Module):
         with torch.no_grad():
             emb.weight.copy_(self.qweight.float() * self.scale[:, None])
         return emb
-
-
-def is_stored(folder: Path) -> str | None:
-    """The int8 mode a folder's weights are stored in (`int8`/`w8a8`), or None for float weights."""
-    marker = Path(folder) / MARKER
-    if not marker.is_file():
-        return None
-    try:
-        return json.loads(marker.read_text()).get("mode")
-    except ValueError:
-        return None
 
 
 def save_quantized(stack: nn.Module, dest: Path, *, mode: str, tied: bool) -> dict[str, Any]:
