@@ -1,4 +1,5 @@
-"""The layers stay apart: the engine imports no web framework, and the web process imports no torch.
+"""The layers stay apart: the engine imports no web framework, the web process imports no torch, and
+the benchmarks (shipped in the image) import nothing from the tests (which are not).
 
 Each check imports in a fresh interpreter (this test process has long since loaded everything) and
 walks the whole package, so a new module that breaks the rule fails here, not in production RSS."""
@@ -61,3 +62,17 @@ def test_the_web_process_and_every_console_module_import_without_torch(tmp_path:
     report = run_isolated(script, env)
     assert len(report["modules"]) > 50, report["modules"]  # the walk found the apps, views and commands
     assert report["tensor_libraries"] == [], f"loaded by (importing) {report['first_loaded_by']}"
+
+
+def test_the_benchmarks_import_nothing_from_the_tests():
+    script = (
+        "import importlib, json, pkgutil, sys\n"
+        "import bench\n"
+        "names = [m.name for m in pkgutil.walk_packages(bench.__path__, 'bench.')]\n"
+        "for name in names: importlib.import_module(name)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'tests')\n"
+        "print(json.dumps({'modules': names, 'tests': bad}))\n"
+    )
+    report = run_isolated(script, dict(os.environ))
+    assert "bench.engine" in report["modules"]
+    assert report["tests"] == []

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
+from bench.parity import hf_greedy
 from engine.config import EngineConfig, SamplingParams
 from engine.llm_engine import LLMEngine
-from tests.engine.parity import assert_greedy_parity, hf_greedy
+from tests.engine.parity import assert_greedy_parity
 
 PROMPTS = [
     "hello world",
