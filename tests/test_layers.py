@@ -76,3 +76,9 @@ def test_the_benchmarks_import_nothing_from_the_tests():
     report = run_isolated(script, dict(os.environ))
     assert "bench.engine" in report["modules"]
     assert report["tests"] == []
+
+
+def test_the_torch_free_model_families_are_the_ones_the_runner_fuses():
+    from engine import families, runner
+
+    assert runner.LLAMA_LIKE == families.LLAMA_LIKE  # until engine/runner.py imports it from engine.families
