@@ -14,17 +14,10 @@ import time
 import warnings
 from pathlib import Path
 
+from bench.models import smollm2
+
 PROMPT = ("Write one sentence about why the sea looks blue on a clear day, and mention the sky, the sun, "
           "water, light and colour in plain words for a child who is curious about nature and science.")
-
-
-def _smollm2() -> Path:
-    from tests.engine.conftest import SMOLLM2_CACHE, convert_smollm2
-
-    if (SMOLLM2_CACHE / "model.safetensors").is_file():
-        return SMOLLM2_CACHE
-    SMOLLM2_CACHE.parent.mkdir(parents=True, exist_ok=True)
-    return convert_smollm2(SMOLLM2_CACHE)
 
 
 def main() -> None:
@@ -45,7 +38,7 @@ def main() -> None:
     from engine import attribute as A
 
     torch.manual_seed(0)
-    folder = args.model or _smollm2()
+    folder = args.model or smollm2()
     engine = LLMEngine.from_pretrained(folder, EngineConfig(kv_cache_bytes=32 * 1024**2))
     tok = engine.tokenizer
     ids = tok(PROMPT, add_special_tokens=False)["input_ids"][: args.prompt_tokens]

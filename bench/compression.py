@@ -39,7 +39,8 @@ CALIBRATION = Path(__file__).resolve().parent.parent / "console/evaluation/data/
 
 
 def main() -> None:
-    from engine.compress import CALIBRATED, compress_folder, folder_stats
+    from engine.compress import compress_folder, folder_stats
+    from engine.compress_methods import CALIBRATED
     from engine.evaluator import Settings
 
     ap = argparse.ArgumentParser()

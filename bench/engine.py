@@ -27,9 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench.models import smollm2
 from bench.texts import EVAL_TEXT
-
-SMOLLM2_CACHE = Path("/tmp/tauon-smollm2-cache")
 
 
 @dataclass(slots=True)
@@ -46,11 +45,7 @@ class Workload:
 def model_folder(arg: str | None) -> Path:
     if arg:
         return Path(arg)
-    if (SMOLLM2_CACHE / "model.safetensors").is_file():
-        return SMOLLM2_CACHE
-    from tests.engine.conftest import convert_smollm2
-
-    return convert_smollm2(SMOLLM2_CACHE)
+    return smollm2()
 
 
 def make_workload(tokenizer: Any, n: int, prompt_range: tuple[int, int], new_range: tuple[int, int],
@@ -287,7 +282,7 @@ def greedy_check(folder: Path, prompts: list[list[int]], ours: list[list[int]],
     """All equal, or diverging only where HF's own top-two logits were within 1e-4."""
     from transformers import AutoModelForCausalLM
 
-    from tests.engine.parity import NEAR_TIE, top2_gap
+    from bench.parity import NEAR_TIE, top2_gap
 
     exact, gaps, ok = 0, [], True
     model = None

@@ -6,7 +6,8 @@ records the lineage and the recipe this module returns.
 
 Which layers: the `nn.Linear` layers inside the decoder blocks (attention and MLP projections).
 Embeddings and the output head stay dense, as in the Wanda paper. Architectures whose blocks use
-other layer types (GPT-2's `Conv1D`) are refused with `UnsupportedMethod`.
+other layer types (GPT-2's `Conv1D`) are refused with `UnsupportedMethod`. The method names and the
+checks that need no weights live in `engine.compress_methods` (torch-free, the console reads them).
 
 Methods:
 - `magnitude`: unstructured, per layer: the smallest |W| of each matrix are set to zero.
@@ -37,19 +38,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-PRUNE_METHODS = ("magnitude", "wanda")
-CAST_METHODS = {"fp16": torch.float16, "bf16": torch.bfloat16}
-QUANT_METHODS = ("int8", "w8a8")
-METHODS = (*QUANT_METHODS, *PRUNE_METHODS, *CAST_METHODS)
-CALIBRATED = ("wanda", "w8a8")  # the methods that take calibration text
-STRUCTURES = ("unstructured", "2:4")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
-# Architectures whose decoder blocks hold no nn.Linear (GPT-2 family: transformers' Conv1D).
-CONV1D_ARCHITECTURES = frozenset({"GPT2LMHeadModel", "GPT2Model", "OpenAIGPTLMHeadModel"})
+from engine.compress_methods import (
+    CAST_METHODS,
+    PRUNE_METHODS,
+    QUANT_METHODS,
+    WEIGHT_SUFFIXES,
+    UnsupportedMethod,
+    check,
+    check_model,
+)
 
-
-class UnsupportedMethod(ValueError):
-    """The method can't be applied to this model (architecture, structure, parameters)."""
+CAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(slots=True)
@@ -62,42 +61,6 @@ class CompressResult:
     def as_dict(self) -> dict[str, object]:
         return {"method": self.method, "recipe": self.recipe, "sparsity": self.sparsity,
                 "layer_sparsity": self.layer_sparsity}
-
-
-def check(method: str, *, sparsity: float | None = None, structure: str = "unstructured") -> None:
-    """Raise ValueError / UnsupportedMethod for parameters that can't work, before loading anything."""
-    if method not in METHODS:
-        raise UnsupportedMethod(f"method {method!r} is not one of {', '.join(METHODS)}")
-    if method in PRUNE_METHODS:
-        if structure not in STRUCTURES:
-            raise UnsupportedMethod(f"structure {structure!r} is not one of {', '.join(STRUCTURES)}")
-        if structure == "unstructured":
-            if sparsity is None or not 0.0 < float(sparsity) < 1.0:
-                raise ValueError("sparsity must be strictly between 0 and 1")
-        elif sparsity is not None and float(sparsity) != 0.5:
-            raise ValueError("2:4 structure prunes exactly half (sparsity 0.5)")
-
-
-def check_model(method: str, folder: Path) -> None:
-    """UnsupportedMethod where `method` can't apply to the model in `folder` (read from config.json)."""
-    from engine.quantize import is_stored
-    from engine.runner import LLAMA_LIKE
-
-    stored = is_stored(folder)
-    if stored:
-        raise UnsupportedMethod(f"this version is already stored as {stored}; compress its float parent instead")
-    try:
-        config = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise UnsupportedMethod(f"{folder} has no readable config.json") from exc
-    architecture = (config.get("architectures") or ["?"])[0]
-    if method in PRUNE_METHODS and architecture in CONV1D_ARCHITECTURES:
-        raise UnsupportedMethod(f"{method} pruning needs nn.Linear decoder layers; {architecture} uses Conv1D. "
-                                "Use fp16 or bf16 for this model.")
-    if method in QUANT_METHODS and config.get("model_type") not in LLAMA_LIKE:
-        raise UnsupportedMethod(f"{method} is stored in the engine's int8 format, which covers Llama-family models "
-                                f"({', '.join(LLAMA_LIKE)}); this model is {config.get('model_type')!r}. "
-                                "Use fp16 or bf16, or serve it with quantization set in the deployment's engine config.")
 
 
 def prunable_linears(model: nn.Module) -> dict[str, nn.Linear]:
@@ -208,8 +171,8 @@ def prune_model(model: nn.Module, method: str, *, sparsity: float = 0.5, structu
 def cast_model(model: nn.Module, method: str) -> CompressResult:
     if method not in CAST_METHODS:
         raise UnsupportedMethod(f"{method!r} is not a cast method ({', '.join(CAST_METHODS)})")
-    model.to(CAST_METHODS[method])
-    return CompressResult(method, {"method": method, "dtype": str(CAST_METHODS[method]).removeprefix("torch.")})
+    model.to(CAST_DTYPES[method])
+    return CompressResult(method, {"method": method, "dtype": str(CAST_DTYPES[method]).removeprefix("torch.")})
 
 
 def quantize_model(model: nn.Module, tokenizer: object, dest: Path, method: str, *,

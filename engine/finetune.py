@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.int8_format import is_stored
+
 TASKS = ("text-classification", "text-generation", "token-classification")
 METHODS = ("lora", "full")
 IGNORE = -100  # label of the tokens the loss skips
@@ -298,8 +300,6 @@ def finetune(base_dir: Path, out_dir: Path, rows: Sequence[dict[str, Any]], conf
     (weights merged, tokenizer beside) to `out_dir`. With `checkpoint_dir`, resumes from its last checkpoint;
     with `adapter_dir`, LoRA also keeps the unmerged adapter there (peft's format)."""
     import torch
-
-    from engine.quantize import is_stored
 
     if stored := is_stored(base_dir):
         raise ValueError(f"{base_dir} is stored as {stored}; fine-tune its float parent instead")

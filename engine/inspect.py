@@ -220,11 +220,6 @@ class _Reader:
         raise InvalidModel(f"'{self.name}' is not a valid GGUF file (unknown value type {vtype}).", code="invalid_gguf")
 
 
-def is_gguf(path: Path) -> bool:
-    with path.open("rb") as f:
-        return f.read(4) == GGUF_MAGIC
-
-
 def read_gguf(path: Path, relpath: str | None = None) -> GGUFInfo:
     """Walk the GGUF header (metadata and tensor table) and check every tensor's data lies inside
     the file. Reads the header only: well under a second even for large files."""

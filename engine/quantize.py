@@ -9,8 +9,8 @@ saturating):
   rounding residual (scaled up by 126), both rows go through one GEMM call, and the two results
   are recombined: activations keep ~14 bits, so the only loss is the int8 weights.
 - `w8a8` (fast): one 7-bit pass, with SmoothQuant-style per-input-channel smoothing calibrated
-  on a short text, and the largest input channels of `down_proj` kept in float32 (the MLP output
-  projection sees the activation outliers).
+  on a short text (keeping `down_proj`'s largest input channels in float32 as well was measured
+  and gained nothing: bench/README.md).
 
 On this CPU torch's own int8 weight-only kernel (`_weight_int8pack_mm`) is 10-60x slower than
 float32 and `torch._int_mm` ~100x slower, so FBGEMM is the kernel both modes use; CUDA uses
@@ -28,6 +28,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from engine.int8_format import FORMAT, MARKER, STORED_MODES, WEIGHTS
+from engine.int8_format import is_stored as is_stored  # re-exported: engine.llm_engine reads it here
+
 QMAX = 63.0  # 7-bit activations: u8 in [1, 127] around zero point 64
 RESIDUAL = 126.0  # residual rows (in [-0.5, 0.5]) are scaled to ±63 before the second pass
 
@@ -35,38 +38,29 @@ RESIDUAL = 126.0  # residual rows (in [-0.5, 0.5]) are scaled to ±63 before the
 @dataclass(slots=True)
 class W8A8Options:
     alpha: float = 0.5  # SmoothQuant migration strength
-    outlier_channels: int = 0  # kept in float32 for layers named in `outlier_layers` (measured: no gain here)
-    outlier_layers: tuple[str, ...] = ("down",)
     calibration_tokens: int = 512
 
 
 class Int8Linear(nn.Module):
-    def __init__(self, linear: nn.Linear, *, two_pass: bool, smooth: torch.Tensor | None = None,
-                 outliers: torch.Tensor | None = None):
+    def __init__(self, linear: nn.Linear, *, two_pass: bool, smooth: torch.Tensor | None = None):
         super().__init__()
         w = linear.weight.detach().float().clone()  # [N, K]
         in_scale = torch.ones(w.shape[1])
         if smooth is not None:
             w *= smooth[None, :]
             in_scale /= smooth
-        w_outliers: torch.Tensor | None = None
-        if outliers is not None:
-            w_outliers = linear.weight.detach().float()[:, outliers].t().contiguous()  # [k, N]
-            w[:, outliers] = 0
-            in_scale[outliers] = 0
         scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             qw = torch.quantize_per_channel(w, scale.double(), torch.zeros(len(scale), dtype=torch.long), 0,
                                             torch.qint8)
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
-        self._setup(qw, two_pass=two_pass, in_scale=None if smooth is None and outliers is None else in_scale,
-                    outliers=outliers, w_outliers=w_outliers, bias=bias)
+        self._setup(qw, two_pass=two_pass, in_scale=None if smooth is None else in_scale, bias=bias)
 
     def _setup(self, qw: torch.Tensor, *, two_pass: bool, in_scale: torch.Tensor | None,
-               outliers: torch.Tensor | None, w_outliers: torch.Tensor | None, bias: torch.Tensor | None) -> None:
+               bias: torch.Tensor | None) -> None:
         self.out_features, self.in_features = qw.shape
-        self.two_pass, self.in_scale, self.outliers, self.w_outliers = two_pass, in_scale, outliers, w_outliers
+        self.two_pass, self.in_scale = two_pass, in_scale
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.packed = torch.ops.quantized.linear_prepack(qw, None)
@@ -81,13 +75,11 @@ class Int8Linear(nn.Module):
         self = cls.__new__(cls)
         nn.Module.__init__(self)
         self._setup(qw, two_pass=two_pass, in_scale=None if in_scale is None else in_scale.float(),
-                    outliers=None, w_outliers=None, bias=None if bias is None else bias.float())
+                    bias=None if bias is None else bias.float())
         return self
 
     def int8_state(self) -> dict[str, torch.Tensor]:
         """What `from_int8` takes back: int8 rows, per-row scales, the input scaling and bias if any."""
-        if self.outliers is not None:
-            raise ValueError("layers with float32 outlier channels are not stored; set outlier_channels=0")
         qw, _ = torch.ops.quantized.linear_unpack(self.packed)
         state = {"qweight": qw.int_repr().contiguous(), "scale": qw.q_per_channel_scales().float()}
         if self.in_scale is not None:
@@ -112,7 +104,6 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, self.in_features)  # [M, K]
-        xo = x[:, self.outliers] if self.outliers is not None else None
         if self.in_scale is not None:
             x = x * self.in_scale
         # per-token scale [M, 1]: each row spans ±63 after dividing by it
@@ -129,8 +120,6 @@ class Int8Linear(nn.Module):
         else:
             y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x / a, 1.0, 64, self.packed)
         y = y * a
-        if xo is not None:
-            y = torch.addmm(y, xo, self.w_outliers)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*shape[:-1], self.out_features)
@@ -187,12 +176,9 @@ def quantize_stack(stack: nn.Module, mode: str, *, tokenizer: object, device: to
     stats = _input_absmax(stack, ids, [li for _, _, li in targets])
     for parent, name, linear in targets:
         act = stats[id(linear)].clamp(min=1e-5)
-        outliers = None
-        if name in opts.outlier_layers and opts.outlier_channels:
-            outliers = act.topk(opts.outlier_channels).indices.sort().values
         wmax = linear.weight.detach().float().abs().amax(dim=0).clamp(min=1e-5)
         smooth = (act.pow(opts.alpha) / wmax.pow(1 - opts.alpha)).clamp(min=1e-2, max=1e3)
-        setattr(parent, name, Int8Linear(linear, two_pass=False, smooth=smooth, outliers=outliers))
+        setattr(parent, name, Int8Linear(linear, two_pass=False, smooth=smooth))
     return len(ids)
 
 
@@ -207,15 +193,7 @@ def _quantize_cuda(stack: nn.Module, mode: str) -> None:
     quantize_(stack.layers, configs[mode]())
 
 
-# --- int8 folders on disk -------------------------------------------------------------------------
-# A compressed child stores the engine's int8 layers as they run: int8 rows, one float32 scale per row,
-# the w8a8 input scaling, and the token embeddings as int8 rows too (they are 21 % of SmolLM2's
-# weights). Loading packs the rows for FBGEMM and re-quantizes nothing. `MARKER` says a folder holds
-# this format; its weights are not a Hugging Face state dict (transformers alone cannot load them).
-MARKER = "tauon-quantized.json"
-FORMAT = "tauon-int8/1"
-WEIGHTS = "model.safetensors"
-STORED_MODES = ("int8", "w8a8")
+# --- int8 folders on disk: the format (marker, names, `is_stored`) is in engine.int8_format ---------
 
 
 class Int8Embedding(nn.Module):
@@ -241,17 +219,6 @@ class Int8Embedding(nn.Module):
         with torch.no_grad():
             emb.weight.copy_(self.qweight.float() * self.scale[:, None])
         return emb
-
-
-def is_stored(folder: Path) -> str | None:
-    """The int8 mode a folder's weights are stored in (`int8`/`w8a8`), or None for float weights."""
-    marker = Path(folder) / MARKER
-    if not marker.is_file():
-        return None
-    try:
-        return json.loads(marker.read_text()).get("mode")
-    except ValueError:
-        return None
 
 
 def save_quantized(stack: nn.Module, dest: Path, *, mode: str, tied: bool) -> dict[str, Any]:

@@ -126,7 +126,7 @@ def slow_llama_dir(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
 def smollm2_dir(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
     """The bundled SmolLM2-135M-Instruct as the registry stores it (safetensors), converted once and
     cached across sessions where /tmp allows."""
-    from tests.engine.conftest import SMOLLM2_CACHE, convert_smollm2
+    from bench.models import SMOLLM2_CACHE, convert_smollm2
 
     if (SMOLLM2_CACHE / "model.safetensors").is_file():
         return SMOLLM2_CACHE

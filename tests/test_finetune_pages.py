@@ -13,7 +13,7 @@ from django.test import Client
 from console.audit.models import AuditEvent
 from console.evaluation.models import DatasetVersion
 from console.jobs.models import Job
-from engine import compress
+from engine import compress_methods
 from tests.api_rows import make_model, make_version
 from tests.serving_rows import stored_version
 from tests.test_finetune_jobs import QA, SENTIMENT, dataset
@@ -62,7 +62,7 @@ def test_the_forms_offer_fitting_datasets_and_every_engine_compression_method(ti
     assert 'value="tiny"' in finetune  # target model: this one by default
     assert 'placeholder="0.0001"' in finetune  # the engine's default learning rate shown
     compress_form = html[html.index('id="compress-form"'):]
-    for method in compress.METHODS:
+    for method in compress_methods.METHODS:
         assert f'<option value="{method}"' in compress_form
     assert '<option value="prose"' in compress_form and '<option value="2:4"' in compress_form
 

@@ -207,7 +207,9 @@ def test_a_full_deployment_answers_429_with_retry_after_at_once(serving, web_ser
             s.__exit__(None, None, None)
     wait_for(lambda: live.inflight("slow") == 0, timeout=5, what="places freed")
     client = openai.OpenAI(base_url=f"{web_server.url}/v1", api_key=key, max_retries=0)
-    assert client.completions.create(model="slow", prompt="Once", max_tokens=4).choices[0].text is not None
+    freed = client.completions.create(model="slow", prompt="Once", max_tokens=4, temperature=0,
+                                      extra_body={"ignore_eos": True})  # the places are free again: served
+    assert freed.usage.completion_tokens == 4 and freed.choices[0].finish_reason == "length"
 
 
 def test_a_client_that_disconnects_cancels_its_generation_within_a_second(serving, web_server, slow_llama_dir,

@@ -12,6 +12,7 @@ from console.evaluation.choices import TASK_OF_KIND, DatasetKind
 from console.evaluation.config import normalize
 from console.evaluation.params import dataset_named, dataset_version_of, model_named, ready_version
 from console.evaluation.params import fail as _fail
+from engine import compress_methods as compress
 
 PARAMS = ("model", "version", "method", "sparsity", "structure", "calibration_dataset", "dataset", "config")
 
@@ -23,8 +24,6 @@ def _dataset(field: str, name: Any) -> Any:
 
 
 def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
-    from engine import compress
-
     unknown = sorted(set(params) - set(PARAMS))
     if unknown:
         raise _fail(unknown[0], f"unknown parameter; a compression takes {', '.join(PARAMS)}")

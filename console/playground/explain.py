@@ -14,6 +14,7 @@ from rest_framework import serializers
 from console.deployments.choices import DeploymentStatus
 from console.deployments.models import Deployment
 from console.playground.choices import CLASSIFICATION, EXPLAINABLE, GENERATION, METHODS, SPANS
+from engine.int8_format import is_stored
 
 ROLES = ("system", "user", "assistant")
 
@@ -126,8 +127,6 @@ def prepare(deployment: Deployment, data: dict[str, Any]) -> dict[str, Any]:
         raise Refused("`input` is for classifiers; give `messages` or `prompt`.", code="invalid", field="input")
     quantization = (deployment.config.get("engine") or {}).get("quantization", "none")
     if quantization == "none" and method == "integrated_gradients":  # a compressed child stored as int8
-        from engine.quantize import is_stored
-
         target = deployment.target_version()
         quantization = (is_stored(Path(target.path)) if target else None) or "none"
     if method == "integrated_gradients" and quantization != "none":

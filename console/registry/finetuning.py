@@ -10,7 +10,7 @@ from typing import Any
 
 from console.evaluation.params import dataset_named, dataset_version_of, fail, model_named, ready_version
 from engine.finetune import FinetuneConfig, context_length, labels_of, missing_labels, split
-from engine.quantize import is_stored
+from engine.int8_format import is_stored
 
 # Which dataset kind each fine-tuning task trains on.
 KIND_OF_TASK = {"text-generation": "qa", "text-classification": "classification", "token-classification": "ner"}

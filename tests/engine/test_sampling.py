@@ -13,13 +13,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from bench.parity import hf_greedy
 from engine.config import EngineConfig, SamplingParams
 from engine.detokenizer import Detokenizer
 from engine.errors import Overloaded, PromptTooLong
 from engine.llm_engine import LLMEngine
 from engine.sampler import _filtered_probs, sample
 from engine.sequence import Sequence
-from tests.engine.parity import hf_greedy
 
 PROMPT = "the quick brown fox jumps over the lazy dog"
 
