@@ -37,12 +37,11 @@ from console.jobs.models import Job
 from console.registry import archives
 from console.registry.choices import VersionFormat, VersionSource, VersionStatus
 from console.registry.models import Model, ModelVersion
-from engine.inspect import HOW_TO_CONVERT, PICKLE_SUFFIXES, InvalidModel, inspect_folder, read_gguf
+from engine.inspect import GGUF_NAME, HOW_TO_CONVERT, PICKLE_SUFFIXES, InvalidModel, inspect_folder, read_gguf
 
 log = logging.getLogger(__name__)
 
 ACCEPTED = "a .zip or .tar.gz (.tgz) of a Hugging Face model folder (config.json, *.safetensors, tokenizer files), or a single .gguf file"
-GGUF_NAME = "source.gguf"  # the uploaded GGUF, kept beside the safetensors converted from it
 HASH_CHUNK = 4 * 1024 * 1024
 STALE_STAGING_S = 24 * 3600  # a temp folder this old belongs to a process that died
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
