@@ -66,15 +66,15 @@ def _causal_lm(folder: Path, config: EngineConfig, runtime: str) -> Any:
         if runtime == "llamacpp" or (gguf is not None and config.quantization == "none"):
             try:
                 engine = llamacpp.LlamaCppEngine(folder, config, gguf_path=gguf)
-                engine.runtime_note = f"llama.cpp on the GGUF file ({engine.architecture}, {engine.threads} threads)"
+                engine.runtime_note = f"llama.cpp (the GGUF file, {engine.architecture}, {engine.threads} threads)"
                 return engine
             except (UnsupportedModel, ImportError) as exc:
                 if runtime == "llamacpp":
                     raise UnsupportedModel(str(exc)) from exc
-                note = f"runtime auto fell back to torch: {exc}"
+                note = f"torch (runtime auto fell back to it: {exc})"
     from engine.llm_engine import LLMEngine
 
     engine = LLMEngine.from_pretrained(folder, config)
     engine.runtime = "torch"
-    engine.runtime_note = note or "the torch engine on the safetensors weights"
+    engine.runtime_note = note or "torch (the safetensors weights)"
     return engine

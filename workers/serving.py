@@ -108,8 +108,10 @@ class Runner:
             old, self.current = self.current, Loaded(engine, version_id, number, signature)
             if old is not None:
                 self.retired.append(old)
+            runtime = getattr(engine, "runtime_note", "") or getattr(engine, "runtime", "")
             self._set_status(ReplicaStatus.READY, f"Serving version {number} (loaded in "
-                                                  f"{time.perf_counter() - started:.1f} s).")
+                                                  f"{time.perf_counter() - started:.1f} s)"
+                                                  + (f" on {runtime}." if runtime else "."))
         log.info("replica %s#%s serves version %s", self.name, self.slot, number)
         self.collect()
 

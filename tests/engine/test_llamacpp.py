@@ -154,7 +154,7 @@ def test_a_truncated_gguf_is_refused_by_llamacpp_and_auto_falls_back_to_torch(sm
     engine = Engine.from_pretrained(folder, EngineConfig(kv_cache_bytes=8 * 1024 * 1024))
     try:
         assert engine.runtime == "torch"
-        assert "fell back to torch" in engine.runtime_note and "incomplete" in engine.runtime_note
+        assert "fell back to it" in engine.runtime_note and "incomplete" in engine.runtime_note
     finally:
         engine.close()
 
