@@ -82,3 +82,16 @@ def test_a_corrupt_gguf_fails_its_replica_with_the_reason_and_the_worker_keeps_s
     deploy("small", gguf_version, owner=bob, config=ENGINE)  # the same worker process still serves
     reply = client_for(charlie, web_server).chat.completions.create(model="small", messages=QUESTION, max_tokens=4)
     assert reply.usage.completion_tokens == 4
+
+
+def test_explain_on_a_llamacpp_deployment_attributes_with_the_versions_torch_weights(serving, user_api, gguf_version,
+                                                                                    bob):
+    from tests.test_playground_api import explain, finished
+
+    deploy("small", gguf_version, owner=bob, config=ENGINE)
+    res = explain(user_api, "small", messages=QUESTION, output="Paris.", span="user")
+    assert res.status_code == 202, res.json()
+    job = finished(res.json()["job"], timeout=180)
+    assert job.status == "succeeded", job.error
+    assert any("runs on llamacpp; attributing with the version's torch weights" in line for line in job.log), job.log
+    assert len(job.result["attributions"]) == len(job.result["output_ids"]) > 0
