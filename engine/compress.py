@@ -16,6 +16,8 @@ Methods:
 - `structure="2:4"` (either method): in each group of 4 consecutive input weights of a row, the 2
   lowest-scoring are zeroed (sparsity 0.5 exactly).
 - `fp16` / `bf16`: the weights are cast and saved in that dtype (half the float32 size).
+- `gguf-q8_0` / `gguf-q4_0`: a llama.cpp GGUF file beside its dequantized safetensors (engine/gguf_export.py);
+  the child is a GGUF version, which runtime `auto` serves on llama.cpp. Llama models only.
 - `int8` / `w8a8`: the engine's int8 modes (engine.quantize) applied once and stored as they run:
   int8 rows with per-row scales for every Linear, the token embeddings as int8 rows too, and for
   w8a8 the SmoothQuant input scaling calibrated on the given text. Loading packs them and
@@ -40,7 +42,8 @@ from torch import nn
 PRUNE_METHODS = ("magnitude", "wanda")
 CAST_METHODS = {"fp16": torch.float16, "bf16": torch.bfloat16}
 QUANT_METHODS = ("int8", "w8a8")
-METHODS = (*QUANT_METHODS, *PRUNE_METHODS, *CAST_METHODS)
+GGUF_METHODS = ("gguf-q8_0", "gguf-q4_0")  # engine/gguf_export.py: a GGUF child llama.cpp serves
+METHODS = (*QUANT_METHODS, *GGUF_METHODS, *PRUNE_METHODS, *CAST_METHODS)
 CALIBRATED = ("wanda", "w8a8")  # the methods that take calibration text
 STRUCTURES = ("unstructured", "2:4")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
@@ -94,6 +97,13 @@ def check_model(method: str, folder: Path) -> None:
     if method in PRUNE_METHODS and architecture in CONV1D_ARCHITECTURES:
         raise UnsupportedMethod(f"{method} pruning needs nn.Linear decoder layers; {architecture} uses Conv1D. "
                                 "Use fp16 or bf16 for this model.")
+    if method in GGUF_METHODS:
+        from engine.gguf_export import ExportError, check_exportable
+
+        try:
+            check_exportable(folder)
+        except ExportError as exc:
+            raise UnsupportedMethod(str(exc)) from exc
     if method in QUANT_METHODS and config.get("model_type") not in LLAMA_LIKE:
         raise UnsupportedMethod(f"{method} is stored in the engine's int8 format, which covers Llama-family models "
                                 f"({', '.join(LLAMA_LIKE)}); this model is {config.get('model_type')!r}. "
@@ -243,6 +253,12 @@ def compress_folder(src: Path, dest: Path, method: str, *, sparsity: float = 0.5
 
     check(method, sparsity=sparsity if structure == "unstructured" else None, structure=structure)
     check_model(method, src)
+    if method in GGUF_METHODS:
+        from engine.gguf_export import export
+
+        result = CompressResult(method, export(src, dest, method))
+        _copy_other_files(src, dest)
+        return result
     model = AutoModelForCausalLM.from_pretrained(src, torch_dtype=torch.float32)
     model.eval()
     if method in QUANT_METHODS:
@@ -265,11 +281,16 @@ def compress_folder(src: Path, dest: Path, method: str, *, sparsity: float = 0.5
     if method not in QUANT_METHODS:
         dest.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(dest, safe_serialization=True)
+    _copy_other_files(src, dest)
+    return result
+
+
+def _copy_other_files(src: Path, dest: Path) -> None:
+    """The tokenizer, config and other non-weight files, unchanged."""
     for path in src.iterdir():
         if path.is_file() and not (dest / path.name).exists() and not path.name.endswith(WEIGHT_SUFFIXES) \
                 and not path.name.endswith(".index.json"):
             shutil.copy2(path, dest / path.name)
-    return result
 
 
 def _saved_dtype(src: Path) -> str | None:

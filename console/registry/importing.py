@@ -221,11 +221,14 @@ def add_version_from_path(model: Model, path: Path, actor: Any, *, source: str =
         if path.is_dir():
             folder = tmp / "model"
             shutil.copytree(path, folder, ignore=shutil.ignore_patterns("__pycache__"))
+            originals = (GGUF_NAME,) if (folder / GGUF_NAME).is_file() else ()  # a GGUF job output keeps both
             try:
-                inspect_folder(folder)
+                inspect_folder(folder, originals=originals)
+                if originals:
+                    read_gguf(folder / GGUF_NAME, GGUF_NAME)
             except InvalidModel as exc:
                 raise _refused(exc) from exc
-            fmt = VersionFormat.SAFETENSORS
+            fmt = VersionFormat.GGUF if originals else VersionFormat.SAFETENSORS
         else:
             with path.open("rb") as src:
                 folder = _stage_gguf(src, tmp, path.name)
