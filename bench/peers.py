@@ -2,7 +2,7 @@
 embedded server, called directly), CTranslate2 int8 and float32 converted from the same safetensors
 folder, and Tauon through each of its runtimes (llamacpp on the GGUF; torch fp32, int8, w8a8).
 
-    python -m bench.peers [--quick] [--model FOLDER] [--gguf FILE]
+    python -m bench.peers [--quick] [--threads N] [--model FOLDER] [--gguf FILE]
 
 One protocol for every system, greedy, end-of-sequence ignored so all do the same work:
 single stream = one chat request of `single_new` (128) new tokens, tok/s = tokens ÷ its wall time
@@ -187,9 +187,11 @@ def _with_gguf(folder: Path, gguf: Path, tmp: Path) -> Path:
     return dest
 
 
-def measure_peers(folder: Path, *, quick: bool = False, gguf: Path | None = None,
+def measure_peers(folder: Path, *, quick: bool = False, gguf: Path | None = None, threads: int = 0,
                   torch_modes: tuple[str, ...] = ("none", "int8", "w8a8")) -> Peers:
-    """Every peer row plus Tauon through each runtime, and the figures for the JSON line."""
+    """Every peer row plus Tauon through each runtime, and the figures for the JSON line. `threads`
+    (0: the CPUs this process may use) goes to every system, torch included."""
+    import torch
     from transformers import AutoTokenizer
 
     from engine.inspect import GGUF_NAME
@@ -198,7 +200,9 @@ def measure_peers(folder: Path, *, quick: bool = False, gguf: Path | None = None
     gguf = gguf or ((folder / GGUF_NAME) if (folder / GGUF_NAME).is_file() else bundled_gguf())
     tokenizer = AutoTokenizer.from_pretrained(folder)
     single_new, batch_new, repeats = (32, 16, 1) if quick else (128, 64, 3)
-    threads = cpu_share()
+    threads = threads or cpu_share()
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
 
     def template(chat: list[dict[str, str]]) -> list[int]:
         text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
@@ -219,6 +223,7 @@ def measure_peers(folder: Path, *, quick: bool = False, gguf: Path | None = None
     for quant in torch_modes:
         progress(f"Tauon torch {quant}")
         tauon.append(tauon_row(folder, "torch", quant, single_new, batch_new, threads, repeats))
+    torch.set_num_threads(torch_threads)
     out.rows += tauon
     best_single = max(tauon, key=lambda r: r.single or 0.0)
     best_batch = max(tauon, key=lambda r: r.batch16 or 0.0)
@@ -251,6 +256,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer tokens, one repeat (smoke test)")
     parser.add_argument("--model", help="safetensors model folder (default: SmolLM2-135M converted from the bundled GGUF)")
     parser.add_argument("--gguf", help="the GGUF of the same weights (default: the folder's source.gguf, or the bundled one)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for every system (0: all this process "
+                        "may use; on a machine shared with busy processes, fewer is faster for llama.cpp)")
     args = parser.parse_args()
     from transformers.utils import logging as hf_logging
 
@@ -258,7 +265,8 @@ def main() -> None:
 
     hf_logging.set_verbosity_error()
     started = time.perf_counter()
-    peers = measure_peers(model_folder(args.model), quick=args.quick, gguf=Path(args.gguf) if args.gguf else None)
+    peers = measure_peers(model_folder(args.model), quick=args.quick, gguf=Path(args.gguf) if args.gguf else None,
+                          threads=args.threads)
     peers.print()
     print(json.dumps({**peers.figures, "quick": args.quick, "wall_s": round(time.perf_counter() - started, 1)}))
 
