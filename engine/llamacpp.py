@@ -12,12 +12,17 @@ Imports neither torch nor Django; xllamacpp is imported when an engine is built.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import logging
 import os
+import secrets
+import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,10 +181,17 @@ class LlamaCppEngine:
         p.warmup = True
         p.verbosity = -1
         p.endpoint_metrics = True
+        # xllamacpp also opens llama.cpp's HTTP server on a loopback port; lock it with a key nobody has
+        # (this class calls the routes directly, which the key does not guard)
+        p.api_keys = [secrets.token_urlsafe(32)]
         try:
-            self._server = xllamacpp.Server(p)
+            with _keep_signal_handlers():  # llama.cpp installs its own SIGINT/SIGTERM handlers
+                self._server = xllamacpp.Server(p)
         except RuntimeError as exc:
             raise UnsupportedModel(f"llama.cpp could not load {self.gguf_path.name} ({self.architecture}): {exc}") from exc
+        # one round trip through llama.cpp's task queue: its loop has started, so a close() from now on
+        # is seen (a terminate that comes before the loop starts is lost, and the close would hang)
+        self._server.handle_metrics()
         self._lock = threading.Lock()
         self._requests: dict[str, _Request] = {}
         self._threads: set[threading.Thread] = set()
@@ -366,6 +378,24 @@ class LlamaCppEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextmanager
+def _keep_signal_handlers() -> Iterator[None]:
+    """Restore the process's SIGINT/SIGTERM dispositions after llama.cpp's server replaced them (so a
+    Celery worker still shuts down warm on SIGTERM). Uses libc's sigaction, which works from any thread;
+    the saved structs are copied back byte for byte."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    saved = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        buf = ctypes.create_string_buffer(512)  # larger than any libc's struct sigaction
+        if libc.sigaction(int(sig), None, buf) == 0:
+            saved[sig] = buf
+    try:
+        yield
+    finally:
+        for sig, buf in saved.items():
+            libc.sigaction(int(sig), buf, None)
 
 
 class _Failed(Exception):

@@ -181,3 +181,30 @@ def test_the_runtime_setting_is_validated() -> None:
         EngineConfig(runtime="vllm")
     with pytest.raises(ValueError, match="threads"):
         EngineConfig(threads=-1)
+
+
+def test_loading_keeps_the_process_signal_handlers_and_locks_llamacpp_http_port(smollm2_gguf_dir: Path) -> None:
+    import os
+    import signal
+    import urllib.error
+    import urllib.request
+
+    from engine import Engine
+
+    got: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda sig, frame: got.append(sig))
+    loaded: list = []  # type: ignore[type-arg]
+    try:
+        loader = threading.Thread(target=lambda: loaded.append(Engine.from_pretrained(smollm2_gguf_dir, CONFIG)))
+        loader.start()  # the serving worker loads engines on a thread too
+        loader.join()
+        engine = loaded[0]
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+        assert got == [signal.SIGTERM]  # Python's handler (Celery's warm shutdown), not llama.cpp's
+        with pytest.raises(urllib.error.HTTPError) as refused:  # xllamacpp's own HTTP server wants a key
+            urllib.request.urlopen(f"{engine._server.listening_address}/v1/models", timeout=10)
+        assert refused.value.code == 401
+        engine.close()  # right after loading: must not hang
+    finally:
+        signal.signal(signal.SIGTERM, previous)
