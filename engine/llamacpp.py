@@ -121,7 +121,8 @@ def request_body(ids: list[int], params: SamplingParams, seed: int) -> dict[str,
                              f"'torch'")
     return {
         "prompt": ids, "stream": True, "max_tokens": params.max_new_tokens,
-        "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k,
+        "temperature": params.temperature, "top_p": params.top_p,
+        "top_k": 1 if params.greedy else params.top_k,  # greedy: the same token without sorting the vocabulary
         "min_p": 0.0, "typical_p": 1.0,  # llama.cpp's own defaults (min_p 0.05) would cut what ours keep
         "repeat_penalty": params.repetition_penalty,  # over the whole context (prompt too), as Hugging Face's
         "repeat_last_n": len(ids) + params.max_new_tokens if params.repetition_penalty != 1.0 else 0,
