@@ -128,6 +128,9 @@ def request_body(ids: list[int], params: SamplingParams, seed: int) -> dict[str,
         "repeat_last_n": len(ids) + params.max_new_tokens if params.repetition_penalty != 1.0 else 0,
         "stop": list(params.stop), "ignore_eos": params.ignore_eos, "seed": seed,
         "logprobs": max(1, params.top_logprobs),  # at least 1: each chunk then names its token ids
+        # without logprobs asked, the ids come from the sampler's own short candidate list instead of a
+        # softmax and sort over the whole vocabulary for every token
+        "post_sampling_probs": not params.logprobs,
         "cache_prompt": True,
     }
 
