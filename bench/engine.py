@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.models import smollm2
+from bench.peers import measure_peers
 from bench.texts import EVAL_TEXT
 
 
@@ -323,6 +324,7 @@ def main() -> None:
     _trim()
     eng = {q: run_engine(folder, q, work, single_new, kv_bytes, ppl_ids) for q in ("none", "int8", "w8a8")}
     hf = run_hf(folder, work, single_new, n_seq, static_bs, cb_blocks)
+    peers = measure_peers(folder, quick=args.quick)  # llama.cpp, CTranslate2, Tauon through each runtime
     match, exact, gaps = greedy_check(folder, work.prompts[:n_seq], [o for o in eng["none"]["outputs"][:n_seq]],
                                       hf["seq_outputs"])
     fp32 = eng["none"]
@@ -365,6 +367,7 @@ def main() -> None:
     print(f"\nengine fp32 vs HF static ×{fp32['tok_s'] / hf['static_tok_s']:.2f} · vs HF CB "
           f"×{fp32['tok_s'] / hf['cb_tok_s']:.2f} · w8a8 vs fp32 ×{eng['w8a8']['tok_s'] / fp32['tok_s']:.2f} · "
           f"batched fp32 at {fp32['tok_s'] / flop_ceiling:.0%} of FLOP ceiling")
+    peers.print()
     print(f"greedy match vs HF: {exact}/{n_seq} identical, near-tie gaps at divergences {gaps} → {match}")
     print(f"engine RSS growth while loaded and serving: fp32 {rss['none']:.0f} MB, int8 {rss['int8']:.0f} MB, "
           f"w8a8 {rss['w8a8']:.0f} MB (fp32 budget weights {fp32['weight_mb']:.0f} + KV {kv_mb:.0f} "
@@ -387,6 +390,7 @@ def main() -> None:
         "gflops": round(machine["gflops"], 1), "single_stream_ceiling_tok_s": round(bw_ceiling, 2),
         "batched_ceiling_tok_s": round(flop_ceiling, 1), "requests": len(work.prompts),
         "new_tokens": work.tokens, "quick": args.quick, "wall_s": round(time.perf_counter() - started, 1),
+        **peers.figures,
     }))
 
 

@@ -1,7 +1,12 @@
 """`Engine.from_pretrained(folder, config)`: the engine that fits the folder's model.
 
-Causal LMs get an `LLMEngine` (continuous batching, streaming); encoders get the embedding,
-sequence-classification or token-classification engine their architecture or task names."""
+Causal LMs get a runtime (`config.runtime`, chosen here and nowhere else): `llamacpp` serves the
+version's GGUF file on llama.cpp (engine/llamacpp.py), `torch` the safetensors weights on our own
+`LLMEngine`; `auto` picks llama.cpp for a version that kept a GGUF (unless a torch quantization is
+asked for) and falls back to torch, saying why, when llama.cpp cannot run it. Both honour one
+contract: `generate` → `RequestHandle`, `encode`, `tokenizer`, `eos_ids`, `stats()`, `close()`, and
+`runtime` / `runtime_note` name the choice. Encoders get the embedding, sequence-classification or
+token-classification engine their architecture or task names."""
 
 from __future__ import annotations
 
@@ -35,10 +40,12 @@ class Engine:
         folder = Path(folder)
         cfg = loader.read_config(folder)
         task = task or task_of(folder, cfg)
+        runtime = config.runtime if config is not None else "auto"
         if task == "text-generation":
-            from engine.llm_engine import LLMEngine
-
-            return LLMEngine.from_pretrained(folder, config)
+            return _causal_lm(folder, config or EngineConfig(), runtime)
+        if runtime == "llamacpp":
+            raise UnsupportedModel(f"the llamacpp runtime serves text generation only, not {task}; "
+                                   "use runtime 'auto' or 'torch'")
         from engine import encoders
 
         if task == "embeddings":
@@ -48,3 +55,26 @@ class Engine:
         if task == "token-classification":
             return encoders.TokenClassificationEngine(folder, config)
         raise UnsupportedModel(f"unknown task {task!r}; one of {', '.join(TASKS)}")
+
+
+def _causal_lm(folder: Path, config: EngineConfig, runtime: str) -> Any:
+    note = ""
+    if runtime != "torch":
+        from engine import llamacpp
+
+        gguf = llamacpp.gguf_of(folder)
+        if runtime == "llamacpp" or (gguf is not None and config.quantization == "none"):
+            try:
+                engine = llamacpp.LlamaCppEngine(folder, config, gguf_path=gguf)
+                engine.runtime_note = f"llama.cpp (the GGUF file, {engine.architecture}, {engine.threads} threads)"
+                return engine
+            except (UnsupportedModel, ImportError) as exc:
+                if runtime == "llamacpp":
+                    raise UnsupportedModel(str(exc)) from exc
+                note = f"torch (runtime auto fell back to it: {exc})"
+    from engine.llm_engine import LLMEngine
+
+    engine = LLMEngine.from_pretrained(folder, config)
+    engine.runtime = "torch"
+    engine.runtime_note = note or "torch (the safetensors weights)"
+    return engine

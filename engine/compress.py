@@ -17,6 +17,8 @@ Methods:
 - `structure="2:4"` (either method): in each group of 4 consecutive input weights of a row, the 2
   lowest-scoring are zeroed (sparsity 0.5 exactly).
 - `fp16` / `bf16`: the weights are cast and saved in that dtype (half the float32 size).
+- `gguf-q8_0` / `gguf-q4_0`: a llama.cpp GGUF file beside its dequantized safetensors (engine/gguf_export.py);
+  the child is a GGUF version, which runtime `auto` serves on llama.cpp. Llama models only.
 - `int8` / `w8a8`: the engine's int8 modes (engine.quantize) applied once and stored as they run:
   int8 rows with per-row scales for every Linear, the token embeddings as int8 rows too, and for
   w8a8 the SmoothQuant input scaling calibrated on the given text. Loading packs them and
@@ -40,6 +42,7 @@ from torch import nn
 
 from engine.compress_methods import (
     CAST_METHODS,
+    GGUF_METHODS,
     PRUNE_METHODS,
     QUANT_METHODS,
     WEIGHT_SUFFIXES,
@@ -206,6 +209,12 @@ def compress_folder(src: Path, dest: Path, method: str, *, sparsity: float = 0.5
 
     check(method, sparsity=sparsity if structure == "unstructured" else None, structure=structure)
     check_model(method, src)
+    if method in GGUF_METHODS:
+        from engine.gguf_export import export
+
+        result = CompressResult(method, export(src, dest, method))
+        _copy_other_files(src, dest)
+        return result
     model = AutoModelForCausalLM.from_pretrained(src, torch_dtype=torch.float32)
     model.eval()
     if method in QUANT_METHODS:
@@ -228,11 +237,16 @@ def compress_folder(src: Path, dest: Path, method: str, *, sparsity: float = 0.5
     if method not in QUANT_METHODS:
         dest.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(dest, safe_serialization=True)
+    _copy_other_files(src, dest)
+    return result
+
+
+def _copy_other_files(src: Path, dest: Path) -> None:
+    """The tokenizer, config and other non-weight files, unchanged."""
     for path in src.iterdir():
         if path.is_file() and not (dest / path.name).exists() and not path.name.endswith(WEIGHT_SUFFIXES) \
                 and not path.name.endswith(".index.json"):
             shutil.copy2(path, dest / path.name)
-    return result
 
 
 def _saved_dtype(src: Path) -> str | None:

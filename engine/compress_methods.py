@@ -14,7 +14,8 @@ from engine.int8_format import is_stored
 PRUNE_METHODS = ("magnitude", "wanda")
 CAST_METHODS = ("fp16", "bf16")
 QUANT_METHODS = ("int8", "w8a8")
-METHODS = (*QUANT_METHODS, *PRUNE_METHODS, *CAST_METHODS)
+GGUF_METHODS = ("gguf-q8_0", "gguf-q4_0")  # engine/gguf_export.py: a GGUF child llama.cpp serves
+METHODS = (*QUANT_METHODS, *GGUF_METHODS, *PRUNE_METHODS, *CAST_METHODS)
 CALIBRATED = ("wanda", "w8a8")  # the methods that take calibration text
 STRUCTURES = ("unstructured", "2:4")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
@@ -53,6 +54,13 @@ def check_model(method: str, folder: Path) -> None:
     if method in PRUNE_METHODS and architecture in CONV1D_ARCHITECTURES:
         raise UnsupportedMethod(f"{method} pruning needs nn.Linear decoder layers; {architecture} uses Conv1D. "
                                 "Use fp16 or bf16 for this model.")
+    if method in GGUF_METHODS:
+        from engine.gguf_export import ExportError, check_exportable  # numpy and json only: no torch
+
+        try:
+            check_exportable(folder)
+        except ExportError as exc:
+            raise UnsupportedMethod(str(exc)) from exc
     if method in QUANT_METHODS and config.get("model_type") not in LLAMA_LIKE:
         raise UnsupportedMethod(f"{method} is stored in the engine's int8 format, which covers Llama-family models "
                                 f"({', '.join(LLAMA_LIKE)}); this model is {config.get('model_type')!r}. "

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "int8", "w8a8", "int4")
 DEVICES = ("auto", "cpu", "cuda")
+RUNTIMES = ("auto", "torch", "llamacpp")  # see engine/api.py: auto → llamacpp for a version with a GGUF
 
 
 def _positive(name: str, value: int) -> None:
@@ -29,6 +30,8 @@ class EngineConfig:
     max_queue: int = 256  # waiting requests before `Overloaded`
     max_model_len: int = 0  # 0 → the model's max_position_embeddings (capped at 8192)
     seed: int = 0  # seeds requests that give no seed of their own, per request in order
+    runtime: str = "auto"  # auto | torch | llamacpp (llama.cpp on the version's GGUF file)
+    threads: int = 0  # llamacpp: CPU threads; 0 → the CPUs this process may use (affinity and cgroup quota)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -37,6 +40,11 @@ class EngineConfig:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 0:
+            raise ValueError(f"threads must be 0 (the CPUs this worker may use) or a positive integer, "
+                             f"got {self.threads!r}")
         for name in ("max_num_seqs", "max_batch_tokens", "kv_cache_bytes", "block_size", "max_queue"):
             _positive(name, getattr(self, name))
         if not isinstance(self.max_model_len, int) or self.max_model_len < 0:

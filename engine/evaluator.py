@@ -6,6 +6,7 @@ run, and the engine is closed on the way out."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,7 +65,8 @@ def run(folder: str | Path, kind: str, data: Any, config: Any = None, settings: 
     if kind not in KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; one of {', '.join(KINDS)}")
     settings = settings or Settings()
-    config = config or EngineConfig()
+    # perplexity needs the torch weights' logits: evaluation measures the safetensors weights on torch
+    config = dataclasses.replace(config or EngineConfig(), runtime="torch")
     if kind != "text" and settings.max_examples:
         data = data[:settings.max_examples]
     report = on_progress or (lambda f, msg: None)

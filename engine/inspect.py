@@ -163,6 +163,7 @@ def read_safetensors(path: Path, relpath: str | None = None) -> SafetensorsInfo:
 # --- GGUF ------------------------------------------------------------------------------------
 
 GGUF_MAGIC = b"GGUF"
+GGUF_NAME = "source.gguf"  # a GGUF version's original file, kept byte for byte beside its safetensors conversion
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 _MAX_COUNT = 10_000_000

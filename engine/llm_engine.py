@@ -3,7 +3,6 @@ so that every caller's request joins the same running batch."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import threading
 import time
@@ -14,10 +13,10 @@ from typing import Any
 
 import torch
 
-from engine import loader, quantize, sampler
+from engine import admission, loader, quantize, sampler
 from engine.config import EngineConfig, SamplingParams
 from engine.detokenizer import Detokenizer
-from engine.errors import EngineClosed, InvalidPrompt, PromptTooLong
+from engine.errors import EngineClosed
 from engine.outputs import Completion, Delta, RequestHandle, TokenLogprob, Usage
 from engine.runner import ModelRunner, build_stack
 from engine.scheduler import Batch, Scheduler
@@ -37,7 +36,7 @@ class EngineStats:
     tokens_per_s: float  # generated tokens per second over the last few seconds
     generated_tokens: int  # since start
     steps: int
-    computed_tokens: int  # prompt and generated tokens run through the model since start
+    progress: int  # moves whenever the runtime computes (torch: prompt and generated tokens run); the wedge check's clock
     preemptions: int  # sequences sent back to wait (their blocks freed, recomputed later) since start
     peak_batch_size: int
 
@@ -128,8 +127,8 @@ class LLMEngine:
         ids = self.encode(prompt)
         if not ids:
             raise ValueError("the prompt is empty")
-        self._check_ids(ids)
-        params = self._fit(len(ids), params)
+        admission.check_ids(ids, self.vocab_size)
+        params = admission.fit(len(ids), params, self.max_model_len, cache_limited=self.max_model_len == self.cache_tokens)
         seq = Sequence(ids, params)
         handle = RequestHandle(f"req-{next(self._ids)}", lambda: self.cancel(seq))
         seed = params.seed if params.seed is not None else next(self._seeds)
@@ -142,29 +141,6 @@ class LLMEngine:
         self._ensure_loop()
         self._wake.set()
         return handle
-
-    def _check_ids(self, ids: list[int]) -> None:
-        for i, t in enumerate(ids):
-            if not 0 <= t < self.vocab_size:
-                raise InvalidPrompt(f"token id {t} at position {i} is outside this model's vocabulary "
-                                    f"(ids 0 to {self.vocab_size - 1}); send ids from the model's own tokenizer")
-
-    def _fit(self, num_prompt: int, params: SamplingParams) -> SamplingParams:
-        """`params` with max_new_tokens within the context; a request that cannot fit is refused."""
-        limit = self.max_model_len
-        why = " (all the KV cache holds for one sequence)" if limit == self.cache_tokens else ""
-        if num_prompt >= limit:
-            raise PromptTooLong(f"the prompt has {num_prompt} tokens but the context window is {limit}{why}, "
-                                "including at least one new token; shorten the prompt")
-        room = limit - num_prompt
-        if params.max_new_tokens <= room:
-            return params
-        if params.fit_context:
-            return dataclasses.replace(params, max_new_tokens=room)
-        raise PromptTooLong(f"the prompt has {num_prompt} tokens and max_tokens asks for {params.max_new_tokens} "
-                            f"more, {num_prompt + params.max_new_tokens} in all, but the context window is "
-                            f"{limit}{why}; ask for at most {room} new tokens or shorten the prompt",
-                            param="max_tokens")
 
     def cancel(self, seq: Sequence) -> None:
         with self._lock:
@@ -346,7 +322,7 @@ class LLMEngine:
                                batch_size=self._last_batch, kv_blocks_used=bm.num_used, kv_blocks_total=bm.num_blocks,
                                kv_cache_usage=bm.num_used / bm.num_blocks, tokens_per_s=tps,
                                generated_tokens=self._generated, steps=self._steps,
-                               computed_tokens=self._computed, preemptions=self.scheduler.num_preemptions,
+                               progress=self._computed, preemptions=self.scheduler.num_preemptions,
                                peak_batch_size=self._peak_batch)
 
 

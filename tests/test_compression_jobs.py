@@ -86,6 +86,30 @@ def test_an_int8_compression_stores_a_quarter_size_child_that_the_engine_serves_
     assert comparison["perplexity"]["ratio"] == pytest.approx(1.0, abs=0.02)
 
 
+@pytest.mark.slow
+def test_a_gguf_q4_0_compression_stores_a_gguf_child_with_lineage_that_llamacpp_serves(
+        celery_worker, bob, maintainer_api, smollm2_dir):
+    from engine import Engine, EngineConfig
+    from engine.inspect import GGUF_NAME
+
+    model = make_model("small", owner=bob)
+    stored_version(model, smollm2_dir, architecture="LlamaForCausalLM", **as_imported(smollm2_dir))
+    response = post(maintainer_api, {"model": "small", "version": 1, "method": "gguf-q4_0"})
+    assert response.status_code == 202, response.content
+    done = ended(Job.objects.get(pk=response.json()["id"]))
+    assert done.status == "succeeded", done.error + celery_worker.log()[-3000:]
+    child = model.versions.get(number=done.result["child"])
+    assert (child.status, child.format, child.parent.number, child.produced_by_id) == ("ready", "gguf", 1, done.pk)
+    assert child.config["compression"]["recipe"]["type"] == "Q4_0"
+    assert {f["path"] for f in child.files} >= {GGUF_NAME, "model.safetensors", "tokenizer.json"}
+    assert done.result["comparison"]["served_bytes"]["ratio"] <= 0.2  # the GGUF against the fp32 weights
+    engine = Engine.from_pretrained(child.path, EngineConfig(threads=1, max_num_seqs=2, kv_cache_bytes=32 << 20))
+    try:
+        assert engine.runtime == "llamacpp"
+    finally:
+        engine.close()
+
+
 def test_a_compression_cancelled_while_it_compares_leaves_no_child_and_no_staging_files(
         celery_worker, bob, maintainer_api, llama_dir):
     from console.registry.importing import storage_dir

@@ -149,3 +149,27 @@ def test_predict_refuses_a_generation_deployment_and_an_unknown_one(user_api, ma
     assert error_of(user_api.post("/api/deployments/chat/predict", {"input": "hi"}, format="json"),
                     400)["code"] == "wrong_task"
     assert error_of(user_api.post("/api/deployments/nope/predict", {"input": "hi"}, format="json"), 404)
+
+
+def test_an_explicit_llamacpp_runtime_needs_a_version_that_kept_a_gguf_llamacpp_runs(maintainer_api, served, tmp_path):
+    import gguf
+    import numpy as np
+
+    from engine.inspect import GGUF_NAME
+
+    body = {"name": "x", "model": "tiny-llm", "config": {"engine": {"runtime": "llamacpp"}}}
+    error = error_of(maintainer_api.post("/api/deployments/", body, format="json"), 400)
+    assert error["field"] == "config.engine.runtime" and "version 1 has no GGUF file" in error["message"], error
+    odd = make_version(served[0], format="gguf")
+    odd.path.mkdir(parents=True)
+    w = gguf.GGUFWriter(odd.path / GGUF_NAME, "quantumformer")
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    error = error_of(maintainer_api.post("/api/deployments/", {**body, "version": odd.number}, format="json"), 400)
+    assert error["field"] == "config.engine.runtime" and "'quantumformer'" in error["message"], error
+    assert not Deployment.objects.exists()
+    auto = maintainer_api.post("/api/deployments/", {**body, "version": odd.number, "config": {}}, format="json")
+    assert auto.status_code == 201 and auto.json()["config"]["engine"]["runtime"] == "auto"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import time
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -99,6 +100,23 @@ def test_both_bundled_models_import_and_smollm2_then_loads_in_well_under_a_secon
     reply = model.generate(**prompt, max_new_tokens=8, do_sample=False)
     assert "Paris" in tokenizer.decode(reply[0, prompt["input_ids"].shape[1]:])
     assert "already ready; nothing to do" in import_bundled("--sync")
+
+    # the GGUF stays byte for byte beside its conversion, and runtime `auto` serves it on llama.cpp
+    import hashlib
+
+    from engine import Engine, EngineConfig
+    from engine.inspect import GGUF_NAME
+
+    def sha256(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    assert sha256(smol.path / GGUF_NAME) == sha256(by_name(SMOLLM).path())
+    assert {f["path"] for f in smol.files} >= {GGUF_NAME, "model.safetensors"}
+    engine = Engine.from_pretrained(smol.path, EngineConfig(threads=1, max_num_seqs=2, kv_cache_bytes=32 * 1024**2))
+    try:
+        assert engine.runtime == "llamacpp"
+    finally:
+        engine.close()
 
     # `up` then deploys both under their names, following 'production' (idempotent)
     from console.deployments.models import Deployment

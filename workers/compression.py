@@ -22,7 +22,7 @@ from console.registry.models import Model, ModelVersion
 
 log = logging.getLogger(__name__)
 
-COMPARED = ("size_bytes", "parameter_count", "perplexity", "exact_match", "token_f1", "tokens_per_s",
+COMPARED = ("size_bytes", "served_bytes", "parameter_count", "perplexity", "exact_match", "token_f1", "tokens_per_s",
             "peak_memory_bytes")
 
 
@@ -61,8 +61,10 @@ def compress(job: Job) -> dict[str, Any]:
     result: dict[str, Any] = {"model": model.name, "parent": parent.number, "child": child.number,
                               "child_id": child.pk, "method": method, "recipe": outcome.recipe,
                               "sparsity": outcome.sparsity, "layer_sparsity": outcome.layer_sparsity}
-    parent_row = {"size_bytes": parent.total_size, "parameter_count": parent.parameter_count}
-    child_row = {"size_bytes": child.total_size, "parameter_count": child.parameter_count}
+    parent_row = {"size_bytes": parent.total_size, "served_bytes": _served_bytes(parent),
+                  "parameter_count": parent.parameter_count}
+    child_row = {"size_bytes": child.total_size, "served_bytes": _served_bytes(child),
+                 "parameter_count": child.parameter_count}
     if evaluation is None:
         result["comparison"] = _compare(parent_row, child_row)
         return result
@@ -70,6 +72,7 @@ def compress(job: Job) -> dict[str, Any]:
 
     dataset_version, metrics = evaluation
     metrics[str(child.number)] = {**metrics.pop("child"), **child_row}
+    metrics[str(parent.number)]["served_bytes"] = parent_row["served_bytes"]
     result.update(metrics=metrics, comparison=_compare(metrics[str(parent.number)], metrics[str(child.number)]),
                   dataset=dataset_version.dataset.name, dataset_version=dataset_version.number,
                   config_key=key_of(params["config"]), versions=[parent.number, child.number])
@@ -77,6 +80,15 @@ def compress(job: Job) -> dict[str, Any]:
         f"{k} {v['ratio']}" for k, v in result["comparison"].items()), cancellable=False)
     _store(job, [parent, child], dataset_version, params["config"], result, cancellable=False)
     return result
+
+
+def _served_bytes(version: ModelVersion) -> int:
+    """What the runtime `auto` loads: a GGUF version's GGUF file (its safetensors are for Explain and
+    friends), else every stored file."""
+    from engine.inspect import GGUF_NAME
+
+    gguf = version.path / GGUF_NAME
+    return gguf.stat().st_size if gguf.is_file() else version.total_size
 
 
 def _child_config(parent: ModelVersion, outcome: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

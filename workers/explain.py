@@ -11,6 +11,8 @@ therefore ends the job within about a chunk."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -124,8 +126,9 @@ def _generation(job: Job, engine: Any, p: dict[str, Any]) -> dict[str, Any]:
                    f"{plan['sequences']} sequences in {plan['batches']} batched forward passes"
                    + (f" and {plan['backwards'] * plan['batches']} backward passes" if plan["backwards"] else "") + ".")
     pause = gate(job, engine)
-    result = A.explain_generation(engine.stack, tokenizer, prompt, targets, method,
-                                  progress=_progress(job, method.replace("_", " ")), pause=pause, **options)
+    with _torch_stack(job, engine) as stack:
+        result = A.explain_generation(stack, tokenizer, prompt, targets, method,
+                                      progress=_progress(job, method.replace("_", " ")), pause=pause, **options)
     out = result.as_dict()
     out.update(output_text=tokenizer.decode(targets, skip_special_tokens=False), output_ids=targets,
                generated=generated, output_round_trips=exact, span=p.get("span", "prompt"),
@@ -136,6 +139,28 @@ def _generation(job: Job, engine: Any, p: dict[str, Any]) -> dict[str, Any]:
                log=f"{result.forward_passes} sequences in {result.batches} forward passes ({pause.pauses} chunks), "
                    f"{result.seconds:.1f} s, of which {pause.waited_s:.1f} s waiting for serving.")
     return out
+
+
+@contextmanager
+def _torch_stack(job: Job, engine: Any) -> Iterator[Any]:
+    """The torch weights attribution runs on: the engine's own, or, for a runtime without them (llama.cpp),
+    the version's safetensors weights loaded for this job and released after it."""
+    if getattr(engine, "runtime", "torch") == "torch":
+        yield engine.stack
+        return
+    from engine import Engine, EngineConfig
+    from engine.loader import release_memory
+
+    job.report(log=f"This deployment runs on {engine.runtime}; attributing with the version's torch weights "
+                   "(safetensors), loaded for this job and released after it.")
+    weights = Engine.from_pretrained(engine.folder, EngineConfig(runtime="torch", max_num_seqs=1,
+                                                                 kv_cache_bytes=16 * 1024 * 1024))
+    try:
+        yield weights.stack
+    finally:
+        weights.close()
+        del weights
+        release_memory()
 
 
 def _classification(job: Job, engine: Any, p: dict[str, Any]) -> dict[str, Any]:

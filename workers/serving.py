@@ -108,8 +108,10 @@ class Runner:
             old, self.current = self.current, Loaded(engine, version_id, number, signature)
             if old is not None:
                 self.retired.append(old)
+            runtime = getattr(engine, "runtime_note", "") or getattr(engine, "runtime", "")
             self._set_status(ReplicaStatus.READY, f"Serving version {number} (loaded in "
-                                                  f"{time.perf_counter() - started:.1f} s).")
+                                                  f"{time.perf_counter() - started:.1f} s)"
+                                                  + (f" on {runtime}." if runtime else "."))
         log.info("replica %s#%s serves version %s", self.name, self.slot, number)
         self.collect()
 
@@ -162,7 +164,7 @@ class Runner:
             figures.update(running=s.running, waiting=s.waiting, batch_size=s.batch_size,
                            kv_cache_usage=round(s.kv_cache_usage, 4), tokens_per_s=round(s.tokens_per_s, 2),
                            generated_tokens=s.generated_tokens, steps=s.steps)
-            figures["stalled"] = self.progress.stalled(s.computed_tokens, bool(s.running or s.waiting))
+            figures["stalled"] = self.progress.stalled(s.progress, bool(s.running or s.waiting))
         return figures
 
 

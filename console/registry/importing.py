@@ -37,12 +37,11 @@ from console.jobs.models import Job
 from console.registry import archives
 from console.registry.choices import VersionFormat, VersionSource, VersionStatus
 from console.registry.models import Model, ModelVersion
-from engine.inspect import HOW_TO_CONVERT, PICKLE_SUFFIXES, InvalidModel, inspect_folder, read_gguf
+from engine.inspect import GGUF_NAME, HOW_TO_CONVERT, PICKLE_SUFFIXES, InvalidModel, inspect_folder, read_gguf
 
 log = logging.getLogger(__name__)
 
 ACCEPTED = "a .zip or .tar.gz (.tgz) of a Hugging Face model folder (config.json, *.safetensors, tokenizer files), or a single .gguf file"
-GGUF_NAME = "source.gguf"  # the uploaded GGUF, kept beside the safetensors converted from it
 HASH_CHUNK = 4 * 1024 * 1024
 STALE_STAGING_S = 24 * 3600  # a temp folder this old belongs to a process that died
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -222,11 +221,14 @@ def add_version_from_path(model: Model, path: Path, actor: Any, *, source: str =
         if path.is_dir():
             folder = tmp / "model"
             shutil.copytree(path, folder, ignore=shutil.ignore_patterns("__pycache__"))
+            originals = (GGUF_NAME,) if (folder / GGUF_NAME).is_file() else ()  # a GGUF job output keeps both
             try:
-                inspect_folder(folder)
+                inspect_folder(folder, originals=originals)
+                if originals:
+                    read_gguf(folder / GGUF_NAME, GGUF_NAME)
             except InvalidModel as exc:
                 raise _refused(exc) from exc
-            fmt = VersionFormat.SAFETENSORS
+            fmt = VersionFormat.GGUF if originals else VersionFormat.SAFETENSORS
         else:
             with path.open("rb") as src:
                 folder = _stage_gguf(src, tmp, path.name)

