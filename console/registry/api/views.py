@@ -10,7 +10,7 @@ from django.db.models import Count, Prefetch, QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status
 from rest_framework.exceptions import NotFound
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
@@ -19,6 +19,7 @@ from rest_framework.viewsets import GenericViewSet
 from console.accounts.permissions import IsAdmin, ReadUserWriteMaintainer
 from console.audit.models import record
 from console.core.api import Conflict, error_response
+from console.core.parsers import JSONParser
 from console.registry import importing
 from console.registry.api.serializers import (
     AliasEventSerializer,
@@ -130,7 +131,7 @@ class VersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ModelScop
     """Versions of a model: upload a file (multipart) or name a hub repository (JSON); edit the config."""
 
     serializer_class = ModelVersionSerializer
-    parser_classes = [JSONParser, MultiPartParser]
+    parser_classes = [JSONParser, MultiPartParser]  # JSON: the deep-nesting-safe one of console.core
     filterset_class = VersionFilter
     ordering_fields = ["number", "created_at"]
     lookup_field = "number"
