@@ -17,6 +17,7 @@ from engine import admission, loader, quantize, sampler
 from engine.config import EngineConfig, SamplingParams
 from engine.detokenizer import Detokenizer
 from engine.errors import EngineClosed
+from engine.int8_format import is_stored
 from engine.outputs import Completion, Delta, RequestHandle, TokenLogprob, Usage
 from engine.runner import ModelRunner, build_stack
 from engine.scheduler import Batch, Scheduler
@@ -94,7 +95,7 @@ class LLMEngine:
         config = config or EngineConfig()
         device = config.resolved_device()
         dtype = config.resolved_dtype(device)
-        stored = quantize.is_stored(Path(folder))
+        stored = is_stored(Path(folder))
         if stored:  # a compressed child: its int8 layers load as they are
             if device == "cpu" and config.quantization not in ("none", stored):
                 raise ValueError(f"this version is stored as {stored}; serve it with quantization 'none' "

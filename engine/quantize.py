@@ -29,7 +29,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from engine.int8_format import FORMAT, MARKER, STORED_MODES, WEIGHTS
-from engine.int8_format import is_stored as is_stored  # re-exported: engine.llm_engine reads it here
 
 QMAX = 63.0  # 7-bit activations: u8 in [1, 127] around zero point 64
 RESIDUAL = 126.0  # residual rows (in [-0.5, 0.5]) are scaled to ±63 before the second pass

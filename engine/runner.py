@@ -16,9 +16,8 @@ from torch import nn
 
 from engine.block_manager import runs
 from engine.errors import UnsupportedModel
+from engine.families import LLAMA_LIKE
 from engine.sequence import Sequence
-
-LLAMA_LIKE = ("llama", "mistral", "qwen2")
 
 
 class LlamaLayer(nn.Module):
