@@ -9,7 +9,7 @@ from typing import Any
 
 from rest_framework.exceptions import ValidationError
 
-from engine.config import DEVICES, DTYPES, QUANTIZATIONS, EngineConfig
+from engine.config import DEVICES, DTYPES, QUANTIZATIONS, RUNTIMES, EngineConfig
 
 ENGINE_FIELDS = {f.name: f.default for f in dataclasses.fields(EngineConfig)}
 LIMITS = {  # name: (default, low, high)
@@ -33,7 +33,8 @@ def _schema() -> dict[str, Any]:
               "quantization": {"type": "string", "enum": list(QUANTIZATIONS)},
               **{name: positive for name in ("max_num_seqs", "max_batch_tokens", "kv_cache_bytes", "block_size",
                                              "max_queue")},
-              "max_model_len": {"type": "integer", "minimum": 0}, "seed": {"type": "integer"}}
+              "max_model_len": {"type": "integer", "minimum": 0}, "seed": {"type": "integer"},
+              "runtime": {"type": "string", "enum": list(RUNTIMES)}, "threads": {"type": "integer", "minimum": 0}}
     assert set(engine) == set(ENGINE_FIELDS), "every engine setting has a schema"
     sampling = {"temperature": {"type": "number", "minimum": 0, "maximum": 2},
                 "top_p": {"type": "number", "minimum": 0.001, "maximum": 1},
