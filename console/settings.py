@@ -137,6 +137,9 @@ try:  # WhiteNoise warns on every request while the folder is missing (before th
 except OSError:
     pass
 STATICFILES_DIRS = [BASE_DIR / "console" / "static"]
+# Outside production WhiteNoise also serves straight from the apps' static folders, so a server started without
+# collectstatic (the tests' uvicorn) has its CSS and JS; it defaults to DEBUG, which is now off unless asked for.
+WHITENOISE_USE_FINDERS = not PRODUCTION
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
