@@ -145,7 +145,8 @@ def test_int8_children_are_stored_as_int8_and_load_without_requantizing(
         tiny_llama: Path, tmp_path: Path, method: str, tolerance: float) -> None:
     from safetensors import safe_open
 
-    from engine.quantize import MARKER, Int8Embedding, is_stored
+    from engine.int8_format import MARKER, is_stored
+    from engine.quantize import Int8Embedding
 
     result = compress_folder(tiny_llama, tmp_path / "child", method, calibration_text=CALIBRATION_TEXT)
     child = tmp_path / "child"
