@@ -9,6 +9,15 @@ from engine.config import SamplingParams
 from engine.errors import InvalidPrompt, PromptTooLong
 
 
+def admit(ids: list[int], params: SamplingParams, *, vocab_size: int, limit: int,
+          cache_limited: bool) -> SamplingParams:
+    """The checks of every runtime's `generate`, in order: a prompt at all, ids the model takes, a fit."""
+    if not ids:
+        raise ValueError("the prompt is empty")
+    check_ids(ids, vocab_size)
+    return fit(len(ids), params, limit, cache_limited=cache_limited)
+
+
 def check_ids(ids: list[int], vocab_size: int) -> None:
     for i, t in enumerate(ids):
         if not 0 <= t < vocab_size:

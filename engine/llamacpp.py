@@ -237,10 +237,8 @@ class LlamaCppEngine:
         PromptTooLong when the prompt cannot fit, ValueError for a field llama.cpp cannot honour)."""
         params = params or SamplingParams()
         ids = self.encode(prompt)
-        if not ids:
-            raise ValueError("the prompt is empty")
-        admission.check_ids(ids, self.vocab_size)
-        params = admission.fit(len(ids), params, self.max_model_len, cache_limited=self.max_model_len == self.n_ctx)
+        params = admission.admit(ids, params, vocab_size=self.vocab_size, limit=self.max_model_len,
+                                 cache_limited=self.max_model_len == self.n_ctx)
         body = request_body(ids, params, params.seed if params.seed is not None else next(self._seeds))
         with self._lock:
             if self._closed:

@@ -126,10 +126,8 @@ class LLMEngine:
         ids outside the vocabulary."""
         params = params or SamplingParams()
         ids = self.encode(prompt)
-        if not ids:
-            raise ValueError("the prompt is empty")
-        admission.check_ids(ids, self.vocab_size)
-        params = admission.fit(len(ids), params, self.max_model_len, cache_limited=self.max_model_len == self.cache_tokens)
+        params = admission.admit(ids, params, vocab_size=self.vocab_size, limit=self.max_model_len,
+                                 cache_limited=self.max_model_len == self.cache_tokens)
         seq = Sequence(ids, params)
         handle = RequestHandle(f"req-{next(self._ids)}", lambda: self.cancel(seq))
         seed = params.seed if params.seed is not None else next(self._seeds)
