@@ -31,12 +31,11 @@ class ExplainError(Exception):
 
 
 def explain(job: Job) -> dict[str, Any]:
-    from workers.serving import Host, NotServing
+    from workers.serving import NotServing, hosted
 
     p = job.params
     name = p["deployment"]
-    host = Host.current
-    runner = host.runner(name) if host else None
+    runner = hosted(name)
     if runner is None:
         raise ExplainError(f"this worker does not host '{name}' (any more); run Explain again")
     try:
