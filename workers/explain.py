@@ -96,8 +96,8 @@ def _generation(job: Job, engine: Any, p: dict[str, Any]) -> dict[str, Any]:
         raise ExplainError("the prompt tokenizes differently here than in the engine; cannot attribute exactly")
     prompt_cap, output_cap = settings.TAUON_EXPLAIN_MAX_PROMPT_TOKENS, settings.TAUON_EXPLAIN_MAX_OUTPUT_TOKENS
     if len(prompt.ids) > prompt_cap:
-        raise ExplainError(f"the prompt has {len(prompt.ids)} tokens; attribution is capped at {prompt_cap} "
-                           "(TAUON_EXPLAIN_MAX_PROMPT_TOKENS)")
+        raise ExplainError(f"the prompt has {len(prompt.ids)} tokens; at most {prompt_cap} prompt tokens can be "
+                           "explained. Shorten it.")
     output = p.get("output")
     generated = output is None
     exact = True  # the answer's own token ids (generated here, or given as ids)
@@ -113,8 +113,9 @@ def _generation(job: Job, engine: Any, p: dict[str, Any]) -> dict[str, Any]:
         if not exact:
             job.report(log="Note: the answer's text does not round-trip through the tokenizer exactly.")
     if len(targets) > output_cap:
-        raise ExplainError(f"the answer has {len(targets)} tokens; attribution is capped at {output_cap} output "
-                           "tokens (TAUON_EXPLAIN_MAX_OUTPUT_TOKENS)")
+        from console.playground.explain import output_cap_message
+
+        raise ExplainError(f"the answer has {len(targets)} tokens; {output_cap_message()}")
     if not targets:
         raise ExplainError("the answer is empty; there is nothing to explain")
     method = p["method"]
