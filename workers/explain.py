@@ -1,6 +1,7 @@
 """The `explain` job: token attributions for one answer, on a worker that hosts the deployment (the job
 travels on the deployment's queue). It borrows the replica's loaded engine for its tokenizer and weights
-(engine/attribute.py runs its own forward over them, so the engine's running batches are untouched),
+(engine/attribute.py runs the engine's uncached forward, `engine.runner.dense_forward`, over them, so the
+engine's running batches and KV cache are untouched),
 reports progress as it goes, and returns the result the job keeps.
 
 Explain runs below serving: its forwards go in chunks of about a tenth of a second (engine/pacer.py), and
