@@ -40,9 +40,11 @@ class Events:
 
 # At most once, by design (not acks_late): the message is acknowledged as the task starts, so a worker that
 # dies mid-request loses it rather than having the broker hand it to another replica later. An interactive
-# client is waiting on this request's stream: the web side turns the silence into `replica_lost` within
-# TAUON_REPLICA_LOST_S and the client retries, whereas a redelivered request would run again for a client
-# that has gone (and a sampled answer would differ from the half it already streamed). A message prefetched
+# client is waiting on this request's stream: once the request is `accepted` the web side sees the replica's
+# heartbeat vanish and answers `replica_lost` within TAUON_REPLICA_LOST_S (in the short gap before that, with
+# other replicas alive, it waits out the request's timeout), and the client retries; a redelivered request
+# would instead run again for a client that has gone (and a sampled answer would differ from the half it
+# already streamed). A message prefetched
 # but not started comes back only after the broker's visibility timeout, past its deadline: dropped below.
 @shared_task(name="tauon.infer", ignore_result=True, acks_late=False)
 def infer(deployment: str, request_id: str, request: dict[str, Any]) -> None:
