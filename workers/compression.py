@@ -18,7 +18,10 @@ from console.evaluation.config import key_of
 from console.evaluation.models import DatasetVersion
 from console.jobs.models import Job
 from console.registry.choices import VersionSource
+from console.registry.importing import add_version_from_path, staging
 from console.registry.models import Model, ModelVersion
+from workers.evaluation import Target, measure, store_results
+from workers.importing import import_in_process
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,6 @@ COMPARED = ("size_bytes", "served_bytes", "parameter_count", "perplexity", "exac
 
 
 def compress(job: Job) -> dict[str, Any]:
-    from console.registry.importing import add_version_from_path, import_in_process, staging
     from engine.compress import compress_folder, folder_stats
 
     params = job.params
@@ -68,8 +70,6 @@ def compress(job: Job) -> dict[str, Any]:
     if evaluation is None:
         result["comparison"] = _compare(parent_row, child_row)
         return result
-    from workers.evaluation import _store
-
     dataset_version, metrics = evaluation
     metrics[str(child.number)] = {**metrics.pop("child"), **child_row}
     metrics[str(parent.number)]["served_bytes"] = parent_row["served_bytes"]
@@ -78,7 +78,7 @@ def compress(job: Job) -> dict[str, Any]:
                   config_key=key_of(params["config"]), versions=[parent.number, child.number])
     job.report(1.0, "compared", log="child/parent: " + ", ".join(
         f"{k} {v['ratio']}" for k, v in result["comparison"].items()), cancellable=False)
-    _store(job, [parent, child], dataset_version, params["config"], result, cancellable=False)
+    store_results(job, [parent, child], dataset_version, params["config"], result, cancellable=False)
     return result
 
 
@@ -118,8 +118,6 @@ def _compare(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
 def _evaluate(job: Job, parent: ModelVersion, child_folder: Path, child_stats: dict[str, int],
               params: dict[str, Any]) -> tuple[DatasetVersion, dict[str, dict[str, Any]]]:
     """Parent and child folder on the job's dataset and config: metrics by parent number and "child"."""
-    from workers.evaluation import Target, measure
-
     dataset_version = _latest(params["dataset"])
     targets = [Target.of(parent, label=f"evaluating v{parent.number}"),
                Target("child", "evaluating the child", child_folder, child_stats["parameters"],
