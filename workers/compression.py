@@ -38,10 +38,11 @@ def compress(job: Job) -> dict[str, Any]:
     method = params["method"]
     text = None
     if params.get("calibration_dataset"):
-        text = _latest(params["calibration_dataset"]).load()
+        text = _pinned(params["calibration_dataset"], params.get("calibration_dataset_version")).load()
+    shown = {k: params[k] for k in ("sparsity", "structure", "calibration_dataset", "calibration_dataset_version")
+             if k in params}
     job.report(0.05, f"{method}: compressing v{parent.number}",
-               log=f"Compressing {model.name} v{parent.number} with {method} "
-                   f"{ {k: params[k] for k in ('sparsity', 'structure', 'calibration_dataset') if k in params} }")
+               log=f"Compressing {model.name} v{parent.number} with {method} {shown}")
     with staging() as tmp:
         folder = tmp / "child"
         outcome = compress_folder(parent.path, folder, method, sparsity=params.get("sparsity", 0.5),
@@ -97,13 +98,18 @@ def _child_config(parent: ModelVersion, outcome: dict[str, Any], params: dict[st
                              "sparsity": outcome["sparsity"], "layer_sparsity": outcome["layer_sparsity"]}
     if params.get("calibration_dataset"):
         config["compression"]["calibration_dataset"] = params["calibration_dataset"]
+        if params.get("calibration_dataset_version") is not None:
+            config["compression"]["calibration_dataset_version"] = params["calibration_dataset_version"]
     if outcome["method"] in ("fp16", "bf16"):
         config["dtype"] = outcome["recipe"]["dtype"]
     return config
 
 
-def _latest(name: str) -> DatasetVersion:
-    return DatasetVersion.objects.filter(dataset__name=name).select_related("dataset").order_by("-number").first()
+def _pinned(name: str, number: int | None) -> DatasetVersion:
+    """The dataset version the job's params pinned at submission (console/evaluation/compress.py); the latest
+    only for a job submitted before versions were pinned (its params name none)."""
+    versions = DatasetVersion.objects.filter(dataset__name=name).select_related("dataset")
+    return versions.get(number=number) if number is not None else versions.order_by("-number").first()
 
 
 def _compare(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +124,7 @@ def _compare(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
 def _evaluate(job: Job, parent: ModelVersion, child_folder: Path, child_stats: dict[str, int],
               params: dict[str, Any]) -> tuple[DatasetVersion, dict[str, dict[str, Any]]]:
     """Parent and child folder on the job's dataset and config: metrics by parent number and "child"."""
-    dataset_version = _latest(params["dataset"])
+    dataset_version = _pinned(params["dataset"], params.get("dataset_version"))
     targets = [Target.of(parent, label=f"evaluating v{parent.number}"),
                Target("child", "evaluating the child", child_folder, child_stats["parameters"],
                       child_stats["size_bytes"])]

@@ -58,12 +58,12 @@ def dataset_named(name: Any, verb: str, field: str = "dataset") -> Dataset:
     return dataset
 
 
-def dataset_version_of(dataset: Dataset, number: Any) -> DatasetVersion:
-    """Version `number` of the dataset (params field `dataset_version`), its latest when None."""
+def dataset_version_of(dataset: Dataset, number: Any, field: str = "dataset_version") -> DatasetVersion:
+    """Version `number` of the dataset (params field `field`), its latest when None."""
     if number is not None and not _is_number(number):
-        raise fail("dataset_version", "Give the dataset version as a number (or leave it out for the latest).")
+        raise fail(field, "Give the dataset version as a number (or leave it out for the latest).")
     version = dataset.latest if number is None else dataset.versions.filter(number=number).first()
     if version is None:
-        raise fail("dataset_version", f"Dataset '{dataset.name}' has no version {number}." if number is not None
+        raise fail(field, f"Dataset '{dataset.name}' has no version {number}." if number is not None
                    else f"Dataset '{dataset.name}' has no versions yet; upload one.")
     return version
