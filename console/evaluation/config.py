@@ -9,9 +9,7 @@ import dataclasses
 from typing import Any
 
 from console.evaluation.choices import TASK_OF_KIND
-from console.evaluation.models import (
-    key_of as key_of,  # its home is the models' config_key; imported from here too
-)
+from console.evaluation.models import key_of as key_of  # re-exported: defined beside config_key
 from console.evaluation.params import dataset_named, dataset_version_of, fail, model_named, ready_versions
 from engine.config import EngineConfig
 from engine.evaluator import Settings
