@@ -10,6 +10,7 @@ api_patterns = [
     path("", include("console.audit.api.urls")),
     path("", include("console.accounts.api.urls")),
     path("", include("console.deployments.api.urls")),
+    path("", include("console.inference.api.urls")),  # /api/deployments/{name}/predict
     path("", include("console.evaluation.api.urls")),
     path("", include("console.playground.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -10,6 +10,8 @@ import sys
 import click
 from celery import Celery, bootsteps, signals
 
+from console.jobs.kinds import visibility_problem
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 # Before torch loads: OpenMP threads that spin while idle burn a core the engine needs (a worker's many
 # request threads wake them constantly); measured with bench.serving, passive waiting took e2e throughput
@@ -60,8 +62,6 @@ app.steps["worker"].add(ServeDeployments)
 def check_visibility_timeout(**kwargs):  # type: ignore[no-untyped-def]
     """Refuse to start a worker whose broker would redeliver a job still running (console/jobs/kinds.py).
     SystemExit, since Celery logs and ignores exceptions from signal handlers."""
-    from console.jobs.kinds import visibility_problem
-
     problem = visibility_problem()
     if problem:
         print(f"ERROR: {problem}", file=sys.stderr, flush=True)

@@ -37,7 +37,7 @@ def evaluate(job: Job) -> dict[str, Any]:
     metrics = measure(job, [Target.of(v) for v in versions], kind, data, config)
     outcome = {"metrics": metrics, "model": model.name, "dataset": dataset_version.dataset.name,
                "dataset_version": dataset_version.number, "config_key": key_of(config)}
-    _store(job, versions, dataset_version, config, outcome)
+    store_results(job, versions, dataset_version, config, outcome)
     return outcome
 
 
@@ -101,7 +101,7 @@ def _headline(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {metrics[k]:.4g}" for k in shown if isinstance(metrics.get(k), int | float))
 
 
-def _store(job: Job, versions: list[Any], dataset_version: DatasetVersion, config: dict[str, Any],
+def store_results(job: Job, versions: list[Any], dataset_version: DatasetVersion, config: dict[str, Any],
            outcome: dict[str, Any], *, cancellable: bool = True) -> None:
     """All results and the job's success in one transaction, or nothing if the job stopped running
     (or was asked to cancel, when `cancellable`)."""

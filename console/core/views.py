@@ -6,6 +6,9 @@ from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.defaults import page_not_found
 
+from console.deployments import live
+from console.deployments.models import Deployment
+
 
 def healthz(request: HttpRequest) -> JsonResponse:
     """The process is up. No auth, no dependencies."""
@@ -34,9 +37,6 @@ def readyz(request: HttpRequest) -> JsonResponse:
 
 def _deployments_serving() -> str:
     """Every deployment that should serve has a replica whose heartbeat is fresh."""
-    from console.deployments import live
-    from console.deployments.models import Deployment
-
     waiting = []
     for deployment in Deployment.objects.filter(stopped=False).select_related("version"):
         target = deployment.target_version()

@@ -6,11 +6,10 @@ share one key, and the validation of an `evaluate` job's params."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from typing import Any
 
 from console.evaluation.choices import TASK_OF_KIND
+from console.evaluation.models import key_of as key_of  # re-exported: defined beside config_key
 from console.evaluation.params import dataset_named, dataset_version_of, fail, model_named, ready_versions
 from engine.config import EngineConfig
 from engine.evaluator import Settings
@@ -94,11 +93,6 @@ def rows_of(config: dict[str, Any], data: Any) -> Any:
 def settings_of(config: dict[str, Any]) -> Settings:
     """engine.evaluator.Settings of a normalized config."""
     return Settings(**{k: v for k, v in config.items() if k not in ("engine", "split")})
-
-
-def key_of(config: dict[str, Any]) -> str:
-    """A short stable key of a normalized config."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def summary(config: dict[str, Any]) -> str:

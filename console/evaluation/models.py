@@ -4,6 +4,7 @@ config), and promotion gates. State changes are methods here, each with its audi
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import uuid
 from pathlib import Path
@@ -135,6 +136,12 @@ class DatasetVersion(models.Model):
         return version
 
 
+def key_of(config: dict[str, Any]) -> str:
+    """A short stable key of a normalized evaluation config (console/evaluation/config.py): the config_key
+    of results and gates, so that equal settings share one key."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class EvaluationResult(models.Model):
     """The metrics of one model version on one dataset version under one config; a later run with
     the same three replaces them."""
@@ -180,8 +187,6 @@ class PromotionGate(models.Model):
     def put(cls, model: Any, *, alias: str, dataset: Dataset, metric: str, max_regression_pct: float,
             config: dict[str, Any], actor: Any) -> PromotionGate:
         """Create the gate, or change the one on the same alias, dataset and metric; audited."""
-        from console.evaluation.config import key_of
-
         with transaction.atomic():
             gate, created = cls.objects.update_or_create(
                 model=model, alias=alias, dataset=dataset, metric=metric,

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from console.deployments import live
 from console.deployments.config import capacity
 from console.inference.errors import ApiError
+from workers.celery import app
 
 log = logging.getLogger(__name__)
 _clients: dict[int, aioredis.Redis] = {}
@@ -43,8 +44,6 @@ def redis_client() -> aioredis.Redis:
 
 
 def _send_task(queue: str, deployment: str, request_id: str, work: dict[str, Any]) -> None:
-    from workers.celery import app
-
     app.send_task("tauon.infer", args=[deployment, request_id, work], queue=queue)
 
 
