@@ -115,3 +115,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
 class PredictSerializer(serializers.Serializer):
     input = serializers.JSONField(help_text="A text or a list of texts.")
     top_k = serializers.IntegerField(required=False, min_value=1, help_text="Labels per text (classification).")
+
+
+class ApplyTuneSerializer(serializers.Serializer):
+    job = serializers.IntegerField(min_value=1, help_text="The id of a succeeded `tune` job of this deployment's model.")

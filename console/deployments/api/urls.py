@@ -11,6 +11,8 @@ urlpatterns = [
     path("deployments/<slug:name>/start", DeploymentViewSet.as_view({"post": "start"}), name="api-deployment-start"),
     path("deployments/<slug:name>/figures", DeploymentViewSet.as_view({"get": "figures"}),
          name="api-deployment-figures"),
+    path("deployments/<slug:name>/apply-tune", DeploymentViewSet.as_view({"post": "apply_tune"}),
+         name="api-deployment-apply-tune"),
     path("deployments/<slug:name>/predict", PredictViewSet.as_view({"post": "predict"}),
          name="api-deployment-predict"),
 ]
