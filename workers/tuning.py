@@ -67,8 +67,7 @@ def tune(job: Job) -> dict[str, Any]:
             f = trial.figures
             line = (f"trial {trial.number} ({_summary(trial.settings)}): {f['tokens_per_s']:.1f} tok/s, p99 TTFT "
                     f"{f['ttft_p99_ms']:.0f} ms at concurrency {f['concurrency']} ({trial.requests} requests)")
-            job.report(done / total, f"trial {trial.number} measured", log=line,
-                       series={"trials": (float(f["ttft_p99_ms"]), float(f["tokens_per_s"]))})
+            job.report(done / total, f"trial {trial.number} measured", log=line)
         else:
             job.report(done / total, f"trial {trial.number} {trial.status}",
                        log=f"trial {trial.number} ({_summary(trial.settings)}) {trial.status}: {trial.reason}")

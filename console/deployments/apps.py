@@ -16,5 +16,4 @@ class DeploymentsConfig(AppConfig):
         kinds.register(kinds.JobKind(
             name="tune", handler="workers.tuning.tune", validate=validate_params,
             queue=lambda params: settings.TAUON_EVALUATION_QUEUE, user_creatable=True, retry_on_worker_lost=True,
-            soft_time_limit=settings.TAUON_EVALUATION_SOFT_LIMIT_S, time_limit=settings.TAUON_EVALUATION_HARD_LIMIT_S,
-            series_axes=("p99 TTFT (ms)", "tokens/s")))
+            soft_time_limit=settings.TAUON_EVALUATION_SOFT_LIMIT_S, time_limit=settings.TAUON_EVALUATION_HARD_LIMIT_S))

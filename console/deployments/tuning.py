@@ -161,9 +161,15 @@ def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
         field, _, message = str(exc).partition(": ")
         raise fail(field, message) from exc
     if "llamacpp" in space["runtime"]:
+        from rest_framework.exceptions import ValidationError
+
         from console.deployments.config import check_runtime
 
-        check_runtime({"engine": {"runtime": "llamacpp"}}, version, model.task)
+        try:
+            check_runtime({"engine": {"runtime": "llamacpp"}}, version, model.task)
+        except ValidationError as exc:
+            message = next(iter(exc.detail.values()))[0] if isinstance(exc.detail, dict) else str(exc.detail)
+            raise fail("space.runtime", str(message)) from exc
     limit = constraints.get("max_memory_bytes")
     if limit and version.parameter_count:
         cheapest = min(memory_estimate(version.parameter_count, {"quantization": q, "kv_cache_bytes": kv})
