@@ -28,6 +28,7 @@ from console.deployments import live
 from console.deployments.choices import ReplicaStatus
 from console.deployments.config import engine_config
 from console.deployments.models import Deployment, Replica
+from workers.admission import AdaptiveAdmission
 
 log = logging.getLogger(__name__)
 RETRY_FAILED_LOAD_S = 30.0
@@ -67,6 +68,7 @@ class Runner:
         self.stopping = False
         self.consuming = False
         self.progress = ProgressWatch(max(10.0, 3 * host.lost_s))
+        self.admission = AdaptiveAdmission(self.name, host.lost_s)
         self.lock = threading.Lock()
         self.row = Replica.objects.create(deployment=deployment, key=self.key, worker=host.hostname,
                                           pid=os.getpid(), slot=slot, status=ReplicaStatus.LOADING)
@@ -165,6 +167,7 @@ class Runner:
                            kv_cache_usage=round(s.kv_cache_usage, 4), tokens_per_s=round(s.tokens_per_s, 2),
                            generated_tokens=s.generated_tokens, steps=s.steps)
             figures["stalled"] = self.progress.stalled(s.progress, bool(s.running or s.waiting))
+        figures.update(self.admission.figures())
         return figures
 
 
@@ -276,6 +279,8 @@ class Host:
             signature = f"{target.id}:{json.dumps(dep.config.get('engine', {}), sort_keys=True)}"
             if runner.wants(signature):
                 runner.load(dep, target, signature)
+            if runner.current is not None:
+                runner.admission.configure(dep.config, runner.current.engine)
             if runner.current is not None and not runner.consuming:
                 runner.consuming = self._consume(runner.queue, True)
         self._finish_stopping()
@@ -464,6 +469,7 @@ def _generate(host: Host, runner: Runner, loaded: Loaded, request_id: str, reque
             done = handle.result()
             prompt_tokens = done.usage.prompt_tokens
             completion_tokens += done.usage.completion_tokens
+            runner.admission.observe(done.ttft_s, engine)
             events.send("finish", i=i, reason=done.finish_reason, ttft_s=done.ttft_s,
                         completion_tokens=done.usage.completion_tokens)
         events.send("done", usage={"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens})

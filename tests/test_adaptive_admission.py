@@ -1,0 +1,47 @@
+"""Adaptive admission wired to the real Redis and the engine's real scheduler: a replica whose p99 TTFT
+passes its deployment's `ttft_target_ms` narrows both the sequences its scheduler runs per step and the
+requests the web side admits (the ADMIT script refuses sooner), and lets go of both when the target is
+removed. The control law itself is tested in tests/engine/test_tuning.py."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+from console.deployments import live
+from console.deployments.config import normalize
+from engine.scheduler import Scheduler
+from workers.admission import AdaptiveAdmission
+
+
+def engine_with_scheduler(max_num_seqs: int) -> Any:
+    return SimpleNamespace(scheduler=Scheduler(max_num_seqs=max_num_seqs, max_batch_tokens=256, max_queue=64,
+                                               num_blocks=64, block_size=16))
+
+
+def admit(name: str, capacity: int, request: str) -> int:
+    r = live.client()
+    r.zadd(live.live_key(name), {"replica-a": time.time() + 60})
+    return int(r.eval(live.ADMIT, 3, live.live_key(name), live.inflight_key(name), live.admit_key(name),
+                      time.time(), capacity, request, time.time() + 60))
+
+
+def test_a_slow_replica_narrows_admission_and_a_removed_target_lets_go() -> None:
+    name = f"adaptive-{time.time_ns()}"
+    config = normalize({"engine": {"max_num_seqs": 8, "max_queue": 8}, "ttft_target_ms": 100})
+    engine = engine_with_scheduler(8)
+    admission = AdaptiveAdmission(name, expiry_s=30)
+    admission.configure(config, engine)
+    assert admission.figures()["admit_limit"] == 16
+    for _ in range(8):
+        admission.observe(0.5, engine)  # 500 ms against a 100 ms target
+    limit = int(live.client().get(live.admit_key(name)))
+    assert limit < 16 and engine.scheduler.max_num_seqs == min(8, limit)
+    assert admission.figures()["ttft_target_ms"] == 100
+    admitted = [admit(name, 16, f"req-{i}") for i in range(16)]
+    assert admitted.count(1) == limit and admitted[limit:] == [0] * (16 - limit)  # refused sooner
+
+    admission.configure(normalize({"engine": {"max_num_seqs": 8, "max_queue": 8}}), engine)
+    assert live.client().get(live.admit_key(name)) is None and engine.scheduler.max_num_seqs == 8
+    assert admission.figures() == {}
