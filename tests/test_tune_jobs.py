@@ -126,3 +126,17 @@ def test_apply_tune_refuses_a_job_that_is_not_a_finished_tune(maintainer_api: An
     assert response.status_code == 400 and "only a finished tune" in response.json()["error"]["message"]
     missing = maintainer_api.post("/api/deployments/chat/apply-tune", {"job": 999999}, format="json")
     assert missing.status_code == 404
+
+
+def test_the_deployment_page_offers_maintainers_a_tune_form_and_a_ttft_chart(
+        chat: Deployment, bob: Any, charlie: Any) -> None:
+    browser = Client()
+    browser.force_login(bob)
+    html = browser.get("/deployments/chat/").content.decode()
+    assert 'id="tune-start"' in html and "chart-ttft" not in html
+    chat.change(bob, config={"ttft_target_ms": 1500})
+    html = browser.get("/deployments/chat/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert 'id="chart-ttft" data-target="1500"' in html and "开始调优" in html
+    user = Client()
+    user.force_login(charlie)
+    assert 'id="tune-start"' not in user.get("/deployments/chat/").content.decode()

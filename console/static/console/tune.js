@@ -39,6 +39,22 @@ document.addEventListener("DOMContentLoaded", () => {
   } else {
     drawTuneChart();
   }
+  const start = document.getElementById("tune-start");
+  if (start) {
+    start.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const f = new FormData(start);
+      const constraints = {};
+      for (const name of ["ttft_p99_ms", "max_perplexity_ratio"]) if (f.get(name)) constraints[name] = Number(f.get(name));
+      const params = { deployment: start.dataset.deployment, objective: f.get("objective"),
+        max_trials: Number(f.get("max_trials")), constraints };
+      const res = await apiCall("/api/jobs/", "POST", { kind: "tune", params }, start);
+      if (res.ok && res.data) { window.location.href = `/jobs/${res.data.id}/`; return; }
+      const box = start.querySelector(".form-error");
+      box.textContent = (res.data && res.data.error && res.data.error.message) || res.text;
+      box.hidden = false;
+    });
+  }
   const form = document.getElementById("tune-apply");
   if (!form) return;
   form.addEventListener("submit", async (event) => {
