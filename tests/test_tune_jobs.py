@@ -68,6 +68,16 @@ def test_bad_tune_params_are_refused_naming_the_field(maintainer_api: Any, chat:
     assert "GGUF" in refused(maintainer_api, {**base, "space": {"runtime": ["llamacpp"]}}, "space.runtime")
 
 
+def test_cleaned_params_validate_again_unchanged_so_a_tune_can_be_rerun(chat: Deployment, bob: Any) -> None:
+    from console.deployments.tuning import validate_params
+
+    cleaned = validate_params({"deployment": "chat", "workload": FAST_WORKLOAD, "max_trials": 2}, bob)
+    assert cleaned["baseline"]["max_num_seqs"] == 2 and cleaned["model"] == "chat-model"
+    assert validate_params(cleaned, bob) == cleaned
+    again = validate_params({"model": "chat-model", "version": 1}, bob)
+    assert again["deployment"] is None and validate_params(again, bob) == again
+
+
 def test_a_deployment_no_worker_can_host_is_refused(maintainer_api: Any, bob: Any) -> None:
     model = make_model("gone", owner=bob)
     make_version(model, status="failed")

@@ -23,6 +23,7 @@ from engine.tuning import (
 )
 
 PARAMS = ("deployment", "model", "version", "workload", "objective", "constraints", "space", "max_trials")
+DERIVED = ("baseline", "base_engine")  # added to the cleaned params: the settings served when it was started
 WORKLOAD_KEYS = ("dataset", "dataset_version", "synthetic", "concurrency", "requests")
 SYNTHETIC_KEYS = ("prompt_tokens", "output_tokens")
 MAX_TRIALS = 24
@@ -49,13 +50,14 @@ def _target(params: dict[str, Any]) -> tuple[Any, Any, Any]:
     from console.registry.choices import VersionStatus
 
     if params.get("deployment") is not None:
-        if params.get("model") is not None or params.get("version") is not None:
-            raise fail("deployment", "Name a deployment, or a model and version, not both.")
         name = params["deployment"]
         deployment = Deployment.objects.select_related("model").filter(name=name).first() \
             if isinstance(name, str) else None
         if deployment is None:
             raise fail("deployment", f"No deployment named {name!r}; see /api/deployments/.")
+        if params.get("model") not in (None, deployment.model.name):  # (a re-run's cleaned params name both)
+            raise fail("model", f"Deployment '{deployment.name}' serves '{deployment.model.name}'; name a deployment, "
+                                "or a model and version, not both.")
         version = deployment.target_version()
         if version is None or version.status != VersionStatus.READY:
             raise fail("deployment", f"Deployment '{deployment.name}' has no ready version to serve, so no worker "
@@ -139,6 +141,7 @@ def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
 
     if not isinstance(params, dict):
         raise fail("params", "must be an object")
+    params = {k: v for k, v in params.items() if k not in DERIVED}  # a re-run's: worked out again below
     unknown = sorted(set(params) - set(PARAMS))
     if unknown:
         raise fail(unknown[0], f"unknown parameter; a tune takes {', '.join(PARAMS)}")
