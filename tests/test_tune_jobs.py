@@ -150,3 +150,17 @@ def test_the_deployment_page_offers_maintainers_a_tune_form_and_a_ttft_chart(
     user = Client()
     user.force_login(charlie)
     assert 'id="tune-start"' not in user.get("/deployments/chat/").content.decode()
+
+
+def test_a_running_tune_reports_progress_and_stops_on_cancel(celery_worker: Any, chat: Deployment,
+                                                             maintainer_api: Any) -> None:
+    workload = {**FAST_WORKLOAD, "requests": 200, "synthetic": {"prompt_tokens": [8, 16], "output_tokens": [32, 64]}}
+    response = post(maintainer_api, {"deployment": "chat", "workload": workload, "space": TINY_SPACE, "max_trials": 4})
+    assert response.status_code == 202, response.content
+    job_id = response.json()["id"]
+    wait_for(lambda: Job.objects.filter(pk=job_id, status="running", progress__gt=0).exists(), 180,
+             what="the tune to report progress")
+    assert maintainer_api.post(f"/api/jobs/{job_id}/cancel").status_code in (200, 202)
+    done = wait_for(lambda: Job.objects.filter(pk=job_id, status__in=["succeeded", "failed", "cancelled"]).first(),
+                    60, what="the tune to stop")
+    assert done.status == "cancelled", (done.status, done.error)
