@@ -301,6 +301,13 @@ def measure(folder: str | Path, config: EngineConfig, workload: Workload, report
 Measure = Callable[[int, dict[str, Any], int, bool], dict[str, Any]]  # (trial, settings, requests, with_quality)
 
 
+def _rank(trial: Trial, objective: str, constraints: dict[str, Any]) -> tuple[bool, float]:
+    """Survivors of a rung: those within the constraints first, then by the objective."""
+    if not trial.figures:
+        return (False, -math.inf) if trial.rung >= 0 else (True, math.inf)  # unmeasured (the first rung): keep
+    return not violations(trial.figures, constraints, trial.perplexity_ratio), score(trial.figures, objective)
+
+
 def search(settings: list[dict[str, Any]], requests: int, measure_fn: Measure, objective: str,
            constraints: dict[str, Any], parameter_count: int, on_trial: Callable[[Trial, int, int], None],
            eta: int = 3) -> list[Trial]:
@@ -315,8 +322,7 @@ def search(settings: list[dict[str, Any]], requests: int, measure_fn: Measure, o
     ppl: dict[str, float] = {}
     alive = list(trials)
     for r, (keep, share) in enumerate(rungs):
-        alive = sorted(alive, key=lambda t: score(t.figures, objective) if t.figures else -math.inf,
-                       reverse=True)[:keep]
+        alive = sorted(alive, key=lambda t: _rank(t, objective, constraints), reverse=True)[:keep]
         for trial in alive:
             s = trial.settings
             limit = constraints.get("max_memory_bytes")
