@@ -193,13 +193,16 @@ def recommend(trials: Sequence[Trial], objective: str, constraints: dict[str, An
         broken = sorted({v for t in measured for v in violations(t.figures, constraints, t.perplexity_ratio)})
         return None, ("No trial met the constraints (" + ", ".join(broken) + "); loosen them or widen the space.")
     best = max(feasible, key=lambda t: (t.rung, score(t.figures, objective)))
-    better = [t for t in measured if score(t.figures, objective) > score(best.figures, objective) and t is not best]
+    # compare like with like: trials measured on as much of the workload as the best one
+    better = [t for t in measured if t.rung == best.rung and t is not best
+              and score(t.figures, objective) > score(best.figures, objective)]
+    early = any(t.rung < best.rung and score(t.figures, objective) > score(best.figures, objective) for t in measured)
     bound = sorted({v for t in better for v in violations(t.figures, constraints, t.perplexity_ratio)})
     what = "throughput" if objective == "throughput" else "p99 TTFT"
     if bound:
         why = (f"Best {what} among trials within the constraints; {len(better)} trial(s) scored better but broke "
                + ", ".join(f"{b} ≤ {constraints[b]:g}" for b in bound) + ", the binding constraint.")
-    elif better:
+    elif early:
         why = f"Best {what} of the trials measured on the whole workload (better early scores did not hold up)."
     else:
         why = f"Best {what} of all trials; no constraint was binding."
