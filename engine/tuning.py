@@ -79,13 +79,19 @@ def synthetic(prompt_tokens: tuple[int, int], output_tokens: tuple[int, int], co
 # -- candidates ---------------------------------------------------------------------------------------
 def candidates(space: dict[str, list[Any]], baseline: dict[str, Any], count: int, seed: int = 0) -> list[dict[str, Any]]:
     """`count` distinct settings from the grid of `space`: the baseline first (the settings served today),
-    then a seeded random sample of the rest."""
+    then a seeded random sample of the rest that tries each runtime × quantization as early as it can."""
     keys = list(SPACE_FIELDS)
     base = {k: baseline[k] for k in keys}
     grid = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(space[k] for k in keys))]
     rest = [g for g in grid if g != base]
     random.Random(seed).shuffle(rest)
-    return ([base] + rest)[:max(1, count)]
+    out = [base]
+    while rest and len(out) < count:  # every runtime × quantization early (they matter most), then the sample
+        covered = {(c["runtime"], c["quantization"]) for c in out}
+        pick = next((g for g in rest if (g["runtime"], g["quantization"]) not in covered), rest[0])
+        rest.remove(pick)
+        out.append(pick)
+    return out
 
 
 def check_space(space: dict[str, Any]) -> dict[str, list[Any]]:

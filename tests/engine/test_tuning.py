@@ -38,6 +38,7 @@ def test_the_baseline_is_always_the_first_candidate_and_the_rest_are_distinct() 
     got = candidates(check_space({}), BASE, 6, seed=1)
     assert got[0] == BASE and len(got) == 6
     assert len({tuple(sorted(c.items())) for c in got}) == 6
+    assert {c["quantization"] for c in got[:3]} == {"none", "int8", "w8a8"}  # each quantization early
 
 
 def test_unknown_or_empty_space_settings_are_refused_naming_the_field() -> None:
