@@ -34,11 +34,13 @@ def test_a_slow_replica_narrows_admission_and_a_removed_target_lets_go() -> None
     admission = AdaptiveAdmission(name, expiry_s=30)
     admission.configure(config, engine)
     assert admission.figures()["admit_limit"] == 16
-    for _ in range(8):
-        admission.observe(0.5, engine)  # 500 ms against a 100 ms target
+    for _ in range(8):  # 50 ms in the engine after 450 ms waiting for a worker thread, against a 100 ms target
+        sent = time.time() - 0.5
+        done = SimpleNamespace(ttft_s=0.05, total_s=0.05)
+        admission.observe(done, engine, deadline=sent + config["timeout_s"])
     limit = int(live.client().get(live.admit_key(name)))
     assert limit < 16 and engine.scheduler.max_num_seqs == min(8, limit)
-    assert admission.figures()["ttft_target_ms"] == 100
+    assert admission.figures()["ttft_target_ms"] == 100 and admission.figures()["ttft_p99_ms"] >= 450  # waiting counts
     admitted = [admit(name, 16, f"req-{i}") for i in range(16)]
     assert admitted.count(1) == limit and admitted[limit:] == [0] * (16 - limit)  # refused sooner
 

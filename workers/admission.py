@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from console.deployments import live
@@ -23,12 +24,14 @@ class AdaptiveAdmission:
         self.governor: LatencyGovernor | None = None
         self._key: tuple[int, int, int] | None = None  # (target, max_num_seqs, capacity) it was built for
         self._lock = threading.Lock()
+        self.timeout_s = 0.0
 
     def configure(self, config: dict[str, Any], engine: Any) -> None:
         """Follow the deployment's config (called every heartbeat): build, rebuild or drop the governor."""
         target = int(config.get("ttft_target_ms") or 0)
         seqs = int(config["engine"]["max_num_seqs"])
         capacity = seqs + int(config["engine"]["max_queue"])
+        self.timeout_s = float(config.get("timeout_s", 0))
         key = (target, seqs, capacity)
         with self._lock:
             if key == self._key:
@@ -42,11 +45,17 @@ class AdaptiveAdmission:
             _set_seqs(engine, seqs)
         self._publish(engine)
 
-    def observe(self, ttft_s: float | None, engine: Any) -> None:
-        """One finished request; the law may narrow or widen at once."""
+    def observe(self, done: Any, engine: Any, deadline: float | None = None) -> None:
+        """One finished request (an engine Completion); the law may narrow or widen at once. With the request's
+        `deadline` its TTFT counts from when the web side sent it (deadline - timeout_s), so the time it
+        waited in the queue for a worker thread counts too, as its client saw it."""
         governor = self.governor
-        if governor is None or ttft_s is None:
+        if governor is None or done.ttft_s is None:
             return
+        ttft_s = done.ttft_s
+        if deadline is not None:
+            submitted = time.time() - done.total_s  # when the engine got it
+            ttft_s += max(0.0, submitted - (deadline - self.timeout_s))
         governor.observe(ttft_s)
         decision = governor.update()
         if decision.action in ("narrow", "widen"):

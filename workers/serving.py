@@ -469,7 +469,7 @@ def _generate(host: Host, runner: Runner, loaded: Loaded, request_id: str, reque
             done = handle.result()
             prompt_tokens = done.usage.prompt_tokens
             completion_tokens += done.usage.completion_tokens
-            runner.admission.observe(done.ttft_s, engine)
+            runner.admission.observe(done, engine, request["deadline"])
             events.send("finish", i=i, reason=done.finish_reason, ttft_s=done.ttft_s,
                         completion_tokens=done.usage.completion_tokens)
         events.send("done", usage={"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens})
