@@ -53,8 +53,8 @@ def run_tune(api: Api, mode: Mode, trials: int, target_ms: int, timeout: float) 
     params = {"deployment": DEPLOYMENT, "objective": "throughput", "max_trials": trials,
               "workload": {"synthetic": {"prompt_tokens": list(mode.prompt_range),
                                          "output_tokens": list(mode.new_range)},
-                           "concurrency": [mode.requests], "requests": mode.requests},
-              "constraints": {"ttft_p99_ms": target_ms},
+                           "concurrency": sorted({4, mode.requests}), "requests": mode.requests},
+              "constraints": {"ttft_p99_ms": target_ms, "max_perplexity_ratio": 1.5},
               "space": {"quantization": ["none", "int8", "w8a8"], "max_num_seqs": [8, 16, 32],
                         "max_batch_tokens": [128, 256, 512], "kv_cache_bytes": [256 << 20, 512 << 20]}}
     started = time.perf_counter()

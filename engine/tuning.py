@@ -354,7 +354,8 @@ def search(settings: list[dict[str, Any]], requests: int, measure_fn: Measure, o
                 continue
             if "perplexity" in got:
                 ppl[s["quantization"]] = got["perplexity"]
-            trial.rung, trial.requests, trial.load_s = r, share, got.get("load_s")
+            trial.rung, trial.load_s = r, got.get("load_s")
+            trial.requests = max((lv.get("requests", share) for lv in got["levels"]), default=share)
             trial.levels = got["levels"]
             trial.figures = best_level(got["levels"], constraints, objective)
             trial.status, trial.reason = "measured", ""

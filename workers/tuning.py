@@ -59,7 +59,9 @@ def tune(job: Job) -> dict[str, Any]:
         config = engine_config(trial, base_engine)
         if config.runtime == "auto":
             config.runtime = "torch"
-        return measure(version.path, config, workload.share(requests), progress, text if quality else None)
+        # at least one request per place at the highest concurrency level, so every level is filled
+        share = max(requests, max(workload.concurrency))
+        return measure(version.path, config, workload.share(share), progress, text if quality else None)
 
     def on_trial(trial: Any, done: int, total: int) -> None:
         state["done"], state["total"] = done, total
