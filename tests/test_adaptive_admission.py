@@ -33,16 +33,22 @@ def test_a_slow_replica_narrows_admission_and_a_removed_target_lets_go() -> None
     engine = engine_with_scheduler(8)
     admission = AdaptiveAdmission(name, expiry_s=30)
     admission.configure(config, engine)
-    assert admission.figures()["admit_limit"] == 16
+    assert admission.figures()["admit_limit"] == 8  # the running batch, before any TTFT is known
     for _ in range(8):  # 50 ms in the engine after 450 ms waiting for a worker thread, against a 100 ms target
         sent = time.time() - 0.5
         done = SimpleNamespace(ttft_s=0.05, total_s=0.05)
         admission.observe(done, engine, deadline=sent + config["timeout_s"])
     limit = int(live.client().get(live.admit_key(name)))
-    assert limit < 16 and engine.scheduler.max_num_seqs == min(8, limit)
+    assert limit < 8 and engine.scheduler.max_num_seqs == limit
     assert admission.figures()["ttft_target_ms"] == 100 and admission.figures()["ttft_p99_ms"] >= 450  # waiting counts
     admitted = [admit(name, 16, f"req-{i}") for i in range(16)]
     assert admitted.count(1) == limit and admitted[limit:] == [0] * (16 - limit)  # refused sooner
+    governor = admission.governor
+    governor._samples.clear()  # (ten seconds later: the slow requests have left the window)
+    governor._changed_at -= 5  # (the law changes the cap at most once a second)
+    for _ in range(8):
+        admission.observe(SimpleNamespace(ttft_s=0.01, total_s=0.01), engine)
+    assert int(live.client().get(live.admit_key(name))) == limit + 1  # well under the target: widens
 
     admission.configure(normalize({"engine": {"max_num_seqs": 8, "max_queue": 8}}), engine)
     assert live.client().get(live.admit_key(name)) is None and engine.scheduler.max_num_seqs == 8

@@ -39,6 +39,8 @@ class AdaptiveAdmission:
                 return
             self._key = key
             self.governor = LatencyGovernor(target, ceiling=capacity, floor=1) if target else None
+            if self.governor is not None:  # start at the running batch; widen into the queue as TTFT allows
+                self.governor.limit = seqs
             self._max_seqs = seqs
         if target == 0:
             live.client().delete(live.admit_key(self.deployment))
