@@ -66,8 +66,9 @@ class Call:
         self._buffer: deque[dict[str, Any]] = deque()
 
     async def open(self) -> None:
-        admitted = await self.redis.eval(live.ADMIT, 2, live.live_key(self.deployment),
-                                         live.inflight_key(self.deployment), time.time(), capacity(self.config),
+        admitted = await self.redis.eval(live.ADMIT, 3, live.live_key(self.deployment),
+                                         live.inflight_key(self.deployment), live.admit_key(self.deployment),
+                                         time.time(), capacity(self.config),
                                          self.request_id, self.deadline)
         if admitted == -1:
             raise ApiError(503, f"Deployment '{self.deployment}' has no ready replica right now; "

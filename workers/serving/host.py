@@ -132,6 +132,8 @@ class Host:
             signature = f"{target.id}:{json.dumps(dep.config.get('engine', {}), sort_keys=True)}"
             if runner.wants(signature):
                 runner.load(dep, target, signature)
+            if runner.current is not None:
+                runner.admission.configure(dep.config, runner.current.engine)
             if runner.current is not None and not runner.consuming:
                 runner.consuming = self.consume(runner.queue, True)
         self._finish_stopping()

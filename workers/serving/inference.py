@@ -110,6 +110,7 @@ def _generate(runner: Runner, loaded: Loaded, request_id: str, request: dict[str
             done = handle.result()
             prompt_tokens = done.usage.prompt_tokens
             completion_tokens += done.usage.completion_tokens
+            runner.admission.observe(done, engine, request["deadline"])
             events.send("finish", i=i, reason=done.finish_reason, ttft_s=done.ttft_s,
                         completion_tokens=done.usage.completion_tokens)
         events.send("done", usage={"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens})

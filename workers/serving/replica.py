@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from console.deployments.choices import ReplicaStatus
 from console.deployments.config import engine_config
 from console.deployments.models import Deployment, Replica
+from workers.serving.admission import AdaptiveAdmission
 
 if TYPE_CHECKING:
     from workers.serving.host import Host
@@ -53,6 +54,7 @@ class Runner:
         self.stopping = False
         self.consuming = False
         self.progress = ProgressWatch(max(10.0, 3 * host.lost_s))
+        self.admission = AdaptiveAdmission(self.name, host.lost_s)
         self.lock = threading.Lock()
         self.row = Replica.objects.create(deployment=deployment, key=self.key, worker=host.hostname,
                                           pid=os.getpid(), slot=slot, status=ReplicaStatus.LOADING)
@@ -151,6 +153,7 @@ class Runner:
                            kv_cache_usage=round(s.kv_cache_usage, 4), tokens_per_s=round(s.tokens_per_s, 2),
                            generated_tokens=s.generated_tokens, steps=s.steps)
             figures["stalled"] = self.progress.stalled(s.progress, bool(s.running or s.waiting))
+        figures.update(self.admission.figures())
         return figures
 
 

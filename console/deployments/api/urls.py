@@ -11,4 +11,6 @@ urlpatterns = [
     path("deployments/<slug:name>/start", DeploymentViewSet.as_view({"post": "start"}), name="api-deployment-start"),
     path("deployments/<slug:name>/figures", DeploymentViewSet.as_view({"get": "figures"}),
          name="api-deployment-figures"),
+    path("deployments/<slug:name>/apply-tune", DeploymentViewSet.as_view({"post": "apply_tune"}),
+         name="api-deployment-apply-tune"),
 ]

@@ -10,9 +10,11 @@ from rest_framework.response import Response
 from rest_framework.viewsets import GenericViewSet
 
 from console.accounts.permissions import ReadUserWriteMaintainer
-from console.deployments import live
-from console.deployments.api.serializers import DeploymentSerializer
+from console.core.api import error_response
+from console.deployments import live, tuning
+from console.deployments.api.serializers import ApplyTuneSerializer, DeploymentSerializer
 from console.deployments.models import Deployment
+from console.jobs.models import Job
 
 
 class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
@@ -58,3 +60,23 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
             raise ValidationError({"since": "must be a number (epoch seconds)"}) from exc
         return Response({"deployment": deployment.name, "now": time.time(),
                          "samples": live.figures(deployment.name, since)})
+
+    @extend_schema(request=ApplyTuneSerializer, responses={200: DeploymentSerializer},
+                   description="Move the deployment to the engine settings a finished tune job recommends (its "
+                               "replicas load them beside the old engine, then switch); audited with the figures "
+                               "before and after. Maintainers and admins only.")
+    def apply_tune(self, request: Request, name: str) -> Response:
+        deployment = self.get_object()
+        body = ApplyTuneSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        job = Job.objects.visible_to(request.user).filter(pk=body.validated_data["job"]).first()
+        if job is None:
+            return error_response(f"No job #{body.validated_data['job']}.", code="not_found", field="job",
+                                  status_code=404)
+        try:
+            tuning.apply(deployment, job, request.user)
+        except tuning.NotApplicable as exc:
+            return error_response(str(exc), code="invalid", field=exc.field, status_code=exc.status)
+        deployment.refresh_from_db()
+        return Response(self.get_serializer(deployment).data)
+

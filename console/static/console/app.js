@@ -378,6 +378,9 @@ function setupDeploymentCharts(box) {
       { ...line(key, s, i, s.waiting, { dash: "dot" }), name: name(key, s) + " waiting" },
     ] },
     { id: "chart-kv", traces: (key, s, i) => [line(key, s, i, s.kv)], yaxis: { range: [0, 100], ticksuffix: "%" } },
+    { id: "chart-ttft", traces: (key, s, i) => [line(key, s, i, s.ttft), { ...line(key, s, i, s.limit, { dash: "dot" }),
+      name: name(key, s) + " admitted", yaxis: "y2" }], target: true,
+      yaxis2: { overlaying: "y", side: "right", rangemode: "tozero", showgrid: false } }, // adaptive admission
   ];
   let revision = 0;
   const draw = () => {
@@ -388,7 +391,9 @@ function setupDeploymentCharts(box) {
       const traces = [...series.entries()].flatMap(([key, s], i) => chart.traces(key, s, i));
       const layout = {
         title: { text: node.dataset.title, font: { size: 13 } }, height: 260, margin: { l: 48, r: 12, t: 36, b: 36 },
-        xaxis: { type: "date" }, yaxis: { rangemode: "tozero", ...(chart.yaxis || {}) },
+        xaxis: { type: "date" }, yaxis: { rangemode: "tozero", ...(chart.yaxis || {}) }, yaxis2: chart.yaxis2,
+        shapes: chart.target ? [{ type: "line", xref: "paper", x0: 0, x1: 1, y0: Number(node.dataset.target),
+          y1: Number(node.dataset.target), line: { color: "#d8553b", dash: "dash" } }] : [],
         showlegend: true, legend: { orientation: "h", y: -0.2 }, font: { size: 11 }, datarevision: revision,
       };
       Plotly.react(node, traces, layout, { displayModeBar: false, responsive: true });
@@ -402,7 +407,8 @@ function setupDeploymentCharts(box) {
         if (res.ok && res.data) {
           res.data.samples.forEach((sample) => {
             if (!series.has(sample.replica)) {
-              series.set(sample.replica, { slot: sample.slot, t: [], tokens: [], running: [], waiting: [], kv: [] });
+              series.set(sample.replica, { slot: sample.slot, t: [], tokens: [], running: [], waiting: [], kv: [],
+                ttft: [], limit: [] });
             }
             const s = series.get(sample.replica);
             s.t.push(new Date(sample.t * 1000));
@@ -410,13 +416,15 @@ function setupDeploymentCharts(box) {
             s.running.push(value(sample.running));
             s.waiting.push(value(sample.waiting));
             s.kv.push(sample.kv_cache_usage === undefined ? null : sample.kv_cache_usage * 100);
+            s.ttft.push(value(sample.ttft_p99_ms));
+            s.limit.push(value(sample.admit_limit));
             since = Math.max(since, sample.t);
           });
           const cutoff = new Date((res.data.now - FIGURES_WINDOW_S) * 1000);
           for (const [key, s] of series) {
             const keep = s.t.findIndex((t) => t >= cutoff);
             if (keep === -1) { series.delete(key); continue; }
-            for (const field of ["t", "tokens", "running", "waiting", "kv"]) s[field].splice(0, keep);
+            for (const field of ["t", "tokens", "running", "waiting", "kv", "ttft", "limit"]) s[field].splice(0, keep);
           }
           box.dataset.samples = String([...series.values()].reduce((n, s) => n + s.t.length, 0));
           if (empty) empty.hidden = series.size > 0;
