@@ -105,14 +105,14 @@ def test_a_maintainer_gets_the_new_deployment_form_with_each_models_aliases_and_
     for name in ("name", "replicas", "quantization", "max_num_seqs", "max_queue", "max_tokens", "timeout_s"):
         assert f'name="{name}"' in html, name
     assert '<option value="w8a8">' in html
-    assert 'name="max_tokens" min="1" max="32768" value="512"' in html
+    assert 'name="max_tokens" min="1" max="32768" step="1" value="512"' in html
 
 
 def test_a_maintainer_gets_the_change_form_and_the_stop_and_delete_buttons(assistant, bob):
     html = login(bob).get(reverse("deployments:detail", args=["assistant"])).content.decode()
     assert 'id="deployment-form"' in html and 'data-method="PATCH"' in html
     assert '<option value="alias:production" selected>' in html
-    assert 'name="replicas" min="0" max="64" value="2"' in html
+    assert 'name="replicas" min="1" max="64" step="1" value="2"' in html
     assert re.search(r'id="stop-button" data-action="stop" disabled>', html)
     assert re.search(r'id="start-button" class="primary" data-action="start" disabled hidden>', html)
     assert 'id="delete-button"' in html

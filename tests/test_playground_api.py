@@ -72,6 +72,7 @@ def test_an_answer_over_the_token_cap_is_refused_with_the_cap_named(user_api, bo
         res = explain(user_api, "pg-nowhere", messages=HELLO, output="one two three four five six seven eight nine")
         assert res.status_code == 400 and res.json()["error"]["code"] == "output_too_long"
         assert "9 tokens" in res.json()["error"]["message"] and "capped at 8" in res.json()["error"]["message"]
+        assert "TAUON_" not in res.json()["error"]["message"]  # it speaks to the user, not of settings
         res = explain(user_api, "pg-nowhere", messages=HELLO, output=list(range(9)))
         assert res.status_code == 400 and "capped at 8" in res.json()["error"]["message"]
         res = explain(user_api, "pg-nowhere", prompt="word " * 30)

@@ -97,8 +97,8 @@ def _generation(job: Job, engine: Any, p: dict[str, Any]) -> dict[str, Any]:
         raise ExplainError("the prompt tokenizes differently here than in the engine; cannot attribute exactly")
     prompt_cap, output_cap = settings.TAUON_EXPLAIN_MAX_PROMPT_TOKENS, settings.TAUON_EXPLAIN_MAX_OUTPUT_TOKENS
     if len(prompt.ids) > prompt_cap:
-        raise ExplainError(f"the prompt has {len(prompt.ids)} tokens; attribution is capped at {prompt_cap} "
-                           "(TAUON_EXPLAIN_MAX_PROMPT_TOKENS)")
+        raise ExplainError(f"the prompt has {len(prompt.ids)} tokens; attribution is capped at {prompt_cap} prompt tokens "
+                           "for Explain")
     output = p.get("output")
     generated = output is None
     exact = True  # the answer's own token ids (generated here, or given as ids)
@@ -114,8 +114,8 @@ def _generation(job: Job, engine: Any, p: dict[str, Any]) -> dict[str, Any]:
         if not exact:
             job.report(log="Note: the answer's text does not round-trip through the tokenizer exactly.")
     if len(targets) > output_cap:
-        raise ExplainError(f"the answer has {len(targets)} tokens; attribution is capped at {output_cap} output "
-                           "tokens (TAUON_EXPLAIN_MAX_OUTPUT_TOKENS)")
+        raise ExplainError(f"the answer has {len(targets)} tokens; Explain is capped at {output_cap} output "
+                           "tokens")
     if not targets:
         raise ExplainError("the answer is empty; there is nothing to explain")
     method = p["method"]

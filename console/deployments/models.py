@@ -78,8 +78,23 @@ class Deployment(models.Model):
         failed = [r for r in replicas if r.state == ReplicaStatus.FAILED]
         if failed:
             return DeploymentStatus.FAILED, failed[0].status_reason or "A replica failed to load."
-        return DeploymentStatus.PENDING, (f"Waiting for a worker{tail}: start one with "
+        workers = self.serving_workers()
+        if workers:
+            return DeploymentStatus.PENDING, (f"Waiting for a worker to start a replica{tail}: {workers} running worker"
+                                              f"{'s' if workers > 1 else ''} will pick it up within seconds.")
+        return DeploymentStatus.PENDING, (f"Waiting for a worker{tail}: none is running; start one with "
                                           f"`celery -A workers worker --deployments {self.name}` (or `all`).")
+
+    def serving_workers(self) -> int:
+        """Serving worker processes alive now that take this deployment (0 when Redis cannot say)."""
+        import redis
+
+        from console.deployments import live
+
+        try:
+            return live.workers_for(self.name)
+        except redis.RedisError:
+            return 0
 
     @property
     def status(self) -> str:

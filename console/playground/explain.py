@@ -143,8 +143,8 @@ def prepare(deployment: Deployment, data: dict[str, Any]) -> dict[str, Any]:
             version = deployment.target_version()
             n_out = count_tokens(version.path, output) if version else None
         if n_out is not None and n_out > cap:
-            raise Refused(f"The answer has {n_out} tokens; attribution is capped at {cap} output tokens "
-                          "(TAUON_EXPLAIN_MAX_OUTPUT_TOKENS). Explain a shorter answer.",
+            raise Refused(f"The answer has {n_out} tokens; Explain is capped at {cap} output tokens. Ask for at "
+                          f"most {cap} tokens (max_tokens) and explain that answer.",
                           code="output_too_long", field="output")
         if n_out == 0:
             raise Refused("The answer is empty; there is nothing to explain.", code="invalid", field="output")
@@ -156,7 +156,7 @@ def prepare(deployment: Deployment, data: dict[str, Any]) -> dict[str, Any]:
         prompt_cap = settings.TAUON_EXPLAIN_MAX_PROMPT_TOKENS
         if n_in > prompt_cap:
             raise Refused(f"The prompt has about {n_in} tokens; attribution is capped at {prompt_cap} prompt tokens "
-                          "(TAUON_EXPLAIN_MAX_PROMPT_TOKENS). Shorten it.", code="prompt_too_long",
+                          "for Explain. Shorten it.", code="prompt_too_long",
                           field="messages" if "messages" in req else "prompt")
     params: dict[str, Any] = {"deployment": name, "task": task, "method": method, "span": req["span"],
                               "words": req["words"], "output": output}

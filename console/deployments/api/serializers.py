@@ -37,7 +37,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
     config = DeploymentConfigField(required=False, help_text="engine (device, dtype, quantization, max_num_seqs, "
                                    "max_queue, kv_cache_bytes…), max_tokens, max_n, max_input_items, timeout_s, "
                                    "sampling defaults (temperature, top_p, max_tokens).")
-    replicas = serializers.IntegerField(required=False, min_value=0, max_value=64)
+    replicas = serializers.IntegerField(required=False, min_value=1, max_value=64)
     status = serializers.SerializerMethodField()
     status_reason = serializers.SerializerMethodField()
     serving_version = serializers.SerializerMethodField(help_text="The version replicas should serve now.")
