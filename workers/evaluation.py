@@ -100,6 +100,8 @@ def save(versions: list[Any], dataset_version: DatasetVersion, config: dict[str,
             found["replaced"] = {"job": previous.job_id, "kind": previous.job.kind if previous.job else None,
                                  "updated_at": previous.updated_at.isoformat(),
                                  "metrics": {k: v for k, v in previous.metrics.items() if k != "replaced"}}
+        elif previous is not None and "replaced" in previous.metrics:  # the same job again: keep what it replaced
+            found["replaced"] = previous.metrics["replaced"]
         EvaluationResult.objects.update_or_create(
             version=version, dataset_version=dataset_version, config_key=key,
             defaults={"config": config, "metrics": found, "job": job})
