@@ -68,12 +68,13 @@ def serve_options(model: Model, current: str = "") -> list[dict[str, str]]:
 
 
 def model_context(model: Model) -> int | None:
-    """The context (tokens) of the model's newest ready version, read from its config.json; None if unknown."""
+    """The context (tokens) of the model's newest ready version that states one in its config.json; None if none."""
     for version in model.versions.all():  # (ready ones, newest first, as with_targets loads them)
         try:
-            return context_length(version.path)
+            if found := context_length(version.path):
+                return found
         except (OSError, ValueError):
-            return None
+            continue
     return None
 
 
