@@ -12,8 +12,11 @@ from typing import Any
 import pytest
 
 from console.deployments.models import Deployment
+from tests import test_i18n_pages
 from tests.conftest import browser_page
-from tests.test_i18n_pages import page_urls, world  # noqa: F401  (world: the fixture every page has content from)
+from tests.test_i18n_pages import page_urls
+
+world = test_i18n_pages.world  # the fixture that gives every page content
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 PHONE, DESKTOP = (390, 844), (1400, 900)

@@ -142,3 +142,13 @@ def test_a_pending_deployment_names_the_running_workers_instead_of_asking_for_on
         assert "1 running worker will pick it up" in reason and "celery" not in reason
     finally:
         live.client().delete(host)
+
+
+def test_fine_tune_form_errors_use_the_forms_labels_not_the_apis_names(chatbot: Any) -> None:
+    from console.jobs.forms import in_form_words
+    from console.registry.job_forms import FinetuneForm
+
+    form = FinetuneForm(chatbot.versions.get(number=1))
+    message = in_form_words(form, "learning_rate must be a positive number, got -1; eval_fraction too")
+    assert message == "Learning rate must be a positive number, got -1; Eval fraction too"
+    assert in_form_words(form, "Dataset 'prose' is a text dataset") == "Dataset 'prose' is a text dataset"
