@@ -287,3 +287,19 @@ def test_every_page_links_the_favicon_and_shows_times_with_their_zone(world: dic
     assert '<link rel="icon" href="/static/console/favicon.svg" type="image/svg+xml">' in html
     assert re.search(r'<time datetime="\d{4}-\d\d-\d\dT[\d:.]+\+00:00">\d{4}-\d\d-\d\d \d\d:\d\d UTC</time>', html)
     assert (Path(settings.BASE_DIR) / "console" / "static" / "console" / "favicon.svg").is_file()
+
+
+def test_api_key_callers_get_english_whatever_their_accept_language(world: dict[str, Any], bob: Any) -> None:
+    from tests.conftest import key_client
+
+    api = key_client(bob)
+    body = api.get("/api/deployments/qwen-chat/", HTTP_ACCEPT_LANGUAGE="zh-CN").json()
+    assert body["status_reason"].startswith("Waiting for a worker")
+    refused = api.post("/api/deployments/", {"name": "x", "model": "qwen-mini", "replicas": 0}, format="json",
+                       HTTP_ACCEPT_LANGUAGE="zh-CN")
+    assert refused.status_code == 400 and re.search(r"[A-Za-z]{4}", refused.json()["error"]["message"])
+    browser = Client()  # the console's own pages call the API with the session: the user's language
+    browser.force_login(bob)
+    bob.language = "zh-hans"
+    bob.save(update_fields=["language"])
+    assert browser.get("/api/deployments/qwen-chat/").json()["status_reason"].startswith("等待")
