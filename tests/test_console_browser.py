@@ -167,3 +167,25 @@ def test_times_show_in_the_readers_zone(live_server: Any, monkeypatch: Any, worl
         expect(first).to_have_attribute("data-local", "1")
         expect(first).to_contain_text("GMT+8")
         assert first.get_attribute("title").endswith("UTC")  # the server's UTC stays on hover
+
+
+def test_evaluation_charts_have_axis_titles_with_units_and_plain_hover_values(live_server: Any, monkeypatch: Any,
+                                                                              world: dict[str, Any], bob: Any) -> None:
+    with browser_page(live_server.url, monkeypatch, viewport=DESKTOP) as page:
+        log_in(page, "bob")
+        page.goto("/models/qwen-mini/evaluation/")
+        page.wait_for_function("document.getElementById('eval-charts').dataset.drawn === '1'")
+        charts = page.evaluate("""['chart-quality', 'chart-speed', 'chart-tradeoff'].map((id) => {
+            const node = document.getElementById(id);
+            return {y: node.layout.yaxis.title.text, x: (node.layout.xaxis.title || {}).text,
+                    hover: node.data[0].hovertext, clip: node.data[0].cliponaxis};
+        })""")
+        quality, speed, tradeoff = charts
+        assert quality["y"] == "Perplexity" and quality["x"] == "version"
+        assert speed["y"] == "Tokens/s"
+        assert tradeoff["x"] == "size (MB)" and tradeoff["clip"] is False
+        assert "v2: 49,540.6" in quality["hover"] and not any(re.search(r"\dk\b", h) for h in quality["hover"])
+        assert "14.2 tok/s" in speed["hover"][0]
+        header = page.locator("#comparison-table thead").text_content()
+        assert "Time to first token (s)" in header
+        page.screenshot(path="/tmp/tauon-evaluation-charts.png", full_page=True)

@@ -30,6 +30,12 @@ class Metric:
     lower_is_better: bool
     unit: str = ""  # shown with the value and on chart axes
 
+    @property
+    def heading_unit(self) -> str:
+        """The unit a column heading or axis title adds: none for sizes (shown as MB, GB) or rates (their label
+        says it already: Tokens/s)."""
+        return "" if self.unit in ("", "bytes") or "/" in self.unit else self.unit
+
 
 METRICS = {
     "perplexity": Metric(_("Perplexity"), True),

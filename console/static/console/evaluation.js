@@ -63,7 +63,7 @@ function setupEvaluationCharts(box) {
   const rows = data.rows;
   const names = rows.map((r) => r.label || "v" + r.version);
   const value = (r, name) => (typeof r.metrics[name] === "number" ? r.metrics[name] : null);
-  const unit = (name) => (data.units[name] ? ` (${data.units[name]})` : "");
+  const unit = (name) => (data.heading_units[name] ? ` (${data.heading_units[name]})` : "");
   const label = (name) => data.labels[name] + " " + (data.lower_is_better[name] ? t("(lower is better)") : t("(higher is better)"));
   // plain numbers on hover and ticks (not "49.54062k"); bytes as MB
   const shown = (name, v) => (v === null || v === undefined ? "—" : name.endsWith("_bytes")
