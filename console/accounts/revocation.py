@@ -29,7 +29,7 @@ def _bump() -> None:
 
 
 def on_user_saved(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
-    if update_fields is not None and set(update_fields) <= {"last_login", "password"}:
+    if update_fields is not None and set(update_fields) <= {"last_login", "password", "language"}:
         return  # logging in changes nothing a key depends on
     keys_changed()
 

@@ -44,6 +44,9 @@ def slot_key(deployment: str, slot: int) -> str:
 def admit_key(deployment: str) -> str:
     return f"tauon:admit:{deployment}"  # adaptive admission's current cap per replica (engine/latency_governor.py)
 
+def host_key(hostname: str) -> str:
+    return f"tauon:host:{hostname}"  # a serving worker process: {"scope": [names] or null for all}; expires
+
 
 def figures_key(deployment: str) -> str:
     return f"tauon:figures:{deployment}"
@@ -97,6 +100,19 @@ def figures(deployment: str, since: float = 0.0) -> list[dict[str, Any]]:
     raw = client().lrange(figures_key(deployment), 0, FIGURES_KEPT - 1)
     rows = [json.loads(r) for r in reversed(raw)]
     return [r for r in rows if r.get("t", 0) > since]
+
+
+def workers_for(deployment: str) -> int:
+    """Serving worker processes alive now whose scope takes `deployment` (all, or it by name)."""
+    r = client()
+    count = 0
+    for key in r.scan_iter(match=host_key("*"), count=200):
+        raw = r.get(key)
+        if raw is None:
+            continue
+        scope = json.loads(raw).get("scope")
+        count += scope is None or deployment in scope
+    return count
 
 
 def live_replicas(deployment: str) -> int:

@@ -66,7 +66,7 @@ def _rows(model: Model, dataset_version: DatasetVersion | None, config_key: str)
     parents_elsewhere = Q(version__children__model=model) & ~Q(version__model=model)
     results = (EvaluationResult.objects.filter(Q(version__model=model) | parents_elsewhere,
                                                dataset_version=dataset_version, config_key=config_key)
-               .select_related("version__model", "version__parent__model")
+               .select_related("version__model", "version__parent__model", "job")
                .order_by("version__model_id", "version__number").distinct())
     own = sorted(results, key=lambda r: r.version.model_id != model.pk)  # this model's first, then the parents
     return [_row(model, r) for r in own]
@@ -80,4 +80,5 @@ def _row(model: Model, result: EvaluationResult) -> dict[str, Any]:
             "parent": parent.number if parent else None,
             "parent_label": (None if parent is None else f"v{parent.number}" if parent.model_id == model.pk
                              else f"{parent.model.name} v{parent.number}"),
-            "metrics": result.metrics, "job": result.job_id, "updated_at": result.updated_at.isoformat()}
+            "metrics": result.metrics, "job": result.job_id, "job_kind": result.job.kind if result.job else None,
+            "replaced": result.metrics.get("replaced"), "updated_at": result.updated_at.isoformat()}

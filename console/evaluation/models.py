@@ -15,7 +15,7 @@ from django.db import IntegrityError, models, transaction
 
 from console.audit.models import record
 from console.evaluation import datasets
-from console.evaluation.choices import GATE_METRICS, METRICS, DatasetKind
+from console.evaluation.choices import GATE_METRICS, METRICS, DatasetKind, plain
 
 
 class DatasetRefused(Exception):
@@ -204,5 +204,5 @@ class PromotionGate(models.Model):
 
     def __str__(self) -> str:
         direction = "higher" if METRICS[self.metric].lower_is_better else "lower"
-        return (f"{self.metric} on {self.dataset.name} no more than {self.max_regression_pct:g} % {direction} "
+        return (f"{self.metric} on {self.dataset.name} no more than {plain(self.max_regression_pct)} % {direction} "
                 f"than {self.alias}")

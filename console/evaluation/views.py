@@ -12,6 +12,8 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods, require_POST
 
 from console.accounts.choices import Role
@@ -29,17 +31,23 @@ from console.registry.models import Model
 
 
 class UploadForm(forms.Form):
-    name = forms.SlugField(max_length=100, help_text="An existing name adds a version.")
-    kind = forms.ChoiceField(choices=DatasetKind.choices)
-    file = forms.FileField(help_text=".txt for text; .jsonl (or .csv for classification) for the others.")
-    description = forms.CharField(required=False, max_length=2000)
+    name = forms.SlugField(max_length=100, label=gettext_lazy("Name"),
+                           help_text=gettext_lazy("An existing name adds a version."),
+                           error_messages={"invalid": gettext_lazy("Use letters, digits, - and _ only.")})
+    kind = forms.ChoiceField(choices=DatasetKind.choices, label=gettext_lazy("Kind"))
+    file = forms.FileField(label=gettext_lazy("File"), help_text=gettext_lazy(
+        ".txt for text; .jsonl (or .csv for classification) for the others."))
+    description = forms.CharField(required=False, max_length=2000, label=gettext_lazy("Description"))
 
 
 class GateForm(forms.Form):
-    alias = forms.SlugField(max_length=50, initial="production")
-    dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), to_field_name="name")
-    metric = forms.ChoiceField(choices=GATE_METRICS, initial="perplexity")
-    max_regression_pct = forms.FloatField(min_value=0, max_value=1000, initial=2.0, label="Max. worse (%)")
+    alias = forms.SlugField(max_length=50, initial="production", label=gettext_lazy("Alias"),
+                            error_messages={"invalid": gettext_lazy("Use letters, digits, - and _ only.")})
+    dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), to_field_name="name",
+                                     label=gettext_lazy("Dataset"))
+    metric = forms.ChoiceField(choices=GATE_METRICS, initial="perplexity", label=gettext_lazy("Metric"))
+    max_regression_pct = forms.FloatField(min_value=0, max_value=1000, initial=2.0,
+                                          label=gettext_lazy("Max. worse (%)"))
 
     def __init__(self, model: Model, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -63,8 +71,8 @@ def dataset_list(request: HttpRequest) -> HttpResponse:
             except DatasetRefused as exc:
                 form.add_error(exc.field if exc.field in form.fields else None, exc.message)
             else:
-                messages.success(request, f"Added {version}: {version.examples} examples, sha256 "
-                                          f"{version.sha256[:12]}…")
+                messages.success(request, _("Added %(version)s: %(n)s examples, sha256 %(sha)s…") % {
+                    "version": version, "n": version.examples, "sha": version.sha256[:12]})
                 return redirect("evaluation:dataset-detail", name=version.dataset.name)
         status = 400
     datasets = Dataset.objects.annotate(version_count=Count("versions")).prefetch_related("versions")
@@ -101,7 +109,9 @@ def model_evaluation(request: HttpRequest, name: str) -> HttpResponse:
         "chart": {"rows": c.rows, "quality": QUALITY[kind][0] if kind else None,
                   "speed": SPEED[kind][0] if kind else None,
                   "labels": {col: METRICS[col].label for col in columns},
-                  "lower_is_better": {col: METRICS[col].lower_is_better for col in columns}},
+                  "lower_is_better": {col: METRICS[col].lower_is_better for col in columns},
+                  "units": {col: METRICS[col].unit for col in columns},
+                  "heading_units": {col: METRICS[col].heading_unit for col in columns}},
         "ready_versions": ready,
         "default_versions": {v.number for v in ready[:2]} | {a.version.number for a in model.aliases.all()},
         "default_config": normalize({}),
@@ -119,17 +129,18 @@ def model_evaluation(request: HttpRequest, name: str) -> HttpResponse:
 def gate_add(request: HttpRequest, name: str) -> HttpResponse:
     model = get_object_or_404(Model, name=name)
     if not request.user.has_role(Role.ADMIN):  # type: ignore[union-attr]
-        messages.error(request, "Setting a promotion gate needs the 'admin' role.")
+        messages.error(request, _("Setting a promotion gate needs the 'admin' role."))
         return redirect("evaluation:model", name=name)
     form = GateForm(model, request.POST)
     if form.is_valid():
         data = form.cleaned_data
         gate = PromotionGate.put(model, alias=data["alias"], dataset=data["dataset"], metric=data["metric"],
                                  max_regression_pct=data["max_regression_pct"], config=normalize({}), actor=request.user)
-        messages.success(request, f"Gate set: {gate}.")
+        messages.success(request, _("Gate set: %(gate)s.") % {"gate": gate})
     else:
-        messages.error(request, "The gate was not set: " + "; ".join(
-            f"{field}: {' '.join(errs)}" for field, errs in form.errors.items()))
+        messages.error(request, _("The gate was not set: %(errors)s") % {"errors": "; ".join(
+            f"{form.fields[field].label if field in form.fields else field}: {' '.join(errs)}"
+            for field, errs in form.errors.items())})
     return redirect("evaluation:model", name=name)
 
 
@@ -138,8 +149,8 @@ def gate_add(request: HttpRequest, name: str) -> HttpResponse:
 def gate_remove(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     gate = get_object_or_404(PromotionGate, model__name=name, pk=pk)
     if not request.user.has_role(Role.ADMIN):  # type: ignore[union-attr]
-        messages.error(request, "Removing a promotion gate needs the 'admin' role.")
+        messages.error(request, _("Removing a promotion gate needs the 'admin' role."))
     else:
         gate.remove(request.user)
-        messages.success(request, f"Removed the gate: {gate}.")
+        messages.success(request, _("Removed the gate: %(gate)s.") % {"gate": gate})
     return redirect("evaluation:model", name=name)

@@ -173,6 +173,7 @@ class Host:
         r = live.client()
         now = time.time()
         pipe = r.pipeline(transaction=False)
+        pipe.set(live.host_key(self.hostname), json.dumps({"scope": self.scope}), ex=self.lost_s)  # "a worker is up"
         for runner in list(self.runners.values()) + self.stopping_runners:
             figures = runner.stats()
             runner.row.stats = figures

@@ -38,7 +38,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
                                    "max_queue, kv_cache_bytes…), max_tokens, max_n, max_input_items, timeout_s, "
                                    "ttft_target_ms (adaptive admission's p99 TTFT target, 0: off), "
                                    "sampling defaults (temperature, top_p, max_tokens).")
-    replicas = serializers.IntegerField(required=False, min_value=0, max_value=64)
+    replicas = serializers.IntegerField(required=False, min_value=1, max_value=64)
     status = serializers.SerializerMethodField()
     status_reason = serializers.SerializerMethodField()
     serving_version = serializers.SerializerMethodField(help_text="The version replicas should serve now.")
