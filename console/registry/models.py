@@ -45,6 +45,35 @@ class Model(models.Model):
         last = self.versions.aggregate(n=models.Max("number"))["n"]
         return (last or 0) + 1
 
+    def deletion_refusal(self) -> str | None:
+        """Why this model may not be deleted now (something serves it or is still importing), or None."""
+        deployments = sorted(self.deployments.values_list("name", flat=True))  # type: ignore[attr-defined]
+        if deployments:
+            return (f"Model '{self.name}' is served by the deployment(s) {', '.join(deployments)}; "
+                    "delete them first.")
+        aliases = sorted(self.aliases.values_list("name", flat=True))  # type: ignore[attr-defined]
+        if aliases:
+            return (f"Model '{self.name}' still has aliases ({', '.join(aliases)}); "
+                    "delete them first so nothing serving it loses its version.")
+        if self.versions.filter(status=VersionStatus.IMPORTING).exists():  # type: ignore[attr-defined]
+            return f"Model '{self.name}' has a version still importing; wait for it to finish."
+        return None
+
+    def remove(self, actor: Any) -> None:
+        """Delete the model, its versions and (once committed) their files, audited. Call deletion_refusal first."""
+        import shutil
+
+        paths = [version.path for version in self.versions.all()]  # type: ignore[attr-defined]
+
+        def remove_files() -> None:
+            for path in paths:
+                shutil.rmtree(path, ignore_errors=True)
+
+        with transaction.atomic():
+            record(actor, "model.delete", self, model_name=self.name, versions=len(paths))
+            self.delete()
+            transaction.on_commit(remove_files)
+
 
 class ModelVersion(models.Model):
     model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="versions")
@@ -146,11 +175,16 @@ class Alias(models.Model):
             alias = cls.objects.filter(model=model, name=name).first()
             if alias is None:
                 raise cls.DoesNotExist(f"Model '{model.name}' has no alias '{name}'.")
-            last = AliasEvent.objects.filter(model=model, alias_name=name).exclude(action=AliasAction.DELETE).first()
-            previous = last.from_version if last else None
+            previous = alias.previous_version()
             if previous is None:
                 raise ValidationError({"alias": f"Alias '{name}' has no previous version to roll back to."})
             return cls.move(model, name, previous, actor, comment=comment, action=AliasAction.ROLLBACK)
+
+    def previous_version(self) -> ModelVersion | None:
+        """The version a rollback would return this alias to (where it pointed before its last move), or None."""
+        last = (AliasEvent.objects.filter(model_id=self.model_id, alias_name=self.name)
+                .exclude(action=AliasAction.DELETE).select_related("from_version").first())
+        return last.from_version if last else None
 
     def remove(self, actor: Any, comment: str = "") -> None:
         with transaction.atomic():

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import shutil
 from functools import cached_property
 from typing import Any
 
@@ -33,7 +32,6 @@ from console.registry.api.serializers import (
     VersionFromHubSerializer,
     VersionUploadSerializer,
 )
-from console.registry.choices import VersionStatus
 from console.registry.config_schema import OPENAPI_CONFIG_SCHEMA
 from console.registry.filters import ModelFilter, VersionFilter
 from console.registry.models import Alias, AliasEvent, Model, ModelVersion, PromotionRefused
@@ -96,22 +94,10 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Crea
             record(self.request.user, "model.update", model, model_name=model.name, changes=changes)
 
     def perform_destroy(self, instance: Model) -> None:
-        aliases = sorted(instance.aliases.values_list("name", flat=True))
-        if aliases:
-            raise Conflict(f"Model '{instance.name}' still has aliases ({', '.join(aliases)}); "
-                           "delete them first so nothing serving it loses its version.")
-        if instance.versions.filter(status=VersionStatus.IMPORTING).exists():
-            raise Conflict(f"Model '{instance.name}' has a version still importing; wait for it to finish.")
-        paths = [version.path for version in instance.versions.all()]
-
-        def remove_files() -> None:
-            for path in paths:
-                shutil.rmtree(path, ignore_errors=True)
-
-        with transaction.atomic():
-            record(self.request.user, "model.delete", instance, model_name=instance.name, versions=len(paths))
-            instance.delete()
-            transaction.on_commit(remove_files)
+        refusal = instance.deletion_refusal()
+        if refusal:
+            raise Conflict(refusal)
+        instance.remove(self.request.user)
 
 
 class ModelScopedViewSet(GenericViewSet):
