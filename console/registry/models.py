@@ -47,16 +47,20 @@ class Model(models.Model):
 
     def deletion_refusal(self) -> str | None:
         """Why this model may not be deleted now (something serves it or is still importing), or None."""
+        from django.utils.translation import (
+            gettext as _,  # the user's language (the API overrides it: English)
+        )
+
         deployments = sorted(self.deployments.values_list("name", flat=True))  # type: ignore[attr-defined]
         if deployments:
-            return (f"Model '{self.name}' is served by the deployment(s) {', '.join(deployments)}; "
-                    "delete them first.")
+            return _("Model '%(name)s' is served by the deployment(s) %(deployments)s; delete them first.") % {
+                "name": self.name, "deployments": ", ".join(deployments)}
         aliases = sorted(self.aliases.values_list("name", flat=True))  # type: ignore[attr-defined]
         if aliases:
-            return (f"Model '{self.name}' still has aliases ({', '.join(aliases)}); "
-                    "delete them first so nothing serving it loses its version.")
+            return _("Model '%(name)s' still has aliases (%(aliases)s); delete them first so nothing serving it "
+                     "loses its version.") % {"name": self.name, "aliases": ", ".join(aliases)}
         if self.versions.filter(status=VersionStatus.IMPORTING).exists():  # type: ignore[attr-defined]
-            return f"Model '{self.name}' has a version still importing; wait for it to finish."
+            return _("Model '%(name)s' has a version still importing; wait for it to finish.") % {"name": self.name}
         return None
 
     def remove(self, actor: Any) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Prefetch, QuerySet
+from django.utils import translation
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status
 from rest_framework.exceptions import NotFound
@@ -94,7 +95,8 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Crea
             record(self.request.user, "model.update", model, model_name=model.name, changes=changes)
 
     def perform_destroy(self, instance: Model) -> None:
-        refusal = instance.deletion_refusal()
+        with translation.override("en"):  # API messages stay English
+            refusal = instance.deletion_refusal()
         if refusal:
             raise Conflict(refusal)
         instance.remove(self.request.user)
