@@ -291,3 +291,18 @@ def test_the_majority_class_baseline_is_what_always_answering_the_commonest_labe
     words = majority_baseline([{"tokens": ["x", "y"], "tags": ["O", "O"]}], [{"tokens": ["z", "w"], "tags": ["O", "B"]}])
     assert words == {"label": "O", "accuracy": 0.5}
     assert majority_baseline(train, []) is None
+
+
+# --- in Chinese ------------------------------------------------------------------------------------------------
+
+def test_the_pages_of_this_area_speak_chinese_when_asked(chatbot, alice, bob) -> None:
+    job = Job.objects.create(kind="compress", created_by=bob, status="succeeded", params={"model": "chatbot", "version": 1},
+                             result={"model": "chatbot", "parent": 1, "child": 2, "method": "int8",
+                                     "comparison": {"size_bytes": {"parent": 2, "child": 1, "ratio": 0.5}}})
+    client = login(alice)
+    expected = {"/": "注册模型", "/models/chatbot/": "别名历史", "/models/chatbot/versions/1/": "部署此版本",
+                f"/jobs/{job.pk}/": "压缩结果", "/jobs/": "产出", "/keys/": "创建密钥", "/users/": "创建用户",
+                "/audit/": "审计日志"}
+    for url, phrase in expected.items():
+        response = client.get(url, HTTP_ACCEPT_LANGUAGE="zh-Hans")
+        assert response.status_code == 200 and phrase in response.content.decode(), url
