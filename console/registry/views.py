@@ -235,8 +235,9 @@ def _start(request: HttpRequest, name: str, number: int, form_class: type[Finetu
     if job is None:
         key = "finetune_form" if form_class is FinetuneForm else "compress_form"
         return render_version(request, version, status=400, **{key: form})
-    messages.success(request, _("Started %(job)s: %(what)s %(version)s.")
-                     % {"job": job, "what": what.lower(), "version": version})
+    started = (_("Started %(job)s: fine-tuning %(version)s.") if form_class is FinetuneForm
+               else _("Started %(job)s: compressing %(version)s."))
+    messages.success(request, started % {"job": job, "version": version})
     return redirect("jobs:job-detail", pk=job.pk)
 
 
