@@ -34,6 +34,7 @@ class FinetuneConfig:
     method: str = "lora"
     epochs: int = 1
     max_steps: int = 0  # optimizer steps; > 0 overrides epochs
+    min_steps: int = 0  # > 0 (and no max_steps): epochs rise until the run makes at least this many steps
     learning_rate: float = 1e-4
     warmup_steps: int = 0
     batch_size: int = 8
@@ -56,13 +57,24 @@ class FinetuneConfig:
         for name in ("epochs", "batch_size", "grad_accum", "max_length", "lora_r", "lora_alpha", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("max_steps", "warmup_steps", "checkpoint_every"):
+        for name in ("max_steps", "min_steps", "warmup_steps", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if not 0 < self.learning_rate < 1:
             raise ValueError("learning_rate must be between 0 and 1")
         if not 0 <= self.eval_fraction < 1:
             raise ValueError("eval_fraction must be in [0, 1)")
+
+    def steps_per_epoch(self, n_train: int) -> int:
+        return max(1, math.ceil(math.ceil(n_train / self.batch_size) / self.grad_accum))
+
+    def total_steps(self, n_train: int) -> int:
+        """Optimizer steps of a run on `n_train` rows: max_steps, else whole epochs, at least enough of
+        them for min_steps (a small dataset gets more epochs instead of an undertrained child)."""
+        if self.max_steps:
+            return self.max_steps
+        per_epoch = self.steps_per_epoch(n_train)
+        return per_epoch * max(self.epochs, math.ceil(self.min_steps / per_epoch))
 
 
 @dataclass(slots=True)
@@ -96,6 +108,19 @@ def split(rows: Sequence[dict[str, Any]], fraction: float, seed: int) -> tuple[l
 def labels_of(rows: Sequence[dict[str, Any]]) -> set[str]:
     """The labels of classification rows, or the tags of NER rows."""
     return {str(t) for r in rows for t in (r["tags"] if "tags" in r else [r["label"]])}
+
+
+def majority_baseline(train: Sequence[dict[str, Any]], held_out: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The held-out accuracy of always answering the training split's most common label (NER: tag, counted over
+    words): what a child must beat to have learnt anything. None without labelled held-out rows."""
+    def labels(rows: Sequence[dict[str, Any]]) -> list[str]:
+        return [str(t) for r in rows for t in (r["tags"] if "tags" in r else [r["label"]])]
+
+    seen, held = labels(train), labels(held_out)
+    if not seen or not held:
+        return None
+    label = max(sorted(set(seen)), key=seen.count)
+    return {"label": label, "accuracy": sum(t == label for t in held) / len(held)}
 
 
 def missing_labels(train: Sequence[dict[str, Any]], held_out: Sequence[dict[str, Any]]) -> list[str]:
@@ -322,8 +347,8 @@ def finetune(base_dir: Path, out_dir: Path, rows: Sequence[dict[str, Any]], conf
     train = encode(tokenizer, train_rows, config, label_ids, eos_id)
     held = encode(tokenizer, held_out, config, label_ids, eos_id)
 
-    per_epoch = math.ceil(math.ceil(len(train) / config.batch_size) / config.grad_accum)
-    total = config.max_steps or per_epoch * config.epochs
+    per_epoch = config.steps_per_epoch(len(train))
+    total = config.total_steps(len(train))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     warmup = min(config.warmup_steps, total)

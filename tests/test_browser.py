@@ -87,6 +87,7 @@ def test_a_maintainer_uploads_two_versions_promotes_and_rolls_back_in_the_browse
         expect(page.locator("tr[data-alias=production] .alias-version")).to_have_text(f"v{number}")
 
     # roll back: production is on v1 again and the history lists the three moves
+    page.once("dialog", lambda dialog: dialog.accept())  # rolling back production is confirmed
     page.click("[data-rollback=production]")
     expect(page.locator(".messages")).to_contain_text("Rolled 'production' back to v1.")
     expect(page.locator("tr[data-alias=production] .alias-version")).to_have_text("v1")
@@ -133,6 +134,7 @@ def test_a_new_api_key_is_shown_once_and_can_be_revoked_in_the_browser(page, cha
     page.goto("/keys/")
     expect(page.locator("#new-key")).to_have_count(0)
     assert raw not in page.content()
+    page.once("dialog", lambda dialog: dialog.accept())  # revoking is confirmed
     page.click("tr:has-text('notebook') button:has-text('Revoke')")
     expect(page.locator("tr:has-text('notebook') .badge")).to_have_text("revoked")
     assert ApiKey.authenticate(raw) is None
@@ -177,6 +179,7 @@ def test_the_job_pages_follow_a_running_job_live_and_a_maintainer_cancels_one(pa
     endless = Job.enqueue("test-sleep", {"steps": 200, "sleep": 0.2}, bob)
     page.goto(f"/jobs/{endless.pk}/")
     expect(page.locator("#job-log")).to_contain_text("did step 2", timeout=30_000)  # log lines arrive live
+    page.once("dialog", lambda dialog: dialog.accept())  # cancelling is confirmed
     page.click("#cancel-form button")
     expect(page.locator(".messages")).to_contain_text(f"Cancel requested for test-sleep job #{endless.pk}")
     expect(page.locator(f'h1 [data-job-badge="{endless.pk}"]')).to_have_text("cancelled", timeout=30_000)

@@ -188,6 +188,8 @@ def test_a_token_classification_job_leaves_a_child_tagging_with_the_tags_of_the_
                      target_model="enc-ner")
     assert done.result["labels"] == ["B-LOC", "B-PER", "O"] and done.result["task"] == "token-classification"
     assert done.result["eval_loss"] < done.result["eval_loss_before"] and done.result["eval_accuracy"] > 0.9
+    baseline = done.result["baseline"]  # always answering the commonest tag, over the held-out words
+    assert baseline["label"] == "O" and done.result["eval_accuracy"] > baseline["accuracy"]
     child = ModelVersion.objects.get(model__name="enc-ner", number=1)
     assert child.model.task == "token-classification" and child.model.owner == bob
     assert child.status == "ready" and child.parent == parent and child.produced_by == done

@@ -181,3 +181,17 @@ def test_the_job_page_draws_the_series_it_has(bob) -> None:
     assert "plotly" in html and "console/jobs.js" in html
     imported = Job.objects.create(kind="import", params={}, created_by=bob)
     assert 'id="job-chart"' not in page(login(bob), f"/jobs/{imported.pk}/")  # no series, not a charting kind
+
+
+def test_without_epochs_the_run_is_long_enough_for_a_small_dataset_and_the_form_says_so(tiny, bob) -> None:
+    client = login(bob)
+    finetune = page(client)
+    finetune = finetune[finetune.index('id="finetune-form"'):finetune.index('id="compress-form"')]
+    assert 'name="finetune-min_steps"' in finetune and 'placeholder="100"' in finetune
+    assert "chosen from the dataset size" in finetune
+    base = {"finetune-dataset": "sums", "finetune-method": "lora", "finetune-task": "text-generation"}
+    client.post("/models/tiny/versions/1/finetune/", base)
+    client.post("/models/tiny/versions/1/finetune/", {**base, "finetune-epochs": "2"})
+    auto, explicit = Job.objects.filter(kind="finetune").order_by("pk")
+    assert (auto.params["epochs"], auto.params["min_steps"]) == (1, 100)  # epochs rise to make 100 steps
+    assert (explicit.params["epochs"], explicit.params["min_steps"]) == (2, 0)  # what was asked

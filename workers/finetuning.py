@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import shutil
 from typing import Any
 
@@ -36,7 +35,7 @@ RECORD = "finetune.json"  # in the child's folder: the training figures (engine.
 
 
 def finetune(job: Job) -> dict[str, Any]:
-    from engine.finetune import FinetuneConfig
+    from engine.finetune import FinetuneConfig, split
     from engine.finetune import finetune as train
 
     params = job.params
@@ -48,7 +47,7 @@ def finetune(job: Job) -> dict[str, Any]:
     checkpoints = storage_dir("finetune") / f"job-{job.pk}"
     rows = dataset_version.load()
     if config.checkpoint_every == 0:  # a killed worker still resumes: a checkpoint every ~10 % of the run
-        estimate = config.max_steps or math.ceil(len(rows) / config.batch_size / config.grad_accum) * config.epochs
+        estimate = config.total_steps(len(split(rows, config.eval_fraction, config.seed)[0]))
         config.checkpoint_every = max(1, estimate // 10)
     stored = ModelVersion.objects.filter(produced_by=job).exclude(status=VersionStatus.FAILED).first()
     if stored is not None:  # an earlier delivery stored the child, then its worker died
@@ -102,6 +101,13 @@ def _finish(job: Job, child: ModelVersion, parent: ModelVersion, dataset_version
     # The child is ready: from here on a cancel is too late, the job completes.
     job.report(0.95, f"{target.name} v{child.number} ready", cancellable=False)
     evaluation = _evaluate(job, child, parent, dataset_version, config)
+    baseline = _baseline(dataset_version, config)
+    if baseline is not None and figures.get("eval_accuracy") is not None \
+            and figures["eval_accuracy"] <= baseline["accuracy"]:
+        job.report(None, None, cancellable=False,
+                   log=f"The child's held-out accuracy ({figures['eval_accuracy']:.4f}) is no better than always "
+                       f"answering '{baseline['label']}' ({baseline['accuracy']:.4f}): train longer (more epochs or "
+                       f"steps) or on more rows.")
     job.report(1.0, f"{target.name} v{child.number} ready", cancellable=False)
     return {"model": target.name, "version": child.number, "version_id": child.pk,
             "parent": {"model": parent.model.name, "version": parent.number},
@@ -109,7 +115,16 @@ def _finish(job: Job, child: ModelVersion, parent: ModelVersion, dataset_version
             "method": config.method, "task": config.task, "hyperparameters": dataclasses.asdict(config),
             **{k: figures.get(k) for k in ("train_loss", "eval_loss_before", "eval_loss", "eval_accuracy", "labels",
                                            "steps", "losses", "merge_max_abs_diff", "resumed_from")},
-            "evaluation": evaluation}
+            "baseline": baseline, "evaluation": evaluation}
+
+
+def _baseline(dataset_version: DatasetVersion, config: Any) -> dict[str, Any] | None:
+    """Classifiers: the held-out accuracy of always answering the training split's most common label."""
+    from engine.finetune import majority_baseline, split
+
+    if config.task == "text-generation" or not config.eval_fraction:
+        return None
+    return majority_baseline(*split(dataset_version.load(), config.eval_fraction, config.seed))
 
 
 def _evaluate(job: Job, child: ModelVersion, parent: ModelVersion, dataset_version: DatasetVersion,

@@ -44,6 +44,19 @@ class User(AbstractUser):
     def has_module_perms(self, app_label: str) -> bool:
         return self.has_role(Role.ADMIN) or super().has_module_perms(app_label)
 
+    def change_access(self, actor: Any, *, role: str, is_active: bool) -> bool:
+        """An admin sets this user's role and whether they may sign in (their keys follow at once); audited as
+        the admin site does (`user.update` with before/after). False when nothing changed."""
+        with transaction.atomic():
+            before = {"role": self.role, "is_active": self.is_active}
+            after = {"role": role, "is_active": is_active}
+            if before == after:
+                return False
+            self.role, self.is_active = role, is_active
+            self.save(update_fields=["role", "is_active", "is_staff"])
+            record(actor, "user.update", self, username=self.username, before=before, after=after)
+        return True
+
     @property
     def is_maintainer(self) -> bool:
         return self.has_role(Role.MAINTAINER)

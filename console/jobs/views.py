@@ -9,12 +9,13 @@ from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError as ApiValidationError
 
 from console.accounts.decorators import require_maintainer
 from console.deployments.views import plotly_version
-from console.jobs import kinds
+from console.jobs import kinds, results
 from console.jobs.api.serializers import creatable_kinds
 from console.jobs.choices import JobStatus
 from console.jobs.filters import JobFilter
@@ -30,7 +31,9 @@ def job_list(request: HttpRequest) -> HttpResponse:
     status = request.GET.get("status", "")
     created_by = request.GET.get("created_by", "")
     active = request.GET.get("active", "")
-    page = Paginator(jobs, 50).get_page(request.GET.get("page"))
+    page = Paginator(jobs.prefetch_related("produced_versions__model"), 50).get_page(request.GET.get("page"))
+    for job in page:
+        job.outcome = results.outcome(job)  # type: ignore[attr-defined]  # its model and what it produced
     context = {
         "page": page,
         "kinds": Job.objects.order_by("kind").values_list("kind", flat=True).distinct(),
@@ -53,8 +56,21 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     if axes is None and job.series:
         axes = ("x", "value")
     chart = {"series": job.series, "x": axes[0], "y": axes[1]} if axes else None
+    result = job.result if isinstance(job.result, dict) else {}
     context = {"job": job, "rerunnable": job.kind in creatable_kinds(), "chart": chart,
-               "plotly_version": plotly_version() if chart else ""}
+               "plotly_version": plotly_version() if chart else "", "outcome": results.outcome(job), "r": result}
+    if job.kind == "compress":
+        context["comparison"] = results.compress_rows(result)
+    elif job.kind == "evaluate":
+        context["metric_names"], context["metric_rows"] = results.evaluate_rows(result)
+    elif job.kind == "finetune":
+        context["heldout_rows"] = results.finetune_rows(result)
+        baseline = result.get("baseline")
+        accuracy = result.get("eval_accuracy")
+        context["useless"] = bool(baseline and isinstance(accuracy, int | float)
+                                  and accuracy <= baseline.get("accuracy", 0))
+    elif job.kind == "explain":
+        context["heatmap"] = results.heatmap(result)
     return render(request, "jobs/job_detail.html", context)
 
 
@@ -64,15 +80,17 @@ def job_rerun(request: HttpRequest, pk: int) -> HttpResponse:
     require_maintainer(request, "Re-running a job")
     job = get_object_or_404(Job, pk=pk)
     if job.kind not in creatable_kinds():
-        messages.error(request, f"{job} is started by the console, not directly; it cannot be re-run.")
+        messages.error(request, _("%(job)s is started by the console, not directly; it cannot be re-run.")
+                       % {"job": job})
         return redirect("jobs:job-detail", pk=job.pk)
     try:
         new = job.rerun(request.user)
     except (ValidationError, ApiValidationError) as exc:  # kinds refuse with either
-        messages.error(request, "Cannot re-run it: " + " ".join(
+        messages.error(request, _("Cannot re-run it:") + " " + " ".join(
             f"{field}: {message}" if field else message for field, message in refusals(exc)))
         return redirect("jobs:job-detail", pk=job.pk)
-    messages.success(request, f"Started {new}, a re-run of #{job.pk} with the same parameters.")
+    messages.success(request, _("Started %(new)s, a re-run of #%(pk)s with the same parameters.")
+                     % {"new": new, "pk": job.pk})
     return redirect("jobs:job-detail", pk=new.pk)
 
 
@@ -82,8 +100,9 @@ def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     require_maintainer(request, "Cancelling a job")
     job = get_object_or_404(Job, pk=pk)
     if job.request_cancel(actor=request.user):
-        messages.success(request, f"Cancel requested for {job}." if job.status == JobStatus.RUNNING
-                         else f"Cancelled {job}.")
+        messages.success(request, (_("Cancel requested for %(job)s.") if job.status == JobStatus.RUNNING
+                                   else _("Cancelled %(job)s.")) % {"job": job})
     else:
-        messages.error(request, f"{job} already ended ({job.status}); there is nothing to cancel.")
+        messages.error(request, _("%(job)s already ended (%(status)s); there is nothing to cancel.")
+                       % {"job": job, "status": str(job.get_status_display()).lower()})
     return redirect("jobs:job-detail", pk=job.pk)

@@ -1,32 +1,33 @@
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class Task(models.TextChoices):
-    TEXT_GENERATION = "text-generation", "Text generation"
-    TEXT_CLASSIFICATION = "text-classification", "Text classification"
-    TOKEN_CLASSIFICATION = "token-classification", "Token classification"
-    EMBEDDINGS = "embeddings", "Embeddings"
+    TEXT_GENERATION = "text-generation", _("Text generation")
+    TEXT_CLASSIFICATION = "text-classification", _("Text classification")
+    TOKEN_CLASSIFICATION = "token-classification", _("Token classification")
+    EMBEDDINGS = "embeddings", _("Embeddings")
 
 
 class VersionStatus(models.TextChoices):
-    IMPORTING = "importing", "Importing"
-    READY = "ready", "Ready"
-    FAILED = "failed", "Failed"
+    IMPORTING = "importing", _("Importing")
+    READY = "ready", _("Ready")
+    FAILED = "failed", _("Failed")
 
 
 class VersionSource(models.TextChoices):
-    UPLOAD = "upload", "Upload"
-    BUNDLED = "bundled", "Bundled"
-    HUB = "hub", "Hugging Face hub"
-    JOB = "job", "Produced by a job"
+    UPLOAD = "upload", _("Upload")
+    BUNDLED = "bundled", _("Bundled")
+    HUB = "hub", _("Hugging Face hub")
+    JOB = "job", _("Produced by a job")
 
 
 class VersionFormat(models.TextChoices):
-    SAFETENSORS = "safetensors", "safetensors"
-    GGUF = "gguf", "GGUF (converted to safetensors)"
+    SAFETENSORS = "safetensors", _("safetensors")
+    GGUF = "gguf", _("GGUF (converted to safetensors)")
 
 
 class AliasAction(models.TextChoices):
-    SET = "set", "Set"
-    ROLLBACK = "rollback", "Rollback"
-    DELETE = "delete", "Delete"
+    SET = "set", _("Set")
+    ROLLBACK = "rollback", _("Rollback")
+    DELETE = "delete", _("Delete")

@@ -22,6 +22,9 @@ KIND_OF_TASK = {"text-generation": "qa", "text-classification": "classification"
 HYPERPARAMETERS = [f.name for f in dataclasses.fields(FinetuneConfig) if f.name not in ("task", "method")]
 NAMED = {"model", "version", "dataset", "dataset_version", "method", "task", "target_model"}
 MAX_STEPS = 100_000
+# Without epochs or max_steps, epochs are chosen from the dataset size so the run makes at least this many
+# optimizer steps: one epoch of a small dataset is a handful of steps, which leaves the child at chance.
+DEFAULT_MIN_STEPS = 100
 
 
 def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
@@ -53,6 +56,8 @@ def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
                                     f"{task} model (or a new name, created for it).")
 
     hyper = {k: params[k] for k in HYPERPARAMETERS if k in params}
+    if not {"epochs", "max_steps", "min_steps"} & set(hyper):
+        hyper["min_steps"] = DEFAULT_MIN_STEPS
     context = context_length(parent.path)
     if "max_length" not in hyper and context is not None:  # the default, within the model's context
         hyper["max_length"] = min(FinetuneConfig.__dataclass_fields__["max_length"].default, context)
@@ -65,9 +70,14 @@ def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
         raise fail("max_length", f"max_length {config.max_length} is above the model's context of {context} tokens.")
     if config.max_steps > MAX_STEPS:
         raise fail("max_steps", f"At most {MAX_STEPS} steps.")
+    if config.min_steps > MAX_STEPS:
+        raise fail("min_steps", f"At most {MAX_STEPS} steps.")
 
     rows = dataset_version.load()
     train, held_out = split(rows, config.eval_fraction, config.seed)
+    if config.total_steps(len(train)) > MAX_STEPS:
+        raise fail("epochs", f"{config.epochs} epochs of {len(train)} rows make {config.total_steps(len(train))} "
+                             f"optimizer steps; at most {MAX_STEPS}.")
     if task != "text-generation":
         if len(labels_of(train)) < 2:
             raise fail("dataset", "A classifier needs at least two labels in its training split.")

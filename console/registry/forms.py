@@ -7,6 +7,7 @@ from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
+from django.utils.translation import gettext_lazy as _
 
 from console.registry.choices import VersionStatus
 from console.registry.models import Alias, AliasEvent, Model, ModelVersion
@@ -17,9 +18,10 @@ class RegisterModelForm(forms.ModelForm):
         model = Model
         fields = ["name", "task", "description"]
         widgets = {"description": forms.Textarea(attrs={"rows": 2})}
-        help_texts = {"name": "Letters, digits, '-' and '_' only, e.g. 'support-bot'."}
-        error_messages = {"name": {"unique": "A model with this name already exists; choose another name.",
-                                   "invalid": "Use only letters, digits, '-' and '_' in the name."}}
+        labels = {"name": _("Name"), "task": _("Task"), "description": _("Description")}
+        help_texts = {"name": _("Letters, digits, '-' and '_' only, e.g. 'support-bot'.")}
+        error_messages = {"name": {"unique": _("A model with this name already exists; choose another name."),
+                                   "invalid": _("Use only letters, digits, '-' and '_' in the name.")}}
 
     def save_for(self, actor: Any) -> Model:
         data = self.cleaned_data
@@ -30,12 +32,13 @@ class RegisterModelForm(forms.ModelForm):
 class PromoteForm(forms.Form):
     """Point an alias at a ready version (one atomic move with history and audit)."""
 
-    version = forms.TypedChoiceField(coerce=int, label="Version")
-    alias = forms.SlugField(max_length=50, label="Alias", initial="production",
-                            error_messages={"invalid": "An alias is a slug: letters, digits, '-' and '_' (e.g. 'production')."},
+    version = forms.TypedChoiceField(coerce=int, label=_("Version"))
+    alias = forms.SlugField(max_length=50, label=_("Alias"), initial="production",
+                            error_messages={"invalid": _("An alias is a slug: letters, digits, '-' and '_' "
+                                                         "(e.g. 'production').")},
                             widget=forms.TextInput(attrs={"list": "alias-names"}))
-    comment = forms.CharField(required=False, max_length=500, label="Comment")
-    override_reason = forms.CharField(required=False, max_length=500, label="Override the gate (admins): reason")
+    comment = forms.CharField(required=False, max_length=500, label=_("Comment"))
+    override_reason = forms.CharField(required=False, max_length=500, label=_("Override the gate (admins): reason"))
 
     def __init__(self, model: Model, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -65,7 +68,7 @@ class CommentForm(forms.Form):
 
 class ConfigForm(forms.Form):
     config = forms.CharField(widget=forms.Textarea(attrs={"rows": 14, "class": "code", "spellcheck": "false"}),
-                             required=False, label="Config (JSON)")
+                             required=False, label=_("Config (JSON)"))
 
     @staticmethod
     def render(config: dict[str, Any]) -> str:
@@ -76,9 +79,11 @@ class ConfigForm(forms.Form):
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValidationError(f"This is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.") from exc
+            raise ValidationError(_("This is not valid JSON: %(error)s at line %(line)s, column %(column)s.")
+                                  % {"error": exc.msg, "line": exc.lineno, "column": exc.colno}) from exc
         if not isinstance(value, dict):
-            raise ValidationError("The config must be a JSON object, e.g. {\"generation\": {\"temperature\": 0.7}}.")
+            raise ValidationError(_("The config must be a JSON object, e.g. %(example)s.")
+                                  % {"example": '{"generation": {"temperature": 0.7}}'})
         return value
 
     def save_to(self, version: ModelVersion, actor: Any) -> bool:

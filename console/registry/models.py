@@ -69,16 +69,36 @@ class Model(models.Model):
             changes = {k: {"from": before[k], "to": after[k]} for k in before if before[k] != after[k]}
             record(actor, "model.update", self, model_name=self.name, changes=changes)
 
-    def remove(self, actor: Any) -> None:
-        """Delete the model, its versions and (once committed) their files. Refused (ModelInUse) while an alias
-        points at one of its versions or a version is still importing."""
-        aliases = sorted(self.aliases.values_list("name", flat=True))
+    def next_version_number(self) -> int:
+        """Call inside a transaction after locking the model row (select_for_update)."""
+        last = self.versions.aggregate(n=models.Max("number"))["n"]
+        return (last or 0) + 1
+
+    def deletion_refusal(self) -> str | None:
+        """Why this model may not be deleted now (something serves it or is still importing), or None."""
+        from django.utils.translation import (
+            gettext as _,  # the user's language (the API overrides it: English)
+        )
+
+        deployments = sorted(self.deployments.values_list("name", flat=True))  # type: ignore[attr-defined]
+        if deployments:
+            return _("Model '%(name)s' is served by the deployment(s) %(deployments)s; delete them first.") % {
+                "name": self.name, "deployments": ", ".join(deployments)}
+        aliases = sorted(self.aliases.values_list("name", flat=True))  # type: ignore[attr-defined]
         if aliases:
-            raise ModelInUse(f"Model '{self.name}' still has aliases ({', '.join(aliases)}); "
-                             "delete them first so nothing serving it loses its version.")
-        if self.versions.filter(status=VersionStatus.IMPORTING).exists():
-            raise ModelInUse(f"Model '{self.name}' has a version still importing; wait for it to finish.")
-        paths = [version.path for version in self.versions.all()]
+            return _("Model '%(name)s' still has aliases (%(aliases)s); delete them first so nothing serving it "
+                     "loses its version.") % {"name": self.name, "aliases": ", ".join(aliases)}
+        if self.versions.filter(status=VersionStatus.IMPORTING).exists():  # type: ignore[attr-defined]
+            return _("Model '%(name)s' has a version still importing; wait for it to finish.") % {"name": self.name}
+        return None
+
+    def remove(self, actor: Any) -> None:
+        """Delete the model, its versions and (once committed) their files, audited. Refused (ModelInUse, with
+        deletion_refusal's reason) while something serves it or a version is still importing."""
+        refusal = self.deletion_refusal()
+        if refusal:
+            raise ModelInUse(refusal)
+        paths = [version.path for version in self.versions.all()]  # type: ignore[attr-defined]
 
         def remove_files() -> None:
             for path in paths:
@@ -88,11 +108,6 @@ class Model(models.Model):
             record(actor, "model.delete", self, model_name=self.name, versions=len(paths))
             self.delete()
             transaction.on_commit(remove_files)
-
-    def next_version_number(self) -> int:
-        """Call inside a transaction after locking the model row (select_for_update)."""
-        last = self.versions.aggregate(n=models.Max("number"))["n"]
-        return (last or 0) + 1
 
 
 class ModelVersion(models.Model):
@@ -195,11 +210,16 @@ class Alias(models.Model):
             alias = cls.objects.filter(model=model, name=name).first()
             if alias is None:
                 raise cls.DoesNotExist(f"Model '{model.name}' has no alias '{name}'.")
-            last = AliasEvent.objects.filter(model=model, alias_name=name).exclude(action=AliasAction.DELETE).first()
-            previous = last.from_version if last else None
+            previous = alias.previous_version()
             if previous is None:
                 raise ValidationError({"alias": f"Alias '{name}' has no previous version to roll back to."})
             return cls.move(model, name, previous, actor, comment=comment, action=AliasAction.ROLLBACK)
+
+    def previous_version(self) -> ModelVersion | None:
+        """The version a rollback would return this alias to (where it pointed before its last move), or None."""
+        last = (AliasEvent.objects.filter(model_id=self.model_id, alias_name=self.name)
+                .exclude(action=AliasAction.DELETE).select_related("from_version").first())
+        return last.from_version if last else None
 
     def remove(self, actor: Any, comment: str = "") -> None:
         with transaction.atomic():

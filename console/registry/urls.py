@@ -6,6 +6,7 @@ app_name = "registry"
 urlpatterns = [
     path("", views.model_list, name="model-list"),
     path("models/<slug:name>/", views.model_detail, name="model-detail"),
+    path("models/<slug:name>/delete/", views.model_delete, name="model-delete"),
     path("models/<slug:name>/promote/", views.promote, name="promote"),
     path("models/<slug:name>/aliases/<slug:alias>/rollback/", views.rollback, name="rollback"),
     path("models/<slug:name>/aliases/<slug:alias>/remove/", views.remove_alias, name="remove-alias"),

@@ -6,6 +6,7 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError
 from django.db.models import Count, Prefetch, QuerySet
+from django.utils import translation
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status
 from rest_framework.exceptions import NotFound
@@ -84,7 +85,8 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Crea
 
     def perform_destroy(self, instance: Model) -> None:
         try:
-            instance.remove(self.request.user)
+            with translation.override("en"):  # API messages stay English
+                instance.remove(self.request.user)
         except ModelInUse as exc:
             raise Conflict(str(exc)) from exc
 

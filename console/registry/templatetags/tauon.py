@@ -12,8 +12,8 @@ register = template.Library()
 
 @register.filter
 def params(count: int | None) -> str:
-    """135_000_000 → '135M'; None → '—'."""
-    if count is None:
+    """135_000_000 → '135M'; None (or anything but a number) → '—'."""
+    if not isinstance(count, int | float) or isinstance(count, bool):
         return "—"
     for limit, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
         if count >= limit:
