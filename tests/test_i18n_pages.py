@@ -30,7 +30,7 @@ pytestmark = pytest.mark.django_db
 CATALOG = Path(settings.BASE_DIR) / "console" / "locale" / "zh_Hans" / "LC_MESSAGES" / "django.po"
 # Page routes that are actions (POST only) or not HTML pages: the walk skips them.
 NOT_PAGES = {"login", "logout", "key-revoke", "plotly-js", "promote", "rollback", "remove-alias", "version-finetune",
-             "version-compress", "job-cancel", "job-rerun", "gate-add", "gate-remove", "shared"}
+             "version-compress", "job-cancel", "job-rerun", "gate-add", "gate-remove", "shared", "model-delete"}
 PAGE_APPS = {"registry", "deployments", "playground", "evaluation", "jobs", "audit", None}
 
 
@@ -116,7 +116,8 @@ def world(alice: Any, bob: Any) -> dict[str, Any]:
     job = Job.objects.create(kind="evaluate", params={"model": model.name, "versions": [1, 2],
                                                       "dataset": "zh-prose"}, created_by=bob)
     session = Session.objects.create(owner=alice, title="周报摘要", deployment=deployment.name, data={"turns": []})
-    return {"model": model, "deployment": deployment, "dataset": data.dataset, "job": job, "session": session}
+    return {"model": model, "deployment": deployment, "dataset": data.dataset, "job": job, "session": session,
+            "user": bob}
 
 
 def page_urls(world: dict[str, Any]) -> dict[str, str]:
@@ -136,6 +137,8 @@ def page_urls(world: dict[str, Any]) -> dict[str, str]:
         "job-detail": reverse("jobs:job-detail", args=[world["job"].pk]),
         "event-list": reverse("audit:event-list"),
         "key-list": reverse("key-list"),
+        "user-list": reverse("user-list"),
+        "user-detail": reverse("user-detail", args=[world["user"].pk]),
     }
 
 

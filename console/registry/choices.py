@@ -23,7 +23,7 @@ class VersionSource(models.TextChoices):
 
 
 class VersionFormat(models.TextChoices):
-    SAFETENSORS = "safetensors", _("safetensors")
+    SAFETENSORS = "safetensors", "safetensors"  # a file format's name, the same in every language
     GGUF = "gguf", _("GGUF (converted to safetensors)")
 
 
