@@ -21,6 +21,7 @@ urlpatterns = [
     path("readyz", core_views.readyz, name="readyz"),
     path("i18n/", include("django.conf.urls.i18n")),  # set_language: the language switcher posts here
     path("api/", include(api_patterns)),
+    path("", include("console.batches.urls")),
     path("", include("console.inference.urls")),
     path("admin/", admin.site.urls),
     path("", include("console.accounts.urls")),
