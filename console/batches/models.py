@@ -17,7 +17,14 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from console.batches import lines
-from console.batches.choices import ACTIVE, COMPLETION_WINDOWS, ENDPOINTS, BatchStatus, FilePurpose, LineStatus
+from console.batches.choices import (
+    ACTIVE,
+    COMPLETION_WINDOWS,
+    ENDPOINTS,
+    BatchStatus,
+    FilePurpose,
+    LineStatus,
+)
 from console.inference.errors import ApiError, invalid
 
 
