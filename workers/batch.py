@@ -50,7 +50,7 @@ def run(job: Any) -> dict[str, Any]:
 class _Feeder:
     def __init__(self, batch: Batch, job: Any):
         self.batch, self.job = batch, job
-        self.window = max(1, int(settings.TAUON_BATCH_CONCURRENCY))
+        self.window = max(1, int(settings.TAUON_BATCH_CONCURRENCY))  # narrowed to the deployment's seats in run()
         self.chat = batch.endpoint == "/v1/chat/completions"
         self._deployments: dict[str, tuple[float, Any]] = {}
         self.timeouts: dict[int, int] = {}
@@ -67,6 +67,11 @@ class _Feeder:
     async def run(self) -> str | None:
         """None once every line is answered; else why it stopped (cancelled, expired)."""
         pending = deque(await sync_to_async(self._pending)())
+        if pending:  # fill the engine's seats, not its queue: the queue's places stay for interactive requests
+            deployment = await self._deployment(pending[0].request["deployment"])
+            if deployment is not None:
+                seats = int(deployment.config["engine"]["max_num_seqs"]) * max(1, deployment.replicas)
+                self.window = min(self.window, seats)
         tasks: dict[asyncio.Task[tuple[int, dict[str, Any], str] | None], BatchLine] = {}
         checked = float("-inf")
         try:
