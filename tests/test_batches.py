@@ -204,3 +204,36 @@ def test_the_batches_page_shows_progress_downloads_and_cancel_in_both_languages(
     outsider.force_login(make_user("erin", "user"))
     assert outsider.get(f"/batches/files/{file_id}/").status_code == 404
     assert outsider.post(f"/batches/{batch_id}/cancel/").status_code == 404
+
+
+def test_a_batch_past_its_window_expires_with_its_unanswered_lines_in_the_error_file(charlie, bob, llama_dir):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from workers.batch import run
+
+    deploy("chat", llama_dir, owner=bob, wait=False)
+    client = api(charlie)
+    create(client, upload(client, jsonl(chat_line("a"), chat_line("b"))).json()["id"])
+    batch = Batch.objects.get()
+    Batch.objects.filter(pk=batch.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    result = run(batch.job)  # the job body finds the window closed before it sends anything
+    assert result["status"] == "expired" and result["failed"] == 2
+    batch.refresh_from_db()
+    assert batch.expired_at and not batch.output_file_id
+    errors = [json.loads(line) for line in BatchFile.objects.get(pk=batch.error_file_id).path.read_text().splitlines()]
+    assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [("a", "batch_expired"), ("b", "batch_expired")]
+
+
+def test_a_batch_whose_job_failed_fails_with_the_reason(charlie):
+    from console.jobs import kinds
+
+    client = api(charlie)
+    create(client, upload(client, jsonl(chat_line("a"))).json()["id"])
+    job = Batch.objects.get().job
+    job.fail("The worker running this job died 3 times; gave up after 3 deliveries.")
+    kinds.on_failed(job)
+    failed = client.get(f"/v1/batches/{Batch.objects.get().id}").json()
+    assert failed["status"] == "failed" and failed["failed_at"]
+    assert failed["errors"]["data"][0]["code"] == "job_failed" and "died" in failed["errors"]["data"][0]["message"]
