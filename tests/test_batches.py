@@ -237,3 +237,28 @@ def test_a_batch_whose_job_failed_fails_with_the_reason(charlie):
     failed = client.get(f"/v1/batches/{Batch.objects.get().id}").json()
     assert failed["status"] == "failed" and failed["failed_at"]
     assert failed["errors"]["data"][0]["code"] == "job_failed" and "died" in failed["errors"]["data"][0]["message"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_a_phone_the_batches_table_fits_and_cancel_asks_first(live_server, monkeypatch, charlie):
+    from tests.conftest import browser_page, log_in
+
+    client = api(charlie)
+    file_id = upload(client, jsonl(chat_line("a"))).json()["id"]
+    with override_settings(TAUON_BATCH_QUEUE="nobody-listens"):  # a session's jobs worker must not run it
+        batch_id = create(client, file_id).json()["id"]
+    with browser_page(live_server.url, monkeypatch, viewport=(390, 800)) as page:
+        log_in(page, "charlie")
+        page.goto("/batches/")
+        table = page.locator("#batch-table")
+        assert table.evaluate("t => t.getBoundingClientRect().right") <= 390
+        assert table.evaluate("t => t.scrollWidth <= t.clientWidth")
+        dialogs: list[str] = []
+        page.once("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.click(f"tr[data-batch='{batch_id}'] button.danger")
+        assert dialogs and batch_id in dialogs[0]
+        assert Batch.objects.get().status == BatchStatus.VALIDATING  # dismissed: nothing happened
+        page.once("dialog", lambda d: d.accept())
+        page.click(f"tr[data-batch='{batch_id}'] button.danger")
+        page.wait_for_selector(".msg-success")
+    assert Batch.objects.get().status == BatchStatus.CANCELLED
