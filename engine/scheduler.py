@@ -13,7 +13,8 @@ prompt's attention grows (`attention_weight`), so each step costs about the same
 Priorities (`SamplingParams.priority`, 0 interactive, higher for background work such as batches):
 a waiting sequence of a more urgent priority is admitted before any of a lower one, and when every
 seat is taken it takes the seat of the youngest running sequence of a lower priority, which is
-preempted (recomputed later). Background work thus fills the spare capacity and yields at once.
+preempted (recomputed later); the step that admits it admits no background newcomer beside it, so
+its first token comes after a short step. Background work thus fills the spare capacity and yields.
 
 When a running sequence needs a block and the pool is empty, spare blocks (reserved but not yet
 grown into) are reclaimed first; then the youngest running sequence of the least urgent priority
@@ -160,6 +161,8 @@ class Scheduler:
         for seq in self._admission_order():
             if len(self.running) >= self.max_num_seqs or budget <= 0:
                 break
+            if admitted and seq.params.priority > admitted[0].params.priority:
+                break  # a step that admits urgent work admits no background prefill beside it: it stays short
             n = self._chunk(seq, budget, decodes)
             if n == 0 or not self._hold_new(seq, n):
                 break

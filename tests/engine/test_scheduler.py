@@ -247,7 +247,8 @@ def test_an_interactive_request_is_admitted_before_waiting_background_ones() -> 
     interactive = seq(20)  # longer and later than every batch line: still first
     s.add(interactive)
     batch = s.schedule()
-    assert batch and batch.seqs[0] is interactive and batch.seqs[1:] == [jobs[0]]
+    assert batch and batch.seqs == [interactive]  # and no background prefill beside it in its step
+    assert advance(s) and s.running[1:] == [jobs[0]]  # the next step fills the spare seat
 
 
 def test_background_fills_spare_seats_and_yields_one_to_an_interactive_arrival() -> None:
