@@ -125,3 +125,29 @@ def test_a_job_killed_mid_batch_and_run_again_answers_every_line_exactly_once(se
     assert sorted(o["custom_id"] for o in out) == sorted(r["custom_id"] for r in rows)  # none lost, none twice
     kept = {(o["custom_id"], o["response"]["request_id"]) for o in out}
     assert answered_before <= kept  # the lines answered before the kill were not answered again
+
+
+def test_a_serving_worker_killed_mid_batch_and_back_leaves_every_line_answered_exactly_once(
+        celery_worker, web_server, slow_llama_dir, charlie, bob):
+    from tests.conftest import serving_worker
+
+    worker = serving_worker("batch-kill", "batch-kill", concurrency=8).start()
+    try:
+        deploy("batch-kill", slow_llama_dir, owner=bob)
+        client = client_for(charlie, web_server)
+        rows = [chat_line(f"line-{i}", f"Story {i}", model="batch-kill", max_tokens=48) for i in range(24)]
+        batch = client.batches.create(
+            input_file_id=client.files.create(file=("k.jsonl", jsonl(rows)), purpose="batch").id,
+            endpoint="/v1/chat/completions", completion_window="24h")
+        wait_for(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 3, timeout=120,
+                 what="three answered lines before the kill")
+        worker.kill(signal.SIGKILL)
+        before = client.batches.retrieve(batch.id).request_counts.completed
+        worker = serving_worker("batch-kill", "batch-kill", concurrency=8).start()  # the worker comes back
+        done = wait_batch(client, batch.id, ("completed", "failed"), timeout=240)
+    finally:
+        worker.stop()
+    assert done.status == "completed" and before < 24
+    assert done.request_counts.completed == 24 and done.request_counts.failed == 0
+    out = lines_of(client, done.output_file_id)
+    assert sorted(o["custom_id"] for o in out) == sorted(r["custom_id"] for r in rows)
