@@ -117,6 +117,8 @@ async def file(request: HttpRequest, user: Any, file_id: str) -> HttpResponse:
 @_api
 async def file_content(request: HttpRequest, user: Any, file_id: str) -> HttpResponse:
     row = await sync_to_async(_own_file)(user, file_id)
+    if not row.path.exists():
+        raise ApiError(404, f"The content of file {file_id} is gone.", param="file_id", code="file_not_found")
     return FileResponse(open(row.path, "rb"), content_type="application/jsonl", as_attachment=True,  # noqa: SIM115
                         filename=row.filename)
 

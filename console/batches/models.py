@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, models, transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from console.batches import lines
@@ -358,12 +358,9 @@ class BatchLine(models.Model):
     def record(self, status_code: int, body: dict[str, Any], request_id: str) -> bool:
         """The line's answer, once: False when it was already answered (a duplicate run)."""
         status = LineStatus.SUCCEEDED if status_code == 200 else LineStatus.FAILED
-        try:
-            return bool(BatchLine.objects.filter(pk=self.pk, status=LineStatus.PENDING).update(
-                status=status, status_code=status_code, response=body, request_id=request_id[:64],
-                answered_at=timezone.now()))
-        except IntegrityError:  # pragma: no cover - the filter above is the guard
-            return False
+        return bool(BatchLine.objects.filter(pk=self.pk, status=LineStatus.PENDING).update(
+            status=status, status_code=status_code, response=body, request_id=request_id[:64],
+            answered_at=timezone.now()))
 
     def output(self) -> dict[str, Any]:
         """OpenAI's output/error file line."""

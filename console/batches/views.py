@@ -37,10 +37,9 @@ def batch_cancel(request: HttpRequest, batch_id: str) -> HttpResponse:
         raise Http404(_("No such batch."))
     try:
         batch.cancel(request.user)
-    except ApiError as exc:
+    except ApiError:
         messages.error(request, _("Batch %(id)s is %(status)s; only a running batch can be cancelled.")
                        % {"id": batch.id, "status": batch.get_status_display()})
-        del exc
     else:
         messages.success(request, _("Cancelling batch %(id)s; the lines answered so far are kept.") % {"id": batch.id})
     return redirect("batches:list")
