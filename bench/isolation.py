@@ -58,14 +58,14 @@ def copy_decode(runner: Any, seqs: list[Any]) -> torch.Tensor:
     L = nb * bs
     mask = (torch.arange(L, device=dev)[None, :] <= pos_t[:, None]).view(B, 1, 1, L)
     Hkv, D, G = stack.num_kv_heads, stack.head_dim, runner.groups
-    x, rope = stack.embed_tokens(ids_t, pos_t)
+    x, rope = stack.with_positions(stack.token_embeddings(ids_t), pos_t)
     buf = runner.kv.new_empty((2, Hkv, B * nb, bs, D))
     for i in range(runner.num_layers):
         q, k, v = stack.qkv(i, x, rope)
         runner._write(i, k, v, slots_t)
         kv = torch.index_select(runner.kv[i], 2, table.view(-1), out=buf).view(2, Hkv, B, L, D).transpose(1, 2)
         o = F.scaled_dot_product_attention(q.view(B, Hkv, G, D), kv[0], kv[1], attn_mask=mask,
-                                           scale=runner._layer_scale(i))
+                                           scale=stack.layer_scale(i))
         x = stack.post(i, x, o.reshape(B, -1))
     return stack.logits(x).float()
 

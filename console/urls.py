@@ -10,6 +10,7 @@ api_patterns = [
     path("", include("console.audit.api.urls")),
     path("", include("console.accounts.api.urls")),
     path("", include("console.deployments.api.urls")),
+    path("", include("console.inference.api.urls")),  # /api/deployments/{name}/predict
     path("", include("console.evaluation.api.urls")),
     path("", include("console.playground.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
@@ -19,6 +20,7 @@ api_patterns = [
 urlpatterns = [
     path("healthz", core_views.healthz, name="healthz"),
     path("readyz", core_views.readyz, name="readyz"),
+    path("i18n/setlang/", core_views.set_language, name="set_language"),  # also stores it on the user
     path("i18n/", include("django.conf.urls.i18n")),  # set_language: the language switcher posts here
     path("api/", include(api_patterns)),
     path("", include("console.batches.urls")),
@@ -34,3 +36,4 @@ urlpatterns = [
 ]
 
 handler404 = "console.core.views.not_found"
+handler500 = "console.core.views.server_error"

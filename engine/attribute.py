@@ -17,7 +17,8 @@ Encoders (text classification): integrated gradients on the token embeddings tow
 of the predicted (or a named) label.
 
 The forward never goes through hooks on shared modules: for the engine's causal LMs it runs the
-engine's own layer stack (`LLMEngine.stack`: the served weights, quantized or not) directly, without a
+engine's own layer stack (`LLMEngine.stack`: the served weights, quantized or not) through the engine's one
+forward (`engine.runner.dense_forward`) without a
 KV cache, so the engine's concurrent batches are untouched; encoders take `inputs_embeds`. Given a
 `pause`, every forward runs in short chunks with `pause` called before each (engine/pacer.py): that is
 how Explain lets the serving engine go first and sees a cancel.
@@ -32,9 +33,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from engine.pacer import Pacer, Pause
+from engine.runner import dense_forward
 
 METHODS = ("feature_ablation", "integrated_gradients", "shapley")
 SPANS = ("prompt", "user")  # every prompt token, or only the text of the user messages
@@ -151,45 +152,22 @@ def build_prompt(tokenizer: Any, prompt: str | list[dict[str, str]], *, span: st
 class CausalForward:
     """Teacher-forced log-probabilities of `targets` after `prompt`, for a batch of prompt variants.
 
-    Runs the engine's layer stack (LlamaStack / GPT2Stack from engine.runner) when given one, else a
-    Hugging Face causal LM through `inputs_embeds`. Every variant has the same length (tokens are
-    replaced, never removed), so a batch is a dense [B, L] block with a causal mask and no padding."""
+    Runs the engine's layer stack (LlamaStack / GPT2Stack) through the engine's one forward
+    (`engine.runner.dense_forward`, which perplexity also uses), from token embeddings so integrated gradients
+    can move along them. Every variant has the same length (tokens are replaced, never removed), so a batch is
+    a dense [B, L] block with a causal mask and no padding."""
 
-    def __init__(self, model: Any):
-        self.model = model
-        self.is_stack = hasattr(model, "layers") and hasattr(model, "qkv")
-        self.device = next(model.parameters()).device
+    def __init__(self, stack: Any):
+        self.stack = stack
+        self.device = next(stack.parameters()).device
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings [B, L, H] (positions are added later, as the model does)."""
-        m = self.model
-        if self.is_stack:
-            return m.embed(ids) if hasattr(m, "embed") else m.wte(ids)
-        return m.get_input_embeddings()(ids)
+        """Token embeddings [B, L, H] (positions are added in the forward, as the model does)."""
+        return self.stack.token_embeddings(ids)
 
     def logits(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
         """Logits [B, len(rows), V] at positions `rows` from token embeddings x [B, L, H]."""
-        if not self.is_stack:
-            out = self.model(inputs_embeds=x, use_cache=False).logits
-            return out[:, rows]
-        s = self.model
-        B, L, H = x.shape
-        pos = torch.arange(L, device=x.device)
-        h = x.reshape(B * L, H)
-        rope: object = None
-        if hasattr(s, "rotary"):
-            cos, sin = s.rotary(h, pos.repeat(B)[None])  # [1, B*L, D]
-            rope = (cos[0, :, None, :], sin[0, :, None, :])
-        else:
-            h = (x + s.wpe(pos)[None]).reshape(B * L, H)
-        for i in range(len(s.layers)):
-            q, k, v = s.qkv(i, h, rope)  # q: [B*L, H, D]; k, v: [B*L, Hkv, D]
-            q, k, v = (t.view(B, L, t.shape[1], t.shape[2]).transpose(1, 2) for t in (q, k, v))  # [B, H, L, D]
-            scale = s.layer_scale(i) if hasattr(s, "layer_scale") else s.scale
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
-                                               enable_gqa=s.num_heads != s.num_kv_heads)
-            h = s.post(i, h, o.transpose(1, 2).reshape(B * L, -1))
-        return s.logits(h.view(B, L, -1)[:, rows])
+        return self.stack.logits(dense_forward(self.stack, x)[:, rows])
 
     def logprobs(self, x: torch.Tensor, n_prompt: int, targets: torch.Tensor) -> torch.Tensor:
         """[B, T]: log p(targets[t] | prompt variant, targets[:t]); x holds prompt + targets embedded."""
@@ -257,7 +235,7 @@ def explain_generation(model: Any, tokenizer: Any, prompt: Prompt, targets: list
                        steps: int = DEFAULTS["steps"], samples: int = DEFAULTS["samples"], seed: int = 0,
                        progress: Progress | None = None, pause: Pause | None = None) -> Attribution:
     """Attribute each of `targets` (the answer's exact token ids) to the features of `prompt`.
-    `model`: the engine's layer stack (`LLMEngine.stack`) or a Hugging Face causal LM. With `pause`, every
+    `model`: the engine's layer stack (`LLMEngine.stack`). With `pause`, every
     forward runs in short chunks (see Pacer) and `pause` is called before each."""
     if not targets:
         raise AttributionError("there is no answer to explain (no output tokens)")

@@ -8,6 +8,7 @@ Qwen2, SmolLM) and GPT-2 are supported natively."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -51,10 +52,15 @@ class LlamaStack(nn.Module):
         # (the model object is no longer usable for its own forward)
         inner.layers = nn.ModuleList()
 
-    def embed_tokens(self, ids: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, object]:
-        x = self.embed(ids)  # [T, hidden]
-        cos, sin = self.rotary(x, pos[None])  # [1, T, D]
+    def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(ids)  # [..., hidden]
+
+    def with_positions(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, object]:
+        cos, sin = self.rotary(x, pos[None])  # x: [T, hidden] → [1, T, D]
         return x, (cos[0, :, None, :], sin[0, :, None, :])
+
+    def layer_scale(self, i: int) -> float:
+        return self.scale
 
     def qkv(self, i: int, x: torch.Tensor, rope: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         layer = self.layers[i]
@@ -88,8 +94,11 @@ class GPT2Stack(nn.Module):
         self.layers = inner.h
         self.lm_head = model.lm_head
 
-    def embed_tokens(self, ids: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, object]:
-        return self.wte(ids) + self.wpe(pos), None
+    def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.wte(ids)  # [..., hidden]
+
+    def with_positions(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, object]:
+        return x + self.wpe(pos), None
 
     def layer_scale(self, i: int) -> float:
         return self.scale / (i + 1) if self.by_layer else self.scale
@@ -137,21 +146,47 @@ def build_stack(model: nn.Module) -> nn.Module:
                            f"this model is {model_type!r}")
 
 
+# --- the forward ----------------------------------------------------------------------------------------
+# A stack (LlamaStack, GPT2Stack) is a model family's parts: token_embeddings → with_positions → per layer
+# qkv, attention, post → logits. `run_stack` is the one loop over them; its callers differ only in how
+# attention reads keys and values: the serving step over the paged KV cache (ModelRunner.forward), or
+# causal attention within each of a batch of same-length sequences (dense_forward: perplexity, calibration,
+# attribution in engine/attribute.py).
+
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (layer, q, k, v) → [T, H*D]
+
+
+def run_stack(stack: nn.Module, x: torch.Tensor, pos: torch.Tensor, attend: Attend) -> torch.Tensor:
+    """Hidden states [T, hidden] (before the head) from token embeddings x [T, hidden] at positions pos [T];
+    `attend(i, q [T, H, D], k [T, Hkv, D], v [T, Hkv, D])` is layer i's attention output [T, H*D]."""
+    h, rope = stack.with_positions(x, pos)
+    for i in range(len(stack.layers)):
+        q, k, v = stack.qkv(i, h, rope)
+        h = stack.post(i, h, attend(i, q, k, v))
+    return h
+
+
+def dense_forward(stack: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Hidden states [B, L, hidden] of B sequences of the same length from their token embeddings x [B, L, hidden]
+    (positions from 0), without any KV cache: one [B, L] block, causal, no padding."""
+    B, L, H = x.shape
+    gqa = stack.num_heads != stack.num_kv_heads
+
+    def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q, k, v = (t.view(B, L, t.shape[1], t.shape[2]).transpose(1, 2) for t in (q, k, v))  # [B, H, L, D]
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=stack.layer_scale(i), enable_gqa=gqa)
+        return o.transpose(1, 2).reshape(B * L, -1)
+
+    pos = torch.arange(L, device=x.device).repeat(B)
+    return run_stack(stack, x.reshape(B * L, H), pos, attend).view(B, L, -1)
+
+
 @torch.inference_mode()
 def full_forward(stack: nn.Module, ids: list[int]) -> torch.Tensor:
     """Logits [T, V] for every position of one sequence, without touching any KV cache
     (calibration and perplexity)."""
-    dev = next(stack.parameters()).device
-    ids_t = torch.tensor(ids, device=dev)
-    x, rope = stack.embed_tokens(ids_t, torch.arange(len(ids), device=dev))
-    for i in range(len(stack.layers)):
-        q, k, v = stack.qkv(i, x, rope)
-        scale = stack.layer_scale(i) if hasattr(stack, "layer_scale") else stack.scale
-        o = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-                                           is_causal=True, scale=scale,
-                                           enable_gqa=stack.num_heads != stack.num_kv_heads)
-        x = stack.post(i, x, o[0].transpose(0, 1).reshape(len(ids), -1))
-    return stack.logits(x).float()
+    ids_t = torch.tensor(ids, device=next(stack.parameters()).device)
+    return stack.logits(dense_forward(stack, stack.token_embeddings(ids_t)[None])[0]).float()
 
 
 def perplexity(stack: nn.Module, ids: list[int]) -> float:
@@ -208,10 +243,6 @@ class ModelRunner:
         n = len(stack.layers) * 2 * stack.num_kv_heads * stack.head_dim
         return n * torch.empty((), dtype=dtype).element_size()
 
-    def _layer_scale(self, i: int) -> float:
-        fn = getattr(self.stack, "layer_scale", None)
-        return fn(i) if fn else self.stack.scale
-
     @torch.inference_mode()
     def forward(self, seqs: list[Sequence], num_new: list[int]) -> torch.Tensor:
         """Compute `num_new[i]` tokens of `seqs[i]` from its `num_computed` on, caching their keys and values.
@@ -237,11 +268,12 @@ class ModelRunner:
         ids_t = torch.tensor(ids, device=dev)
         slots_t = torch.tensor(slots, device=dev)
         spans, gather = self._plan(spans)
-        x, rope = self.stack.embed_tokens(ids_t, torch.tensor(pos, device=dev))  # x: [T, hidden]
-        for i in range(self.num_layers):
-            q, k, v = self.stack.qkv(i, x, rope)  # q: [T, H, D]; k, v: [T, Hkv, D]
-            self._write(i, k, v, slots_t)
-            x = self.stack.post(i, x, self._attend(i, q, k, v, spans, gather).view(len(ids), -1))
+
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            self._write(i, k, v, slots_t)  # q: [T, H, D]; k, v: [T, Hkv, D]
+            return self._attend(i, q, k, v, spans, gather).view(len(ids), -1)
+
+        x = run_stack(self.stack, self.stack.token_embeddings(ids_t), torch.tensor(pos, device=dev), attend)
         return self.stack.logits(x.index_select(0, torch.tensor(last, device=dev, dtype=torch.long))).float()
 
     def _write(self, i: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
@@ -277,7 +309,7 @@ class ModelRunner:
     def _attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: list[_Span],
                 gather: _Gather | None) -> torch.Tensor:
         Hkv, G, D = self.stack.num_kv_heads, self.groups, self.stack.head_dim
-        scale = self._layer_scale(i)
+        scale = self.stack.layer_scale(i)
         out = torch.empty_like(q)
         if gather is not None:  # [2, Hkv, B * nb, bs, D] → keys, values [B, Hkv, L, D]
             B, L = gather.mask.shape[0], gather.mask.shape[-1]

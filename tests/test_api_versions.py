@@ -174,9 +174,10 @@ def test_an_uploaded_model_is_imported_by_a_worker_and_a_child_names_its_parent(
         return response.json()
 
     def when_done(number: int) -> dict:
-        def done() -> dict | None:
+        def done() -> dict | None:  # the job ends just after it marks the version: wait for both
             body = maintainer_api.get(f"/api/models/tiny/versions/{number}/").json()
-            return body if body["status"] != "importing" else None
+            ended = body["import_job"]["status"] not in ("queued", "running")
+            return body if body["status"] != "importing" and ended else None
         return wait_for(done, 120, what=f"version {number} import")
 
     first = post()

@@ -11,7 +11,7 @@ import pytest
 from django.core.management import call_command
 from django.test import Client
 
-from console.evaluation.models import EvaluationResult
+from console.evaluation.models import Dataset, DatasetVersion, EvaluationResult
 from console.jobs.models import Job
 from engine.compress import folder_stats
 from tests.api_rows import make_model
@@ -162,12 +162,49 @@ def test_bad_compression_params_are_refused_with_a_400_and_no_job(bob, maintaine
          "calibration_dataset"),
         ({"model": "tiny", "version": 1, "method": "w8a8", "calibration_dataset": "no-such-text"},
          "calibration_dataset"),
+        ({"model": "tiny", "version": 1, "method": "w8a8", "calibration_dataset": "plain-english",
+          "calibration_dataset_version": 9}, "calibration_dataset_version"),
+        ({"model": "tiny", "version": 1, "method": "w8a8", "calibration_dataset_version": 1},
+         "calibration_dataset_version"),
+        ({"model": "tiny", "version": 1, "method": "fp16", "dataset": "plain-english", "dataset_version": "1"},
+         "dataset_version"),
+        ({"model": "tiny", "version": 1, "method": "fp16", "dataset_version": 1}, "dataset_version"),
     ]
     for params, field in cases:
         response = post(maintainer_api, params)
         assert response.status_code == 400, (params, response.content)
         assert field in response.content.decode(), (params, response.content)
     assert Job.objects.filter(kind="compress").count() == 0
+
+
+@pytest.mark.django_db  # not transactional: the job is never sent; its body runs here, after the upload
+def test_a_compression_reads_the_dataset_versions_pinned_at_submission_not_one_added_later(bob, llama_dir):
+    from workers.compression import compress
+
+    call_command("import_datasets")
+    model = make_model("tiny", owner=bob)
+    stored_version(model, llama_dir, architecture="LlamaForCausalLM", **as_imported(llama_dir))
+    submitted = Dataset.objects.get(name="plain-english").latest
+    job = Job.start("compress", {"model": "tiny", "version": 1, "method": "wanda", "sparsity": 0.5,
+                                 "calibration_dataset": "plain-english", "dataset": "plain-english",
+                                 "config": FAST}, bob)
+    assert job.params["calibration_dataset_version"] == job.params["dataset_version"] == submitted.number
+    newer = DatasetVersion.add("plain-english", "text", "newer.txt", b"Added while the job waited in the queue. " * 40,
+                               bob)
+    assert newer.number == submitted.number + 1 and Dataset.objects.get(name="plain-english").latest == newer
+    assert job.claim("test-process")
+    result = compress(job)
+    job.refresh_from_db()
+    assert job.status == "succeeded", job.error
+    assert result["dataset_version"] == submitted.number
+    child = model.versions.get(number=result["child"])
+    assert child.config["compression"]["calibration_dataset_version"] == submitted.number
+    rows = EvaluationResult.objects.filter(job=job)
+    assert rows.count() == 2 and {r.dataset_version_id for r in rows} == {submitted.pk}
+    assert f"'calibration_dataset_version': {submitted.number}" in "\n".join(job.log)
+    # and a re-run reads the same versions, not the newer one
+    again = job.rerun(bob)
+    assert (again.params["calibration_dataset_version"], again.params["dataset_version"]) == (submitted.number,) * 2
 
 
 def test_a_compression_whose_worker_died_fails_the_child_it_stored_but_never_imported(celery_worker, bob, llama_dir):

@@ -105,14 +105,14 @@ def test_a_maintainer_gets_the_new_deployment_form_with_each_models_aliases_and_
     for name in ("name", "replicas", "quantization", "max_num_seqs", "max_queue", "max_tokens", "timeout_s"):
         assert f'name="{name}"' in html, name
     assert '<option value="w8a8">' in html
-    assert 'name="max_tokens" min="1" max="32768" value="512"' in html
+    assert 'name="max_tokens" min="1" max="32768" step="1" value="512"' in html
 
 
 def test_a_maintainer_gets_the_change_form_and_the_stop_and_delete_buttons(assistant, bob):
     html = login(bob).get(reverse("deployments:detail", args=["assistant"])).content.decode()
     assert 'id="deployment-form"' in html and 'data-method="PATCH"' in html
     assert '<option value="alias:production" selected>' in html
-    assert 'name="replicas" min="0" max="64" value="2"' in html
+    assert 'name="replicas" min="1" max="64" step="1" value="2"' in html
     assert re.search(r'id="stop-button" data-action="stop" disabled>', html)
     assert re.search(r'id="start-button" class="primary" data-action="start" disabled hidden>', html)
     assert 'id="delete-button"' in html
@@ -210,12 +210,13 @@ def test_a_maintainer_creates_edits_stops_and_deletes_a_deployment_in_the_browse
     form = page.locator("#deployment-form")
     expect(form.locator("select[name=target]")).to_have_value("alias:production")
 
-    # the API's refusal shows beside the form, naming the field
+    # every field's problem at once, next to the field, in the form's words (nothing is sent)
     form.locator("input[name=name]").fill("assistant")
     form.locator("input[name=max_num_seqs]").fill("0")
     form.locator("button[type=submit]").click()
-    expect(form.locator(".form-error")).to_contain_text("Max sequences: max_num_seqs must be a positive integer")
+    expect(form.locator(".form-error")).to_have_text("Check the marked fields.")
     expect(form.locator("input[name=max_num_seqs]")).to_have_class(re.compile(r"\binvalid\b"))
+    expect(form.locator("label:has(input[name=max_num_seqs]) .field-error")).to_have_text("At least 1.")
     assert not Deployment.objects.exists()
 
     # created with its engine settings: the page moves to the deployment, pending until a worker serves it
@@ -223,7 +224,8 @@ def test_a_maintainer_creates_edits_stops_and_deletes_a_deployment_in_the_browse
     form.locator("select[name=quantization]").select_option("int8")
     form.locator("input[name=max_tokens]").fill("256")
     form.locator("button[type=submit]").click()
-    expect(page).to_have_url(re.compile(r"/deployments/assistant/$"))
+    expect(page).to_have_url(re.compile(r"/deployments/assistant/\?created=1$"))
+    expect(page.locator(".messages")).to_contain_text("Created deployment 'assistant'")
     expect(page.locator("h1 [data-deployment-status]")).to_have_text("pending")
     expect(page.locator("#status-reason")).to_contain_text("Waiting for a worker")
     expect(page.locator("#config-json")).to_contain_text('"quantization": "int8"')
@@ -255,7 +257,12 @@ def test_a_maintainer_creates_edits_stops_and_deletes_a_deployment_in_the_browse
     assert deployment.replicas == 3 and deployment.version.number == 1 and deployment.alias == ""
     assert deployment.config["engine"]["max_num_seqs"] == 8  # the settings left alone stay
 
-    # stop, then start again
+    # stop (after confirming), then start again
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.click("#stop-button")
+    expect(page.locator("#stop-button")).to_be_visible()
+    assert not Deployment.objects.get(name="assistant").stopped  # dismissed: nothing happened
+    page.once("dialog", lambda dialog: dialog.accept())
     page.click("#stop-button")
     expect(page.locator("h1 [data-deployment-status]")).to_have_text("stopped")
     expect(page.locator("#status-reason")).to_have_text("Stopped; start it to serve again.")
@@ -264,13 +271,15 @@ def test_a_maintainer_creates_edits_stops_and_deletes_a_deployment_in_the_browse
     assert Deployment.objects.get(name="assistant").stopped
     page.click("#start-button")
     expect(page.locator("h1 [data-deployment-status]")).to_have_text("pending")
+    page.once("dialog", lambda dialog: dialog.accept())
     page.click("#stop-button")
     expect(page.locator("h1 [data-deployment-status]")).to_have_text("stopped")
 
     # delete after confirming: back on the list, which is empty again
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#delete-button")
-    expect(page).to_have_url(re.compile(r"/deployments/$"))
+    expect(page).to_have_url(re.compile(r"/deployments/\?deleted=assistant$"))
+    expect(page.locator(".messages")).to_contain_text("Deleted deployment 'assistant'.")
     expect(page.locator("#deployment-table")).to_contain_text("No deployments yet")
     assert not Deployment.objects.filter(name="assistant").exists()
 

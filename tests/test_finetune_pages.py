@@ -167,7 +167,8 @@ def test_a_valid_compression_form_starts_the_job(tiny, bob) -> None:
     job = Job.objects.get(kind="compress")
     assert response.status_code == 302 and response["Location"] == f"/jobs/{job.pk}/"
     assert job.params == {"model": "tiny", "version": 1, "method": "wanda", "sparsity": 0.25,
-                          "structure": "unstructured", "calibration_dataset": "prose"}
+                          "structure": "unstructured", "calibration_dataset": "prose",
+                          "calibration_dataset_version": 1}  # pinned at submission
 
 
 def test_the_job_page_draws_the_series_it_has(bob) -> None:

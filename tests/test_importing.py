@@ -19,16 +19,12 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from console.audit.models import AuditEvent
 from console.jobs.models import Job
 from console.registry import importing
-from console.registry.importing import (
-    ImportRefused,
-    add_version_from_hub,
-    add_version_from_upload,
-    run_import,
-)
+from console.registry.importing import ImportRefused, add_version_from_hub, add_version_from_upload
 from console.registry.models import Model, ModelVersion
 from tests.ggufactory import CHAT_TEMPLATE as GGUF_CHAT_TEMPLATE
 from tests.ggufactory import tiny_llama_gguf
 from tests.modelfactory import CHAT_TEMPLATE, targz_dir, zip_dir
+from workers.importing import run_import
 
 pytestmark = pytest.mark.django_db
 

@@ -71,12 +71,15 @@ def test_an_answer_over_the_token_cap_is_refused_with_the_cap_named(user_api, bo
     with override_settings(TAUON_EXPLAIN_MAX_OUTPUT_TOKENS=8, TAUON_EXPLAIN_MAX_PROMPT_TOKENS=20):
         res = explain(user_api, "pg-nowhere", messages=HELLO, output="one two three four five six seven eight nine")
         assert res.status_code == 400 and res.json()["error"]["code"] == "output_too_long"
-        assert "9 tokens" in res.json()["error"]["message"] and "capped at 8" in res.json()["error"]["message"]
+        message = res.json()["error"]["message"]
+        assert message == "The answer has 9 tokens; at most 8 output tokens can be explained; lower Max tokens " \
+                          "or explain a shorter answer."
         res = explain(user_api, "pg-nowhere", messages=HELLO, output=list(range(9)))
-        assert res.status_code == 400 and "capped at 8" in res.json()["error"]["message"]
+        assert res.status_code == 400 and "at most 8 output tokens can be explained" in res.json()["error"]["message"]
         res = explain(user_api, "pg-nowhere", prompt="word " * 30)
         assert res.status_code == 400 and res.json()["error"]["code"] == "prompt_too_long"
-        assert "capped at 20" in res.json()["error"]["message"]
+        assert "at most 20 prompt tokens can be explained" in res.json()["error"]["message"]
+        assert "TAUON_" not in res.json()["error"]["message"]  # speaks to the user, not to the operator
 
 
 def test_anonymous_callers_get_401_from_explain(anon_api, db):  # type: ignore[no-untyped-def]
@@ -88,7 +91,7 @@ def test_anonymous_callers_get_401_from_explain(anon_api, db):  # type: ignore[n
 @pytest.mark.django_db(transaction=True)
 def test_explain_answers_202_and_the_job_carries_one_row_per_output_token(serving, user_api, charlie, bob, llama_dir):
     deploy("pg-tiny", llama_dir, owner=bob)
-    res = explain(user_api, "pg-tiny", messages=HELLO, output=[2000, 2001, 2002], span="user", words=True)
+    res = explain(user_api, "pg-tiny", messages=HELLO, output=[2000, 2001, 2002], words=True)  # span: default
     assert res.status_code == 202, res.json()
     assert set(res.json()) == {"job", "deployment", "method", "output_tokens"} and res.json()["output_tokens"] == 3
     job = finished(res.json()["job"])
@@ -96,14 +99,14 @@ def test_explain_answers_202_and_the_job_carries_one_row_per_output_token(servin
     assert job.created_by == charlie and job.worker.startswith("serving@")  # the worker that hosts pg-tiny
     result = user_api.get(f"/api/jobs/{job.pk}/").json()["result"]
     assert {"input_tokens", "output_tokens", "attributions"} <= set(result)
-    assert result["input_tokens"] == ["Hello", "there", ",", "how", "are", "you"]  # the user's words only
+    assert result["input_tokens"] == ["Hello", "there", ",", "how", "are", "you"]  # the user's words (as the page)
     assert len(result["output_tokens"]) == 3 and result["output_ids"] == [2000, 2001, 2002]
     assert len(result["attributions"]) == 3 and all(len(row) == 6 for row in result["attributions"])
     assert result["method"] == "feature_ablation" and result["forward_passes"] == 7 and result["version"] == 1
     assert any("Estimate: 6 input features × 3 output tokens" in line for line in job.log)
 
     # no answer given: the deployment answers greedily, and that answer is explained token for token
-    res = explain(user_api, "pg-tiny", messages=HELLO, method="shapley", samples=1)
+    res = explain(user_api, "pg-tiny", messages=HELLO, method="shapley", samples=1, span="prompt")
     job = finished(res.json()["job"])
     assert job.status == "succeeded", job.error
     assert job.result["generated"] is True and len(job.result["attributions"]) == len(job.result["output_ids"]) > 0

@@ -42,7 +42,8 @@ def test_a_user_chats_with_smollm2_explains_the_answer_and_finds_the_heatmap(sta
     page.click("nav.mainnav >> text=Playground")
     expect(page).to_have_url(re.compile(r"/playground/$"))
     page.select_option("#pg-deployment", "pg-smollm2")
-    expect(page.locator("#pg-deployment-status")).to_contain_text("ready")
+    # the page's script runs after plotly.js (deferred, 3.5 MB): ~3.6 s after the click on a loaded box
+    expect(page.locator("#pg-deployment-status")).to_contain_text("ready", timeout=20_000)
     page.fill("#pg-temperature", "0")
     page.fill("#pg-max-tokens", "8")
     page.fill("#pg-input", "Repeat this word exactly: giraffe")

@@ -1,7 +1,7 @@
 """The Celery app. Start a worker with `celery -A workers worker` (see README).
 
 `--deployments NAME[,NAME…]` or `--deployments all` makes the worker host engine replicas for those
-deployments (workers/serving.py); give it the threads pool (`--pool threads --concurrency 64`) so
+deployments (workers/serving/); give it the threads pool (`--pool threads --concurrency 64`) so
 that concurrent requests share one engine's batches."""
 
 import os
@@ -9,6 +9,8 @@ import sys
 
 import click
 from celery import Celery, bootsteps, signals
+
+from console.jobs.kinds import visibility_problem
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 # Before torch loads: OpenMP threads that spin while idle burn a core the engine needs (a worker's many
@@ -38,14 +40,18 @@ class ServeDeployments(bootsteps.StartStopStep):
         self.host = None
 
     def start(self, worker):  # type: ignore[no-untyped-def]
-        from workers.serving import Host
+        from workers.serving import Consumers, Host, install
 
-        self.host = Host(worker.app, worker.hostname, self.scope)
+        self.host = Host(worker.hostname, self.scope, Consumers(worker.app, worker.hostname))
+        install(self.host)  # the tasks of this process find its replicas through workers.serving.hosted
         self.host.start()
 
     def stop(self, worker):  # type: ignore[no-untyped-def]
+        from workers.serving import uninstall
+
         if self.host is not None:
             self.host.stop()
+            uninstall(self.host)
             self.host = None
 
 
@@ -56,8 +62,6 @@ app.steps["worker"].add(ServeDeployments)
 def check_visibility_timeout(**kwargs):  # type: ignore[no-untyped-def]
     """Refuse to start a worker whose broker would redeliver a job still running (console/jobs/kinds.py).
     SystemExit, since Celery logs and ignores exceptions from signal handlers."""
-    from console.jobs.kinds import visibility_problem
-
     problem = visibility_problem()
     if problem:
         print(f"ERROR: {problem}", file=sys.stderr, flush=True)

@@ -18,7 +18,10 @@ from console.evaluation.config import key_of
 from console.evaluation.models import DatasetVersion
 from console.jobs.models import Job
 from console.registry.choices import VersionSource
+from console.registry.importing import add_version_from_path, staging
 from console.registry.models import Model, ModelVersion
+from workers.evaluation import Target, measure, store_results
+from workers.importing import import_in_process
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,6 @@ COMPARED = ("size_bytes", "served_bytes", "parameter_count", "perplexity", "exac
 
 
 def compress(job: Job) -> dict[str, Any]:
-    from console.registry.importing import add_version_from_path, import_in_process, staging
     from engine.compress import compress_folder, folder_stats
 
     params = job.params
@@ -36,10 +38,11 @@ def compress(job: Job) -> dict[str, Any]:
     method = params["method"]
     text = None
     if params.get("calibration_dataset"):
-        text = _latest(params["calibration_dataset"]).load()
+        text = _pinned(params["calibration_dataset"], params.get("calibration_dataset_version")).load()
+    shown = {k: params[k] for k in ("sparsity", "structure", "calibration_dataset", "calibration_dataset_version")
+             if k in params}
     job.report(0.05, f"{method}: compressing v{parent.number}",
-               log=f"Compressing {model.name} v{parent.number} with {method} "
-                   f"{ {k: params[k] for k in ('sparsity', 'structure', 'calibration_dataset') if k in params} }")
+               log=f"Compressing {model.name} v{parent.number} with {method} {shown}")
     with staging() as tmp:
         folder = tmp / "child"
         outcome = compress_folder(parent.path, folder, method, sparsity=params.get("sparsity", 0.5),
@@ -68,8 +71,6 @@ def compress(job: Job) -> dict[str, Any]:
     if evaluation is None:
         result["comparison"] = _compare(parent_row, child_row)
         return result
-    from workers.evaluation import _store
-
     dataset_version, metrics = evaluation
     metrics[str(child.number)] = {**metrics.pop("child"), **child_row}
     metrics[str(parent.number)]["served_bytes"] = parent_row["served_bytes"]
@@ -78,7 +79,7 @@ def compress(job: Job) -> dict[str, Any]:
                   config_key=key_of(params["config"]), versions=[parent.number, child.number])
     job.report(1.0, "compared", log="child/parent: " + ", ".join(
         f"{k} {v['ratio']}" for k, v in result["comparison"].items()), cancellable=False)
-    _store(job, [parent, child], dataset_version, params["config"], result, cancellable=False)
+    store_results(job, [parent, child], dataset_version, params["config"], result, cancellable=False)
     return result
 
 
@@ -97,13 +98,18 @@ def _child_config(parent: ModelVersion, outcome: dict[str, Any], params: dict[st
                              "sparsity": outcome["sparsity"], "layer_sparsity": outcome["layer_sparsity"]}
     if params.get("calibration_dataset"):
         config["compression"]["calibration_dataset"] = params["calibration_dataset"]
+        if params.get("calibration_dataset_version") is not None:
+            config["compression"]["calibration_dataset_version"] = params["calibration_dataset_version"]
     if outcome["method"] in ("fp16", "bf16"):
         config["dtype"] = outcome["recipe"]["dtype"]
     return config
 
 
-def _latest(name: str) -> DatasetVersion:
-    return DatasetVersion.objects.filter(dataset__name=name).select_related("dataset").order_by("-number").first()
+def _pinned(name: str, number: int | None) -> DatasetVersion:
+    """The dataset version the job's params pinned at submission (console/evaluation/compress.py); the latest
+    only for a job submitted before versions were pinned (its params name none)."""
+    versions = DatasetVersion.objects.filter(dataset__name=name).select_related("dataset")
+    return versions.get(number=number) if number is not None else versions.order_by("-number").first()
 
 
 def _compare(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -118,9 +124,7 @@ def _compare(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
 def _evaluate(job: Job, parent: ModelVersion, child_folder: Path, child_stats: dict[str, int],
               params: dict[str, Any]) -> tuple[DatasetVersion, dict[str, dict[str, Any]]]:
     """Parent and child folder on the job's dataset and config: metrics by parent number and "child"."""
-    from workers.evaluation import Target, measure
-
-    dataset_version = _latest(params["dataset"])
+    dataset_version = _pinned(params["dataset"], params.get("dataset_version"))
     targets = [Target.of(parent, label=f"evaluating v{parent.number}"),
                Target("child", "evaluating the child", child_folder, child_stats["parameters"],
                       child_stats["size_bytes"])]

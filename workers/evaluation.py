@@ -37,7 +37,7 @@ def evaluate(job: Job) -> dict[str, Any]:
     metrics = measure(job, [Target.of(v) for v in versions], kind, data, config)
     outcome = {"metrics": metrics, "model": model.name, "dataset": dataset_version.dataset.name,
                "dataset_version": dataset_version.number, "config_key": key_of(config)}
-    _store(job, versions, dataset_version, config, outcome)
+    store_results(job, versions, dataset_version, config, outcome)
     return outcome
 
 
@@ -88,12 +88,23 @@ def measure(job: Job, targets: list[Target], kind: str, data: Any, config: dict[
 
 def save(versions: list[Any], dataset_version: DatasetVersion, config: dict[str, Any],
          metrics: dict[str, dict[str, Any]], job: Job) -> None:
-    """Each version's metrics as its EvaluationResult under this config (a repeat replaces them)."""
+    """Each version's metrics as its EvaluationResult under this config. A repeat replaces them, visibly: the
+    result another job stored before (an evaluation, when a compress job measures the same key) is kept
+    under `replaced` with that job's id and kind, and the pages show it."""
     key = key_of(config)
     for version in versions:
+        found = {**metrics[str(version.number)]}
+        previous = (EvaluationResult.objects.filter(version=version, dataset_version=dataset_version, config_key=key)
+                    .select_related("job").first())
+        if previous is not None and previous.job_id != job.pk:
+            found["replaced"] = {"job": previous.job_id, "kind": previous.job.kind if previous.job else None,
+                                 "updated_at": previous.updated_at.isoformat(),
+                                 "metrics": {k: v for k, v in previous.metrics.items() if k != "replaced"}}
+        elif previous is not None and "replaced" in previous.metrics:  # the same job again: keep what it replaced
+            found["replaced"] = previous.metrics["replaced"]
         EvaluationResult.objects.update_or_create(
             version=version, dataset_version=dataset_version, config_key=key,
-            defaults={"config": config, "metrics": metrics[str(version.number)], "job": job})
+            defaults={"config": config, "metrics": found, "job": job})
 
 
 def _headline(metrics: dict[str, Any]) -> str:
@@ -101,7 +112,7 @@ def _headline(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {metrics[k]:.4g}" for k in shown if isinstance(metrics.get(k), int | float))
 
 
-def _store(job: Job, versions: list[Any], dataset_version: DatasetVersion, config: dict[str, Any],
+def store_results(job: Job, versions: list[Any], dataset_version: DatasetVersion, config: dict[str, Any],
            outcome: dict[str, Any], *, cancellable: bool = True) -> None:
     """All results and the job's success in one transaction, or nothing if the job stopped running
     (or was asked to cancel, when `cancellable`)."""

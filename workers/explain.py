@@ -1,6 +1,7 @@
 """The `explain` job: token attributions for one answer, on a worker that hosts the deployment (the job
 travels on the deployment's queue). It borrows the replica's loaded engine for its tokenizer and weights
-(engine/attribute.py runs its own forward over them, so the engine's running batches are untouched),
+(engine/attribute.py runs the engine's uncached forward, `engine.runner.dense_forward`, over them, so the
+engine's running batches and KV cache are untouched),
 reports progress as it goes, and returns the result the job keeps.
 
 Explain runs below serving: its forwards go in chunks of about a tenth of a second (engine/pacer.py), and
@@ -31,12 +32,11 @@ class ExplainError(Exception):
 
 
 def explain(job: Job) -> dict[str, Any]:
-    from workers.serving import Host, NotServing
+    from workers.serving import NotServing, hosted
 
     p = job.params
     name = p["deployment"]
-    host = Host.current
-    runner = host.runner(name) if host else None
+    runner = hosted(name)
     if runner is None:
         raise ExplainError(f"this worker does not host '{name}' (any more); run Explain again")
     try:
@@ -97,8 +97,8 @@ def _generation(job: Job, engine: Any, p: dict[str, Any]) -> dict[str, Any]:
         raise ExplainError("the prompt tokenizes differently here than in the engine; cannot attribute exactly")
     prompt_cap, output_cap = settings.TAUON_EXPLAIN_MAX_PROMPT_TOKENS, settings.TAUON_EXPLAIN_MAX_OUTPUT_TOKENS
     if len(prompt.ids) > prompt_cap:
-        raise ExplainError(f"the prompt has {len(prompt.ids)} tokens; attribution is capped at {prompt_cap} "
-                           "(TAUON_EXPLAIN_MAX_PROMPT_TOKENS)")
+        raise ExplainError(f"the prompt has {len(prompt.ids)} tokens; at most {prompt_cap} prompt tokens can be "
+                           "explained. Shorten it.")
     output = p.get("output")
     generated = output is None
     exact = True  # the answer's own token ids (generated here, or given as ids)
@@ -114,8 +114,9 @@ def _generation(job: Job, engine: Any, p: dict[str, Any]) -> dict[str, Any]:
         if not exact:
             job.report(log="Note: the answer's text does not round-trip through the tokenizer exactly.")
     if len(targets) > output_cap:
-        raise ExplainError(f"the answer has {len(targets)} tokens; attribution is capped at {output_cap} output "
-                           "tokens (TAUON_EXPLAIN_MAX_OUTPUT_TOKENS)")
+        from console.playground.explain import output_cap_message
+
+        raise ExplainError(f"the answer has {len(targets)} tokens; {output_cap_message()}")
     if not targets:
         raise ExplainError("the answer is empty; there is nothing to explain")
     method = p["method"]

@@ -22,17 +22,20 @@ import math
 import shutil
 from typing import Any
 
+from console.evaluation.config import held_out, key_of, rows_of, summary
 from console.evaluation.models import DatasetVersion
 from console.jobs.models import Job
 from console.registry.choices import VersionSource, VersionStatus
+from console.registry.importing import add_version_from_path, staging, storage_dir
 from console.registry.models import Model, ModelVersion
+from workers.evaluation import Target, measure, save
+from workers.importing import import_in_process
 
 log = logging.getLogger(__name__)
 RECORD = "finetune.json"  # in the child's folder: the training figures (engine.finetune.FinetuneResult)
 
 
 def finetune(job: Job) -> dict[str, Any]:
-    from console.registry.importing import add_version_from_path, staging, storage_dir
     from engine.finetune import FinetuneConfig
     from engine.finetune import finetune as train
 
@@ -88,8 +91,6 @@ def finetune(job: Job) -> dict[str, Any]:
 def _finish(job: Job, child: ModelVersion, parent: ModelVersion, dataset_version: DatasetVersion,
             config: Any, checkpoints: Any) -> dict[str, Any]:
     """The stored child's lineage and import (each step safe to repeat), then the job's result."""
-    from console.registry.importing import import_in_process
-
     if child.parent_id != parent.pk:  # lineage across models: the registry's own check keeps uploads within one model
         ModelVersion.objects.filter(pk=child.pk).update(parent=parent)
     if child.status == VersionStatus.IMPORTING:
@@ -116,9 +117,6 @@ def _evaluate(job: Job, child: ModelVersion, parent: ModelVersion, dataset_versi
     """The child, and the parent when it does the child's task, measured by engine.evaluator on the rows
     training held out, stored as their EvaluationResult under a held-out config (a repeat replaces them).
     Not cancellable (the child is ready); a version that fails to evaluate is logged, not fatal."""
-    from console.evaluation.config import held_out, key_of, rows_of, summary
-    from workers.evaluation import Target, measure, save
-
     if not config.eval_fraction:
         job.report(None, None, log="no held-out rows (eval_fraction 0): the child is not evaluated", cancellable=False)
         return None

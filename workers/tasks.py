@@ -7,10 +7,12 @@ import threading
 
 from celery import shared_task
 from django.conf import settings
+from django.db import connection
 
+from console.deployments.models import Replica
 from console.jobs import kinds
 from console.jobs.choices import JobStatus
-from console.jobs.models import MAX_DELIVERIES, Job, JobCancelled
+from console.jobs.models import MAX_DELIVERIES, RUN_JOB, Job, JobCancelled
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +25,6 @@ class _Heartbeat(threading.Thread):
         self.job, self.stopped = job, threading.Event()
 
     def run(self) -> None:
-        from django.db import connection
-
         try:
             while not self.stopped.wait(settings.TAUON_JOB_HEARTBEAT_S):
                 self.job.beat()
@@ -32,7 +32,7 @@ class _Heartbeat(threading.Thread):
             connection.close()
 
 
-@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@shared_task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_job(self, job_id: int) -> None:  # type: ignore[no-untyped-def]
     job = Job.objects.filter(pk=job_id).first()
     if job is None:
@@ -77,7 +77,5 @@ def run_job(self, job_id: int) -> None:  # type: ignore[no-untyped-def]
 @shared_task(ignore_result=True)
 def reap_stale_jobs() -> list[int]:
     """Beat-driven housekeeping: fail jobs whose worker died; forget replicas gone for an hour."""
-    from console.deployments.models import Replica
-
     Replica.prune()
     return Job.reap_stale()

@@ -23,6 +23,8 @@ class User(AbstractUser):
     # empty means the site default (TAUON_USER_REQUESTS_PER_MINUTE / _TOKENS_), 0 means none.
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
     tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    # The console's language chosen with the switcher (a code of settings.LANGUAGES); empty: Accept-Language.
+    language = models.CharField(max_length=16, blank=True, default="", choices=settings.LANGUAGES)
 
     @property
     def effective_role(self) -> str:

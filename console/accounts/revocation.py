@@ -11,6 +11,8 @@ from typing import Any
 import redis
 from django.db import transaction
 
+from console.deployments.live import client
+
 log = logging.getLogger(__name__)
 EPOCH_KEY = "tauon:apikeys:epoch"
 
@@ -20,8 +22,6 @@ def keys_changed() -> None:
 
 
 def _bump() -> None:
-    from console.deployments.live import client
-
     try:
         client().incr(EPOCH_KEY)
     except redis.RedisError as exc:  # the cache's TTL (TAUON_KEY_CACHE_S) still bounds the delay
@@ -29,7 +29,7 @@ def _bump() -> None:
 
 
 def on_user_saved(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
-    if update_fields is not None and set(update_fields) <= {"last_login", "password"}:
+    if update_fields is not None and set(update_fields) <= {"last_login", "password", "language"}:
         return  # logging in changes nothing a key depends on
     keys_changed()
 

@@ -14,9 +14,11 @@ from axes.helpers import get_cool_off
 from django.contrib.auth.forms import AuthenticationForm
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from console.audit.models import record
+from console.accounts.models import User
+from console.audit.models import AuditEvent, record
 
 
 class LoginThrottleBackend(AxesStandaloneBackend):
@@ -56,11 +58,6 @@ def locked_out(request: HttpRequest, original_response: HttpResponse | None = No
 def on_locked_out(sender: Any, request: HttpRequest, username: str | None, ip_address: str | None,
                   **kwargs: Any) -> None:
     """Audit the lockout once (axes signals it again for every attempt while it lasts)."""
-    from django.utils import timezone
-
-    from console.accounts.models import User
-    from console.audit.models import AuditEvent
-
     username = (username or "")[:150]
     cool_off = get_cool_off(request) or timedelta(days=3650)
     if AuditEvent.objects.filter(action="login.locked_out", data__username=username, data__ip_address=ip_address,

@@ -17,6 +17,7 @@ LIMITS = {  # name: (default, low, high)
     "max_n": (4, 1, 16),  # cap on n (choices per request)
     "max_input_items": (256, 1, 4096),  # texts per embeddings / predict request
     "timeout_s": (120, 1, 3600),  # every request ends by then
+    "ttft_target_ms": (0, 0, 600_000),  # adaptive admission keeps p99 TTFT under it (0: off; engine/latency_governor.py)
 }
 SAMPLING = {  # the defaults a request starts from
     "temperature": 0.7,

@@ -41,19 +41,30 @@ def slot_key(deployment: str, slot: int) -> str:
     return f"tauon:slot:{deployment}:{slot}"
 
 
+def admit_key(deployment: str) -> str:
+    return f"tauon:admit:{deployment}"  # adaptive admission's current cap per replica (engine/latency_governor.py)
+
+def host_key(hostname: str) -> str:
+    return f"tauon:host:{hostname}"  # a serving worker process: {"scope": [names] or null for all}; expires
+
+
 def figures_key(deployment: str) -> str:
     return f"tauon:figures:{deployment}"
 
 
 # Admit a request if the deployment has a live replica and a free place among
-# replicas × (max_num_seqs + max_queue). Returns -1 (no replica), 0 (full) or 1 (admitted).
+# replicas × (max_num_seqs + max_queue), or fewer while adaptive admission has narrowed the cap (KEYS[3]).
+# Returns -1 (no replica), 0 (full) or 1 (admitted).
 ADMIT = """
 local now = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local replicas = redis.call('ZCARD', KEYS[1])
 if replicas == 0 then return -1 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-if redis.call('ZCARD', KEYS[2]) >= replicas * tonumber(ARGV[2]) then return 0 end
+local cap = tonumber(ARGV[2])
+local narrowed = tonumber(redis.call('GET', KEYS[3]) or '')
+if narrowed and narrowed < cap then cap = narrowed end
+if redis.call('ZCARD', KEYS[2]) >= replicas * cap then return 0 end
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
 redis.call('EXPIRE', KEYS[2], 3600)
 return 1
@@ -89,6 +100,19 @@ def figures(deployment: str, since: float = 0.0) -> list[dict[str, Any]]:
     raw = client().lrange(figures_key(deployment), 0, FIGURES_KEPT - 1)
     rows = [json.loads(r) for r in reversed(raw)]
     return [r for r in rows if r.get("t", 0) > since]
+
+
+def workers_for(deployment: str) -> int:
+    """Serving worker processes alive now whose scope takes `deployment` (all, or it by name)."""
+    r = client()
+    count = 0
+    for key in r.scan_iter(match=host_key("*"), count=200):
+        raw = r.get(key)
+        if raw is None:
+            continue
+        scope = json.loads(raw).get("scope")
+        count += scope is None or deployment in scope
+    return count
 
 
 def live_replicas(deployment: str) -> int:

@@ -11,6 +11,8 @@ from typing import Any
 from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from console.audit.models import record
 from console.deployments import config as deployment_config
@@ -59,27 +61,48 @@ class Deployment(models.Model):
         return [r for r in self.replica_set.all() if r.state in ACTIVE_REPLICA]
 
     def status_and_reason(self) -> tuple[str, str]:
+        """The status and a sentence for people, in the request's language (English for API clients)."""
         if self.stopped:
-            return DeploymentStatus.STOPPED, "Stopped; start it to serve again."
+            return DeploymentStatus.STOPPED, _("Stopped; start it to serve again.")
         target = self.target_version()
         if target is None:
-            return DeploymentStatus.FAILED, (f"Alias '{self.alias}' of {self.model.name} points to no version; "
-                                             f"promote a version to '{self.alias}'.")
+            return DeploymentStatus.FAILED, _("Alias '%(alias)s' of %(model)s points to no version; promote a version "
+                                              "to '%(alias)s'.") % {"alias": self.alias, "model": self.model.name}
         if target.status != VersionStatus.READY:
-            return DeploymentStatus.FAILED, f"Version {target.number} is {target.status}, not ready to serve."
+            return DeploymentStatus.FAILED, _("Version %(n)s is %(status)s, not ready to serve.") % {
+                "n": target.number, "status": target.status}
         replicas = list(self.replica_set.all())
         ready = [r for r in replicas if r.state == ReplicaStatus.READY]
         lost = [r for r in replicas if r.state == "lost"]
-        tail = f"; {len(lost)} lost" if lost else ""
+        tail = _("; %(n)s lost") % {"n": len(lost)} if lost else ""
         if ready:
-            return DeploymentStatus.READY, f"{len(ready)} of {self.replicas} replicas ready{tail}."
+            return DeploymentStatus.READY, _("%(ready)s of %(wanted)s replicas ready%(lost)s.") % {
+                "ready": len(ready), "wanted": self.replicas, "lost": tail}
         if any(r.state == ReplicaStatus.LOADING for r in replicas):
-            return DeploymentStatus.LOADING, f"Loading version {target.number}{tail}."
+            return DeploymentStatus.LOADING, _("Loading version %(n)s%(lost)s.") % {"n": target.number, "lost": tail}
         failed = [r for r in replicas if r.state == ReplicaStatus.FAILED]
         if failed:
-            return DeploymentStatus.FAILED, failed[0].status_reason or "A replica failed to load."
-        return DeploymentStatus.PENDING, (f"Waiting for a worker{tail}: start one with "
-                                          f"`celery -A workers worker --deployments {self.name}` (or `all`).")
+            return DeploymentStatus.FAILED, failed[0].status_reason or _("A replica failed to load.")
+        workers = self.serving_workers()
+        if workers:
+            return DeploymentStatus.PENDING, ngettext(
+                "Waiting for a worker to start a replica%(lost)s: %(n)s running worker will pick it up within seconds.",
+                "Waiting for a worker to start a replica%(lost)s: %(n)s running workers will pick it up within seconds.",
+                workers) % {"n": workers, "lost": tail}
+        return DeploymentStatus.PENDING, _("Waiting for a worker%(lost)s: none is running; start one with "
+                                           "`%(command)s` (or `all`).") % {
+            "lost": tail, "command": f"celery -A workers worker --deployments {self.name}"}
+
+    def serving_workers(self) -> int:
+        """Serving worker processes alive now that take this deployment (0 when Redis cannot say)."""
+        import redis
+
+        from console.deployments import live
+
+        try:
+            return live.workers_for(self.name)
+        except redis.RedisError:
+            return 0
 
     @property
     def status(self) -> str:

@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from importlib import metadata, resources
 from typing import Any
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET
 
 from console.accounts.decorators import role_required
@@ -23,10 +26,14 @@ from console.deployments.choices import ReplicaStatus
 from console.deployments.models import Deployment, Replica
 from console.registry.choices import VersionStatus
 from console.registry.models import Model, ModelVersion
-from engine.config import QUANTIZATIONS
+from engine.config import QUANTIZATIONS, RUNTIMES
+from engine.finetune import context_length
 
-QUANTIZATION_LABELS = {"none": "none (full precision)", "int8": "int8 (weight-only)",
-                       "w8a8": "w8a8 (int8 weights and activations)", "int4": "int4 (CUDA only)"}
+QUANTIZATION_LABELS = {"none": gettext_lazy("none (full precision)"), "int8": gettext_lazy("int8 (weight-only)"),
+                       "w8a8": gettext_lazy("w8a8 (int8 weights and activations)"),
+                       "int4": gettext_lazy("int4 (CUDA only)")}
+RUNTIME_LABELS = {"auto": gettext_lazy("auto (llama.cpp for a GGUF version, else torch)"), "torch": "torch",
+                  "llamacpp": "llama.cpp"}
 
 
 @dataclass
@@ -49,13 +56,26 @@ class Row:
 def serve_options(model: Model, current: str = "") -> list[dict[str, str]]:
     """What a deployment of `model` can serve: follow one of its aliases, or pin one ready version.
     Values read `alias:NAME` or `version:N`; the page's script turns them into the API's fields."""
-    options = [{"value": f"alias:{a.name}", "label": f"follow '{a.name}' (now v{a.version.number})"}
+    options = [{"value": f"alias:{a.name}",
+                "label": _("follow '%(alias)s' (now v%(number)s)") % {"alias": a.name, "number": a.version.number}}
                for a in sorted(model.aliases.all(), key=lambda a: a.name)]
-    options += [{"value": f"version:{v.number}", "label": f"pin v{v.number}"}
+    options += [{"value": f"version:{v.number}", "label": _("pin v%(number)s") % {"number": v.number}}
                 for v in model.versions.all() if v.status == VersionStatus.READY]
     if current and current not in {o["value"] for o in options}:  # e.g. its alias was removed since
-        options.insert(0, {"value": current, "label": f"follow '{current.partition(':')[2]}' (points nowhere)"})
+        options.insert(0, {"value": current,
+                           "label": _("follow '%(alias)s' (points nowhere)") % {"alias": current.partition(":")[2]}})
     return options
+
+
+def model_context(model: Model) -> int | None:
+    """The context (tokens) of the model's newest ready version that states one in its config.json; None if none."""
+    for version in model.versions.all():  # (ready ones, newest first, as with_targets loads them)
+        try:
+            if found := context_length(version.path):
+                return found
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def with_targets() -> QuerySet[Model]:
@@ -70,18 +90,22 @@ def settings_context(config: dict[str, Any]) -> dict[str, Any]:
         "config": config,
         "limits": deployment_config.LIMITS,
         "quantizations": [(q, QUANTIZATION_LABELS.get(q, q)) for q in QUANTIZATIONS],
+        "runtimes": [(r, RUNTIME_LABELS.get(r, r)) for r in RUNTIMES],
     }
 
 
 @role_required("user")
 def deployment_list(request: HttpRequest) -> HttpResponse:
     deployments = Deployment.objects.select_related("model", "version").prefetch_related("replica_set")
+    if deleted := request.GET.get("deleted"):  # (the page's script lands here after a delete)
+        if not Deployment.objects.filter(name=deleted).exists():
+            messages.success(request, _("Deleted deployment '%(name)s'.") % {"name": deleted})
     context: dict[str, Any] = {"rows": [Row.of(d) for d in deployments]}
     if request.user.is_maintainer:  # type: ignore[union-attr]
         models = list(with_targets())
         context.update(settings_context(deployment_config.normalize({})))
         context["models"] = models
-        context["targets"] = {m.name: {"options": serve_options(m)} for m in models}
+        context["targets"] = {m.name: {"options": serve_options(m), "context": model_context(m)} for m in models}
     return render(request, "deployments/list.html", context)
 
 
@@ -89,6 +113,9 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
 def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
     deployment = get_object_or_404(Deployment.objects.select_related("model", "version", "created_by")
                                    .prefetch_related("replica_set__version"), name=name)
+    if request.GET.get("created"):  # (the page's script lands here after creating it)
+        messages.success(request, _("Created deployment '%(name)s'. Its replicas start within seconds when a worker "
+                                    "is running.") % {"name": deployment.name})
     now = timezone.now()
     replicas: list[Replica] = list(deployment.replica_set.all())
     for replica in replicas:  # what the replica table shows; None where the engine gave no figure yet
@@ -98,6 +125,7 @@ def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
             "heartbeat_age": max(0, round((now - replica.heartbeat_at).total_seconds())),
             "running": stats.get("running"), "waiting": stats.get("waiting"),
             "kv_percent": None if kv is None else round(kv * 100), "tokens_per_s": stats.get("tokens_per_s"),
+            "idle": stats.get("running") == 0 and not stats.get("waiting"),  # its last tok/s lingers while idle
         }
     context: dict[str, Any] = {
         "deployment": deployment,
@@ -111,6 +139,7 @@ def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
         model = with_targets().get(pk=deployment.model_id)
         current = f"alias:{deployment.alias}" if not deployment.version_id else f"version:{deployment.version.number}"
         context.update(settings_context(deployment.config))
+        context["model_context"] = model_context(model)
         context["serve_options"] = serve_options(model, current)
         context["serve_current"] = current
     return render(request, "deployments/detail.html", context)

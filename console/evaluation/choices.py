@@ -1,15 +1,18 @@
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from django.db import models
+from django.utils.functional import Promise
+from django.utils.translation import gettext_lazy as _
 
 
 class DatasetKind(models.TextChoices):
-    TEXT = "text", "Text (language modelling)"
-    CLASSIFICATION = "classification", "Classification (text, label)"
-    QA = "qa", "Question answering (prompt, answer)"
-    NER = "ner", "Named entities (tokens, tags)"
+    TEXT = "text", _("Text (language modelling)")
+    CLASSIFICATION = "classification", _("Classification (text, label)")
+    QA = "qa", _("Question answering (prompt, answer)")
+    NER = "ner", _("Named entities (tokens, tags)")
 
 
 # Which model task each kind of dataset evaluates.
@@ -23,25 +26,31 @@ TASK_OF_KIND = {
 
 @dataclass(frozen=True, slots=True)
 class Metric:
-    label: str
+    label: str | Promise
     lower_is_better: bool
-    unit: str = ""
+    unit: str = ""  # shown with the value and on chart axes
+
+    @property
+    def heading_unit(self) -> str:
+        """The unit a column heading or axis title adds: none for sizes (shown as MB, GB) or rates (their label
+        says it already: Tokens/s)."""
+        return "" if self.unit in ("", "bytes") or "/" in self.unit else self.unit
 
 
 METRICS = {
-    "perplexity": Metric("Perplexity", True),
-    "exact_match": Metric("Exact match", False),
-    "token_f1": Metric("Token F1", False),
-    "answer_in_output": Metric("Answer in output", False),
-    "accuracy": Metric("Accuracy", False),
-    "macro_f1": Metric("Macro F1", False),
-    "entity_f1": Metric("Entity F1", False),
-    "entity_precision": Metric("Entity precision", False),
-    "entity_recall": Metric("Entity recall", False),
-    "tokens_per_s": Metric("Tokens/s", False, "tok/s"),
-    "examples_per_s": Metric("Examples/s", False, "ex/s"),
-    "ttft_s": Metric("Time to first token", True, "s"),
-    "peak_memory_bytes": Metric("Peak memory", True, "bytes"),
+    "perplexity": Metric(_("Perplexity"), True),
+    "exact_match": Metric(_("Exact match"), False),
+    "token_f1": Metric(_("Token F1"), False),
+    "answer_in_output": Metric(_("Answer in output"), False),
+    "accuracy": Metric(_("Accuracy"), False),
+    "macro_f1": Metric(_("Macro F1"), False),
+    "entity_f1": Metric(_("Entity F1"), False),
+    "entity_precision": Metric(_("Entity precision"), False),
+    "entity_recall": Metric(_("Entity recall"), False),
+    "tokens_per_s": Metric(_("Tokens/s"), False, "tok/s"),
+    "examples_per_s": Metric(_("Examples/s"), False, "ex/s"),
+    "ttft_s": Metric(_("Time to first token"), True, "s"),
+    "peak_memory_bytes": Metric(_("Peak memory"), True, "bytes"),
 }
 # The quality metrics of each kind, first = the headline one; latency and memory come with every kind.
 QUALITY = {
@@ -57,3 +66,15 @@ SPEED = {
     DatasetKind.NER: ["examples_per_s", "tokens_per_s", "peak_memory_bytes"],
 }
 GATE_METRICS = [(name, METRICS[name].label) for name in METRICS]
+
+
+def plain(value: float) -> str:
+    """A number as people write it, never in scientific notation: 49,540.6 · 12.35 · 0.00421."""
+    if not math.isfinite(value):
+        return str(value)
+    if value == 0:
+        return "0"
+    if abs(value) >= 100:
+        return f"{value:,.1f}".removesuffix(".0")
+    decimals = max(2, 3 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}".rstrip("0").rstrip(".")

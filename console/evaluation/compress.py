@@ -1,7 +1,8 @@
 """The `compress` job's params: a ready text-generation version, a method engine.compress supports for
 its architecture (and not a version already stored as int8), pruning parameters, a text dataset to
 calibrate Wanda or w8a8 on, and optionally a dataset (and evaluation config) to compare parent and
-child on."""
+child on. Each dataset's version is pinned here, at submission (the one given, else the latest now), so
+a version added while the job waits or runs is not used and a re-run reads the same rows."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from console.evaluation.params import dataset_named, dataset_version_of, model_n
 from console.evaluation.params import fail as _fail
 from engine import compress_methods as compress
 
-PARAMS = ("model", "version", "method", "sparsity", "structure", "calibration_dataset", "dataset", "config")
+PARAMS = ("model", "version", "method", "sparsity", "structure", "calibration_dataset",
+          "calibration_dataset_version", "dataset", "dataset_version", "config")
 
 
-def _dataset(field: str, name: Any) -> Any:
-    dataset = dataset_named(name, "calibrate" if field == "calibration_dataset" else "evaluate", field=field)
-    dataset_version_of(dataset, None)  # it has a version to read
-    return dataset
+def _dataset(field: str, params: dict[str, Any]) -> tuple[Any, int]:
+    """The dataset named by params[field] and the number of its version params[field + "_version"] (the
+    latest when not given)."""
+    dataset = dataset_named(params[field], "calibrate" if field == "calibration_dataset" else "evaluate", field=field)
+    return dataset, dataset_version_of(dataset, params.get(f"{field}_version"), field=f"{field}_version").number
 
 
 def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
@@ -59,20 +62,24 @@ def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
         if method not in compress.CALIBRATED:
             raise _fail("calibration_dataset", f"{method} needs no calibration; only "
                                                f"{' and '.join(compress.CALIBRATED)} do.")
-        dataset = _dataset("calibration_dataset", calibration)
+        dataset, pinned = _dataset("calibration_dataset", params)
         if dataset.kind != DatasetKind.TEXT:
             raise _fail("calibration_dataset", f"Dataset '{dataset.name}' is a {dataset.kind} dataset; calibration "
                                                "takes plain text (a text dataset).")
-        cleaned["calibration_dataset"] = dataset.name
+        cleaned.update(calibration_dataset=dataset.name, calibration_dataset_version=pinned)
+    elif "calibration_dataset_version" in params:
+        raise _fail("calibration_dataset_version", "A calibration dataset version needs a calibration_dataset.")
     if params.get("dataset") is not None:
-        dataset = _dataset("dataset", params["dataset"])
+        dataset, pinned = _dataset("dataset", params)
         if TASK_OF_KIND[dataset.kind] != model.task:
             raise _fail("dataset", f"Dataset '{dataset.name}' is a {dataset.kind} dataset, for "
                                    f"{TASK_OF_KIND[dataset.kind]} models; '{model.name}' is {model.task}.")
-        cleaned["dataset"] = dataset.name
+        cleaned.update(dataset=dataset.name, dataset_version=pinned)
         cleaned["config"] = normalize(params.get("config", {}))
         if "split" in cleaned["config"]:
             raise _fail("config.split", "A compression compares parent and child on the whole dataset; drop the split.")
     elif "config" in params:
         raise _fail("config", "An evaluation config needs a dataset to evaluate on.")
+    elif "dataset_version" in params:
+        raise _fail("dataset_version", "A dataset version needs a dataset to evaluate on.")
     return cleaned

@@ -6,14 +6,15 @@ share one key, and the validation of an `evaluate` job's params."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
+from pathlib import Path
 from typing import Any
 
 from console.evaluation.choices import TASK_OF_KIND
+from console.evaluation.models import key_of as key_of  # re-exported: defined beside config_key
 from console.evaluation.params import dataset_named, dataset_version_of, fail, model_named, ready_versions
 from engine.config import EngineConfig
 from engine.evaluator import Settings
+from engine.finetune import context_length
 from engine.finetune import split as split_rows
 
 ENGINE_FIELDS = {f.name: f.default for f in dataclasses.fields(EngineConfig)}
@@ -33,13 +34,14 @@ def normalize(config: Any) -> dict[str, Any]:
         raise fail("config", "must be an object")
     unknown = sorted(set(config) - {"engine", "split", *SETTINGS_FIELDS})
     if unknown:
-        raise fail(f"config.{unknown[0]}", f"unknown setting; known: engine, split, {', '.join(SETTINGS_FIELDS)}")
+        raise fail(f"config.{unknown[0]}", f"unknown setting {unknown[0]!r}; known: engine, split, "
+                                            f"{', '.join(SETTINGS_FIELDS)}")
     engine_in = config.get("engine", {})
     if not isinstance(engine_in, dict):
         raise fail("config.engine", "must be an object")
     for key in engine_in:
         if key not in ENGINE_FIELDS:
-            raise fail(f"config.engine.{key}", f"unknown engine setting; known: {', '.join(ENGINE_FIELDS)}")
+            raise fail(f"config.engine.{key}", f"unknown engine setting {key!r}; known: {', '.join(ENGINE_FIELDS)}")
     engine = {**ENGINE_DEFAULTS, **engine_in}
     try:
         EngineConfig(**engine)
@@ -96,11 +98,6 @@ def settings_of(config: dict[str, Any]) -> Settings:
     return Settings(**{k: v for k, v in config.items() if k not in ("engine", "split")})
 
 
-def key_of(config: dict[str, Any]) -> str:
-    """A short stable key of a normalized config."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def summary(config: dict[str, Any]) -> str:
     """The settings that differ from the defaults, e.g. `quantization=int8, context_length=512`."""
     base = normalize({})
@@ -109,6 +106,22 @@ def summary(config: dict[str, Any]) -> str:
     if spec := config.get("split"):
         parts.append(f"{spec['name']} split (seed {spec['seed']}, eval_fraction {spec['eval_fraction']:g})")
     return ", ".join(parts) or "defaults"
+
+
+def _check_context(config: dict[str, Any], versions: Any) -> None:
+    """context_length within each version's own context (max_position_embeddings), and max_model_len too."""
+    for key, value in (("context_length", config.get("context_length")),
+                       ("engine.max_model_len", config["engine"].get("max_model_len"))):
+        if not value:
+            continue
+        for version in versions:
+            try:
+                limit = context_length(Path(version.path))
+            except (OSError, ValueError):
+                continue  # no readable config.json (e.g. an embeddings layout): the engine caps it
+            if limit and value > limit:
+                raise fail(f"config.{key}", f"{key} {value} is longer than the context of version {version.number} "
+                                            f"({limit} tokens); give at most {limit}.")
 
 
 def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
@@ -126,13 +139,14 @@ def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
     numbers = sorted(set(numbers))
     if len(numbers) > MAX_VERSIONS:
         raise fail("versions", f"At most {MAX_VERSIONS} versions per evaluation; split the run.")
-    ready_versions(model, numbers, "evaluated")
+    versions = ready_versions(model, numbers, "evaluated")
     dataset = dataset_named(params.get("dataset"), "evaluate")
     if TASK_OF_KIND[dataset.kind] != model.task:
         raise fail("dataset", f"Dataset '{dataset.name}' is a {dataset.kind} dataset, for "
                                f"{TASK_OF_KIND[dataset.kind]} models; '{model.name}' is {model.task}.")
     dataset_version = dataset_version_of(dataset, params.get("dataset_version"))
     config = normalize(params.get("config", {}))
+    _check_context(config, versions.values())
     if "split" in config and dataset.kind == "text":
         raise fail("config.split", f"Dataset '{dataset.name}' is plain text, which has no rows to hold out; "
                                    "drop the split to evaluate it whole.")

@@ -10,7 +10,7 @@ from typing import Any
 
 from console.accounts.choices import Role
 from console.audit.models import record
-from console.evaluation.choices import METRICS
+from console.evaluation.choices import METRICS, plain
 from console.evaluation.models import EvaluationResult, PromotionGate
 from console.registry.models import Alias, Model, ModelVersion, PromotionRefused
 
@@ -45,7 +45,7 @@ def verdict(gate: PromotionGate, version: ModelVersion) -> Verdict:
     if current is None or current.version_id == version.pk:
         return Verdict(gate, True, f"'{gate.alias}' points at no other version; nothing to compare.")
     baseline = current.version
-    name, label = gate.dataset.name, METRICS[gate.metric].label.lower()
+    name, label = gate.dataset.name, str(METRICS[gate.metric].label).lower()
     mine, theirs = _results(version, gate), _results(baseline, gate)
     common = sorted(set(mine) & set(theirs))
     if not common:
@@ -62,8 +62,8 @@ def verdict(gate: PromotionGate, version: ModelVersion) -> Verdict:
     passed = regression <= gate.max_regression_pct
     how = (f"{abs(regression):.2f} % worse than" if regression > 0 else
            f"{abs(regression):.2f} % better than" if regression < 0 else "the same as")
-    message = (f"The {label} of v{version.number} on '{name}' v{number} is {cand:.4g}, {how} {gate.alias}'s "
-               f"v{baseline.number} ({base:.4g}); the gate allows at most {gate.max_regression_pct:g} % worse.")
+    message = (f"The {label} of v{version.number} on '{name}' v{number} is {plain(cand)}, {how} {gate.alias}'s "
+               f"v{baseline.number} ({plain(base)}); the gate allows at most {plain(gate.max_regression_pct)} % worse.")
     return Verdict(gate, passed, message, cand, base, baseline.number, number, regression)
 
 

@@ -4,6 +4,7 @@ config), and promotion gates. State changes are methods here, each with its audi
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import uuid
 from pathlib import Path
@@ -14,7 +15,7 @@ from django.db import IntegrityError, models, transaction
 
 from console.audit.models import record
 from console.evaluation import datasets
-from console.evaluation.choices import GATE_METRICS, METRICS, DatasetKind
+from console.evaluation.choices import GATE_METRICS, METRICS, DatasetKind, plain
 
 
 class DatasetRefused(Exception):
@@ -135,6 +136,12 @@ class DatasetVersion(models.Model):
         return version
 
 
+def key_of(config: dict[str, Any]) -> str:
+    """A short stable key of a normalized evaluation config (console/evaluation/config.py): the config_key
+    of results and gates, so that equal settings share one key."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class EvaluationResult(models.Model):
     """The metrics of one model version on one dataset version under one config; a later run with
     the same three replaces them."""
@@ -180,8 +187,6 @@ class PromotionGate(models.Model):
     def put(cls, model: Any, *, alias: str, dataset: Dataset, metric: str, max_regression_pct: float,
             config: dict[str, Any], actor: Any) -> PromotionGate:
         """Create the gate, or change the one on the same alias, dataset and metric; audited."""
-        from console.evaluation.config import key_of
-
         with transaction.atomic():
             gate, created = cls.objects.update_or_create(
                 model=model, alias=alias, dataset=dataset, metric=metric,
@@ -199,5 +204,5 @@ class PromotionGate(models.Model):
 
     def __str__(self) -> str:
         direction = "higher" if METRICS[self.metric].lower_is_better else "lower"
-        return (f"{self.metric} on {self.dataset.name} no more than {self.max_regression_pct:g} % {direction} "
+        return (f"{self.metric} on {self.dataset.name} no more than {plain(self.max_regression_pct)} % {direction} "
                 f"than {self.alias}")

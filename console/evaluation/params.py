@@ -5,13 +5,13 @@ ValidationError naming the field, so POST /api/jobs/ answers 400 before any job 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rest_framework.exceptions import ValidationError
 
-if TYPE_CHECKING:
-    from console.evaluation.models import Dataset, DatasetVersion
-    from console.registry.models import Model, ModelVersion
+from console.evaluation.models import Dataset, DatasetVersion
+from console.registry.choices import VersionStatus
+from console.registry.models import Model, ModelVersion
 
 
 def fail(field: str, message: str) -> ValidationError:
@@ -24,8 +24,6 @@ def _is_number(value: Any) -> bool:
 
 def model_named(name: Any, verb: str) -> Model:
     """The model called `name`; `verb` says what the job does to it ("evaluate", "fine-tune")."""
-    from console.registry.models import Model
-
     model = Model.objects.filter(name=name).first() if isinstance(name, str) else None
     if model is None:
         raise fail("model", f"No model named {name!r}." if name else f"Name the model to {verb}.")
@@ -35,8 +33,6 @@ def model_named(name: Any, verb: str) -> Model:
 def ready_versions(model: Model, numbers: list[int], done: str, field: str = "versions") -> dict[int, ModelVersion]:
     """Version number → version, each of them existing and ready; `done` as in "only ready versions can
     be evaluated"."""
-    from console.registry.choices import VersionStatus
-
     found = {v.number: v for v in model.versions.filter(number__in=numbers)}
     for n in numbers:
         if n not in found:
@@ -55,8 +51,6 @@ def ready_version(model: Model, number: Any, verb: str, done: str) -> ModelVersi
 
 def dataset_named(name: Any, verb: str, field: str = "dataset") -> Dataset:
     """The dataset called `name` (params field `field`); `verb` as in "Name the dataset to train on"."""
-    from console.evaluation.models import Dataset
-
     dataset = Dataset.objects.filter(name=name).first() if isinstance(name, str) else None
     if dataset is None:
         raise fail(field, f"No dataset named {name!r}; see /api/datasets/." if name
@@ -64,12 +58,12 @@ def dataset_named(name: Any, verb: str, field: str = "dataset") -> Dataset:
     return dataset
 
 
-def dataset_version_of(dataset: Dataset, number: Any) -> DatasetVersion:
-    """Version `number` of the dataset (params field `dataset_version`), its latest when None."""
+def dataset_version_of(dataset: Dataset, number: Any, field: str = "dataset_version") -> DatasetVersion:
+    """Version `number` of the dataset (params field `field`), its latest when None."""
     if number is not None and not _is_number(number):
-        raise fail("dataset_version", "Give the dataset version as a number (or leave it out for the latest).")
+        raise fail(field, "Give the dataset version as a number (or leave it out for the latest).")
     version = dataset.latest if number is None else dataset.versions.filter(number=number).first()
     if version is None:
-        raise fail("dataset_version", f"Dataset '{dataset.name}' has no version {number}." if number is not None
+        raise fail(field, f"Dataset '{dataset.name}' has no version {number}." if number is not None
                    else f"Dataset '{dataset.name}' has no versions yet; upload one.")
     return version

@@ -1,4 +1,4 @@
-"""OpenAI's response shapes, built from the worker's events (see workers/serving.py `Events`)."""
+"""OpenAI's response shapes, built from the worker's events (see workers/serving/inference.py `Events`)."""
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from console.deployments import live
 from console.deployments.config import capacity
 from console.inference.errors import ApiError
+from workers.celery import app
 
 log = logging.getLogger(__name__)
 _clients: dict[int, aioredis.Redis] = {}
@@ -51,8 +52,6 @@ async def close_redis_client() -> None:
 
 
 def _send_task(queue: str, deployment: str, request_id: str, work: dict[str, Any]) -> None:
-    from workers.celery import app
-
     app.send_task("tauon.infer", args=[deployment, request_id, work], queue=queue)
 
 
@@ -75,8 +74,9 @@ class Call:
         self._buffer: deque[dict[str, Any]] = deque()
 
     async def open(self) -> None:
-        admitted = await self.redis.eval(live.ADMIT, 2, live.live_key(self.deployment),
-                                         live.inflight_key(self.deployment), time.time(), capacity(self.config),
+        admitted = await self.redis.eval(live.ADMIT, 3, live.live_key(self.deployment),
+                                         live.inflight_key(self.deployment), live.admit_key(self.deployment),
+                                         time.time(), capacity(self.config),
                                          self.request_id, self.deadline)
         if admitted == -1:
             raise ApiError(503, f"Deployment '{self.deployment}' has no ready replica right now; "

@@ -11,6 +11,9 @@ from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from console.deployments import live
+from console.deployments.models import Deployment
+
 REQUESTS = Counter("tauon_requests", "Inference requests answered", ["deployment", "endpoint", "status"])
 ERRORS = Counter("tauon_errors", "Inference requests that ended in an error", ["deployment", "code"])
 TTFT = Histogram("tauon_time_to_first_token_seconds", "Time from request to first token", ["deployment"],
@@ -42,9 +45,6 @@ class ReplicaCollector(Collector):
             yield GaugeMetricFamily(metric, text, labels=["deployment", "replica"])
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from console.deployments import live
-        from console.deployments.models import Deployment
-
         families = {f: GaugeMetricFamily(m, h, labels=["deployment", "replica"]) for f, (m, h) in self.FIELDS.items()}
         replicas = GaugeMetricFamily("tauon_ready_replicas", "Replicas serving", labels=["deployment"])
         inflight = GaugeMetricFamily("tauon_inflight_requests", "Requests admitted and not finished",

@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -116,7 +117,7 @@ async def _generate(request: HttpRequest, chat: bool) -> HttpResponse:
     builder = formats.Builder(call.request_id, deployment.name, chat=chat, n=parsed.n,
                               version=accepted.get("version"), token_ids=parsed.token_ids)
     if parsed.stream:
-        response = StreamingHttpResponse(_sse(call, builder, parsed, ticket, endpoint, started),
+        response = ClosingStream(_sse(call, builder, parsed, ticket, endpoint, started),
                                          content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
@@ -135,6 +136,19 @@ async def _generate(request: HttpRequest, chat: bool) -> HttpResponse:
         await settle(ticket, used_tokens(ticket, builder.usage, sum(map(len, builder.ids))))
     _log(call, endpoint, 200, started, builder.usage, ttft)
     return _tagged(JsonResponse(builder.body(parsed.logprobs)), call)
+
+
+class ClosingStream(StreamingHttpResponse):
+    """A streamed answer whose generator is closed (its `finally` run: the place freed, the worker told to
+    cancel) the moment the client goes away. Django's own `__aiter__` wraps the generator twice and closes
+    only its wrapper when the handler is cancelled in the middle of a `send`, which leaves the generator
+    suspended until the garbage collector finds it: the request's place stayed taken until its generation
+    ended."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async with aclosing(self._iterator) as parts:
+            async for part in parts:
+                yield self.make_bytes(part)
 
 
 def _tagged(response: HttpResponse, call: Call) -> HttpResponse:
@@ -170,7 +184,7 @@ async def _sse(call: Call, builder: formats.Builder, parsed: parse.Parsed, ticke
         error = exc if isinstance(exc, ApiError) else BUSY
         status, code = error.status, error.code
         yield _sse_line(error.body())
-    except asyncio.CancelledError:  # the client went away
+    except (asyncio.CancelledError, GeneratorExit):  # the client went away (mid-read, or mid-send)
         status, code = 499, "client_closed"
         raise
     finally:

@@ -3,10 +3,12 @@ function, then enqueue and audit), with the kind's refusal put on the form, next
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.forms.utils import pretty_name
 from rest_framework.exceptions import ValidationError as ApiValidationError
 
 from console.jobs.models import Job
@@ -31,6 +33,14 @@ def refusals(exc: DjangoValidationError | ApiValidationError) -> list[tuple[str 
     return walk(detail, None)
 
 
+def in_form_words(form: forms.Form, message: str) -> str:
+    """The API's field names in a message (`learning_rate`) as the form labels them ("Learning rate")."""
+    for name, field in form.fields.items():
+        if "_" in name:  # API identifiers; plain words like "dataset" read the same either way
+            message = re.sub(rf"\b{name}\b", str(field.label or pretty_name(name)), message)
+    return message
+
+
 def start_job(form: forms.Form, kind: str, params: dict[str, Any], user: Any) -> Job | None:
     """Start the job, or put the kind's validation errors on `form` and return None (nothing is created).
 
@@ -39,7 +49,8 @@ def start_job(form: forms.Form, kind: str, params: dict[str, Any], user: Any) ->
     try:
         return Job.start(kind, params, user)
     except (DjangoValidationError, ApiValidationError) as exc:
-        for field, message in refusals(exc):
+        for field, api_message in refusals(exc):
+            message = in_form_words(form, api_message)
             if field in form.fields:
                 form.add_error(field, message)
             else:

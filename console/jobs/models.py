@@ -13,12 +13,19 @@ from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
+from console.accounts.models import User
+from console.audit.models import record
+from console.jobs import kinds
 from console.jobs.choices import ACTIVE, TERMINAL, JobStatus
+from workers.celery import app as celery_app
 
 MAX_LOG_LINES = 2000
 MAX_DELIVERIES = 3
 MAX_SERIES_POINTS = 1000  # per series; past it every other point is dropped (the curve keeps its shape)
 SERIES_FLUSH_S = 2.0  # a running job writes new series points at most this often (and when it ends)
+# The worker's task that runs every job (workers/tasks.py), sent by name through the Celery app: the console
+# depends on the transport only, never on the job bodies (which import this module).
+RUN_JOB = "workers.tasks.run_job"
 
 Point = tuple[float, float]
 
@@ -40,8 +47,6 @@ class JobQuerySet(models.QuerySet["Job"]):
         """Maintainers see every job; others see their own and those of kinds that are not private."""
         if user.has_role("maintainer"):
             return self
-        from console.jobs import kinds
-
         return self.filter(~models.Q(kind__in=kinds.private_kinds()) | models.Q(created_by=user))
 
 
@@ -87,9 +92,6 @@ class Job(models.Model):
 
     def rerun(self, actor: Any) -> Job:
         """A new job of the same kind with the same parameters (validated again), audited."""
-        from console.audit.models import record
-        from console.jobs import kinds
-
         spec = kinds.get(self.kind)
         params = spec.validate(self.params, actor) if spec.validate else self.params
         with transaction.atomic():
@@ -102,9 +104,6 @@ class Job(models.Model):
         """How a user starts a job, through POST /api/jobs/ or a console form: the kind's own validate
         function cleans `params` (its ValidationError propagates; `checked`: the caller already ran it),
         then the job is enqueued and audited as `job.create`, together."""
-        from console.audit.models import record
-        from console.jobs import kinds
-
         spec = kinds.get(kind)
         if spec.validate is not None and not checked:
             params = spec.validate(params, user)
@@ -118,8 +117,6 @@ class Job(models.Model):
         """Enqueue unless `user` already has `cap` jobs of this kind queued or running (0: no cap); raises
         TooManyJobs then, and no row is made. The user's row is locked while counting, so two requests
         at once cannot both take the last place."""
-        from console.accounts.models import User
-
         with transaction.atomic():
             if cap:
                 User.objects.select_for_update().filter(pk=user.pk).first()
@@ -132,18 +129,14 @@ class Job(models.Model):
     @classmethod
     def enqueue(cls, kind: str, params: dict[str, Any], user: Any = None) -> Job:
         """Create a queued job and send it to a worker once the surrounding transaction commits."""
-        from console.jobs import kinds
-
         kinds.get(kind)  # an unknown kind fails here, before any row exists
         job = cls.objects.create(kind=kind, params=params, created_by=user if getattr(user, "is_authenticated", False) else None)
 
         def send() -> None:
-            from workers.tasks import run_job
-
             spec = kinds.get(kind)
             limits = {name: value for name in ("soft_time_limit", "time_limit")
                       if (value := getattr(spec, name)) is not None}
-            run_job.apply_async(args=[job.pk], queue=kinds.queue_for(kind, job.params), **limits)
+            celery_app.send_task(RUN_JOB, args=[job.pk], queue=kinds.queue_for(kind, job.params), **limits)
 
         transaction.on_commit(send)
         return job
@@ -202,8 +195,6 @@ class Job(models.Model):
                 done = Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(cancel_requested=True)
             self.refresh_from_db()
             if done and actor is not None:
-                from console.audit.models import record
-
                 record(actor, "job.cancel", self, kind=self.kind, status_before=before, status_after=self.status)
         return bool(done)
 
@@ -258,8 +249,6 @@ class Job(models.Model):
         self._series_dirty = True
 
     def _limit(self, name: str) -> int | None:
-        from console.jobs import kinds
-
         spec = kinds.KINDS.get(self.kind)
         return getattr(spec, name) if spec else None
 
@@ -272,14 +261,12 @@ class Job(models.Model):
         """Fail running jobs whose worker stopped heartbeating (it died or was killed)."""
         older_than_s = older_than_s if older_than_s is not None else settings.TAUON_JOB_STALE_S
         cutoff = timezone.now() - timedelta(seconds=older_than_s)
-        from console.jobs.kinds import on_failed
-
         reaped = []
         for job in cls.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff):
             if job.fail(f"The worker running this job ({job.worker or 'unknown'}) stopped responding "
                         f"for over {older_than_s}s and is presumed dead."):
                 reaped.append(job.pk)
-                on_failed(job)
+                kinds.on_failed(job)
         # A thread-pool worker cannot kill a task: fail what runs past its kind's hard limit (+1 min).
         now = timezone.now()
         for job in cls.objects.filter(status=JobStatus.RUNNING, started_at__isnull=False):
@@ -287,5 +274,5 @@ class Job(models.Model):
             if limit and (now - job.started_at).total_seconds() > limit + 60 and \
                     job.fail(f"The job ran past its hard time limit of {limit} s."):
                 reaped.append(job.pk)
-                on_failed(job)
+                kinds.on_failed(job)
         return reaped

@@ -13,7 +13,7 @@ from rest_framework import serializers
 
 from console.deployments.choices import DeploymentStatus
 from console.deployments.models import Deployment
-from console.playground.choices import CLASSIFICATION, EXPLAINABLE, GENERATION, METHODS, SPANS
+from console.playground.choices import CLASSIFICATION, EXPLAINABLE, METHODS, SPANS
 from engine.int8_format import is_stored
 
 ROLES = ("system", "user", "assistant")
@@ -45,9 +45,11 @@ class ExplainRequestSerializer(serializers.Serializer):
     method = serializers.ChoiceField(choices=METHODS, default="feature_ablation",
                                      help_text="feature_ablation (any model), integrated_gradients (on the token "
                                                "embeddings), shapley (Shapley value sampling).")
-    span = serializers.ChoiceField(choices=SPANS, default="prompt",
-                                   help_text="Which input tokens count: the whole prompt, or only the text of "
-                                             "the user messages (skipping the chat template's own tokens).")
+    span = serializers.ChoiceField(choices=SPANS, required=False,
+                                   help_text="Which input tokens count: only the text of the user messages "
+                                             "(`user`, the default with `messages`, as on the playground page), or "
+                                             "the whole prompt with the chat template's own tokens (`prompt`, the "
+                                             "default with a plain `prompt`).")
     words = serializers.BooleanField(default=False, help_text="Group tokens into words (one column per word).")
     label = serializers.CharField(required=False, help_text="Classifiers: the label to explain (default: the "
                                                             "predicted one).")
@@ -106,74 +108,94 @@ def count_tokens(folder: Path, text: str) -> int | None:
 
 def prepare(deployment: Deployment, data: dict[str, Any]) -> dict[str, Any]:
     """The explain job's params, or `Refused` saying what is wrong and how to fix it."""
-    name = deployment.name
     task = deployment.model.task
     if task not in EXPLAINABLE:
-        raise Refused(f"'{name}' serves {task}; explain works for text-generation and text-classification "
-                      "deployments.", code="unsupported_task", field="name")
+        raise Refused(f"'{deployment.name}' serves {task}; explain works for text-generation and "
+                      "text-classification deployments.", code="unsupported_task", field="name")
     body = ExplainRequestSerializer(data=data)
     body.is_valid(raise_exception=True)
     req = dict(body.validated_data)
-    method = req["method"]
     if task == CLASSIFICATION:
-        if method != "integrated_gradients" and "method" in data:
-            raise Refused(f"Classifiers are explained with integrated_gradients (on the token embeddings); "
-                          f"{method} is for text generation.", code="unsupported_method", field="method")
-        method = "integrated_gradients"
-        text = req.get("input") if req.get("input") is not None else req.get("prompt")
-        if text is None:
-            raise Refused("Give the text to classify as `input`.", code="required", field="input")
-    elif req.get("input") is not None:
-        raise Refused("`input` is for classifiers; give `messages` or `prompt`.", code="invalid", field="input")
-    quantization = (deployment.config.get("engine") or {}).get("quantization", "none")
-    if quantization == "none" and method == "integrated_gradients":  # a compressed child stored as int8
-        target = deployment.target_version()
-        quantization = (is_stored(Path(target.path)) if target else None) or "none"
-    if method == "integrated_gradients" and quantization != "none":
-        raise Refused(f"integrated_gradients needs gradients through the model, and '{name}' runs {quantization} "
-                      "quantized layers, which have none; use feature_ablation or shapley.",
-                      code="unsupported_method", field="method")
-    cap = settings.TAUON_EXPLAIN_MAX_OUTPUT_TOKENS
-    output = req.get("output")
-    n_out: int | None = None
-    if task == GENERATION and output is not None:
-        if isinstance(output, list):
-            n_out = len(output)
-        else:
-            version = deployment.target_version()
-            n_out = count_tokens(version.path, output) if version else None
-        if n_out is not None and n_out > cap:
-            raise Refused(f"The answer has {n_out} tokens; attribution is capped at {cap} output tokens "
-                          "(TAUON_EXPLAIN_MAX_OUTPUT_TOKENS). Explain a shorter answer.",
-                          code="output_too_long", field="output")
-        if n_out == 0:
-            raise Refused("The answer is empty; there is nothing to explain.", code="invalid", field="output")
-    if task == GENERATION:
-        texts = [m["content"] for m in req["messages"]] if "messages" in req else [req["prompt"]]
-        version = deployment.target_version()
-        counts = [count_tokens(version.path, t) for t in texts] if version else []
-        n_in = sum(c for c in counts if c is not None)
-        prompt_cap = settings.TAUON_EXPLAIN_MAX_PROMPT_TOKENS
-        if n_in > prompt_cap:
-            raise Refused(f"The prompt has about {n_in} tokens; attribution is capped at {prompt_cap} prompt tokens "
-                          "(TAUON_EXPLAIN_MAX_PROMPT_TOKENS). Shorten it.", code="prompt_too_long",
-                          field="messages" if "messages" in req else "prompt")
-    params: dict[str, Any] = {"deployment": name, "task": task, "method": method, "span": req["span"],
-                              "words": req["words"], "output": output}
-    if task == GENERATION:
-        if "messages" in req:
-            params["messages"] = [{"role": m["role"], "content": m["content"]} for m in req["messages"]]
-        else:
-            params["prompt"] = req["prompt"]
+        params = _classification_params(deployment, req, method_given="method" in data)
     else:
-        params["input"] = text
-        params["label"] = req.get("label")
-    for key in ("steps", "samples"):
-        if req.get(key) is not None:
-            params[key] = req[key]
-    params["output_tokens"] = n_out
+        params = _generation_params(deployment, req)
+    params.update({"deployment": deployment.name, "task": task, "words": req["words"]})
+    params.update({key: req[key] for key in ("steps", "samples") if req.get(key) is not None})
     status, reason = deployment.status_and_reason()
     if status != DeploymentStatus.READY:
-        raise Refused(f"Deployment '{name}' is not ready ({status}): {reason}", code="deployment_not_ready",
-                      status=409)
+        raise Refused(f"Deployment '{deployment.name}' is not ready ({status}): {reason}",
+                      code="deployment_not_ready", status=409)
     return params
+
+
+def _classification_params(deployment: Deployment, req: dict[str, Any], *, method_given: bool) -> dict[str, Any]:
+    """Classifiers: integrated gradients on the text given as `input` (or `prompt`)."""
+    if req["method"] != "integrated_gradients" and method_given:
+        raise Refused(f"Classifiers are explained with integrated_gradients (on the token embeddings); "
+                      f"{req['method']} is for text generation.", code="unsupported_method", field="method")
+    text = req.get("input") if req.get("input") is not None else req.get("prompt")
+    if text is None:
+        raise Refused("Give the text to classify as `input`.", code="required", field="input")
+    _check_gradients(deployment, "integrated_gradients")
+    return {"method": "integrated_gradients", "span": req.get("span") or "prompt", "input": text,
+            "label": req.get("label"), "output": req.get("output"), "output_tokens": None}
+
+
+def _generation_params(deployment: Deployment, req: dict[str, Any]) -> dict[str, Any]:
+    """Text generation: the chat (`messages`) or a plain `prompt`, and the answer, each within its cap. The
+    default span is what the page shows: the user's messages (without the chat template's tokens)."""
+    if req.get("input") is not None:
+        raise Refused("`input` is for classifiers; give `messages` or `prompt`.", code="invalid", field="input")
+    _check_gradients(deployment, req["method"])
+    chat = "messages" in req
+    version = deployment.target_version()
+    output = req.get("output")
+    n_out = _output_tokens(version, output)
+    if n_out is not None and n_out > settings.TAUON_EXPLAIN_MAX_OUTPUT_TOKENS:
+        raise Refused(f"The answer has {n_out} tokens; {output_cap_message()}", code="output_too_long",
+                      field="output")
+    if n_out == 0:
+        raise Refused("The answer is empty; there is nothing to explain.", code="invalid", field="output")
+    texts = [m["content"] for m in req["messages"]] if chat else [req["prompt"]]
+    n_in = sum(c for c in (count_tokens(version.path, t) for t in texts) if c is not None) if version else 0
+    prompt_cap = settings.TAUON_EXPLAIN_MAX_PROMPT_TOKENS
+    if n_in > prompt_cap:
+        raise Refused(f"The prompt has about {n_in} tokens; at most {prompt_cap} prompt tokens can be explained. "
+                      "Shorten it.", code="prompt_too_long", field="messages" if chat else "prompt")
+    params: dict[str, Any] = {"method": req["method"], "span": req.get("span") or ("user" if chat else "prompt"),
+                              "output": output, "output_tokens": n_out}
+    if chat:
+        params["messages"] = [{"role": m["role"], "content": m["content"]} for m in req["messages"]]
+    else:
+        params["prompt"] = req["prompt"]
+    return params
+
+
+def output_cap_message() -> str:
+    """What a user reads when an answer is too long to explain (the page and the worker say the same)."""
+    return (f"at most {settings.TAUON_EXPLAIN_MAX_OUTPUT_TOKENS} output tokens can be explained; lower Max tokens "
+            "or explain a shorter answer.")
+
+
+def _output_tokens(version: Any, output: Any) -> int | None:
+    """Tokens in the given answer: its ids, or its text counted with the version's tokenizer (None: unknown)."""
+    if output is None:
+        return None
+    if isinstance(output, list):
+        return len(output)
+    return count_tokens(version.path, output) if version else None
+
+
+def _check_gradients(deployment: Deployment, method: str) -> None:
+    """Integrated gradients needs gradients through the model: refused for quantized layers (configured, or a
+    compressed child stored as int8)."""
+    if method != "integrated_gradients":
+        return
+    quantization = (deployment.config.get("engine") or {}).get("quantization", "none")
+    if quantization == "none":
+        target = deployment.target_version()
+        quantization = (is_stored(Path(target.path)) if target else None) or "none"
+    if quantization != "none":
+        raise Refused(f"integrated_gradients needs gradients through the model, and '{deployment.name}' runs "
+                      f"{quantization} quantized layers, which have none; use feature_ablation or shapley.",
+                      code="unsupported_method", field="method")

@@ -12,7 +12,7 @@ class RegistryConfig(AppConfig):
         from console.registry.finetuning import finetune_failed, validate_params
         from console.registry.importing import import_failed
 
-        kinds.register(kinds.JobKind(name="import", handler="workers.handlers.import_version", on_failed=import_failed))
+        kinds.register(kinds.JobKind(name="import", handler="workers.importing.run_import", on_failed=import_failed))
         # Long, on the evaluation queue. A redelivery after a dead worker resumes from the last checkpoint.
         kinds.register(kinds.JobKind(
             name="finetune", handler="workers.finetuning.finetune", validate=validate_params, on_failed=finetune_failed,

@@ -58,6 +58,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
                 "sparsity": {"type": "number", "minimum": 0, "maximum": 1},
                 "layer_sparsity": {"type": "object", "additionalProperties": {"type": "number"}},
                 "calibration_dataset": {"type": "string"},
+                "calibration_dataset_version": {"type": "integer", "minimum": 1},
             },
         },
         "dtype": {"enum": ["auto", "float32", "float16", "bfloat16"]},

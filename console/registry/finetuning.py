@@ -5,10 +5,15 @@ model's context, and hyperparameters that engine.finetune.FinetuneConfig accepts
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any
 
+from django.utils.text import slugify
+
 from console.evaluation.params import dataset_named, dataset_version_of, fail, model_named, ready_version
+from console.registry.importing import fail_unimported, storage_dir
+from console.registry.models import Model
 from engine.finetune import FinetuneConfig, context_length, labels_of, missing_labels, split
 from engine.int8_format import is_stored
 
@@ -20,10 +25,6 @@ MAX_STEPS = 100_000
 
 
 def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
-    from django.utils.text import slugify
-
-    from console.registry.models import Model
-
     unknown = sorted(set(params) - NAMED - set(HYPERPARAMETERS))
     if unknown:
         raise fail(unknown[0], f"unknown parameter; a fine-tuning takes {', '.join(sorted(NAMED))} and the "
@@ -81,9 +82,5 @@ def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
 def finetune_failed(job: Any) -> None:
     """A failed or cancelled fine-tuning keeps no checkpoints (a redelivery resumes only while it runs), nor
     a child its dead worker stored but never imported (failed, its files removed, as a failed import)."""
-    import shutil
-
-    from console.registry.importing import fail_unimported, storage_dir
-
     shutil.rmtree(storage_dir("finetune") / f"job-{job.pk}", ignore_errors=True)
     fail_unimported(job)

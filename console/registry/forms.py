@@ -7,9 +7,7 @@ from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
-from django.db import transaction
 
-from console.audit.models import record
 from console.registry.choices import VersionStatus
 from console.registry.models import Alias, AliasEvent, Model, ModelVersion
 
@@ -24,12 +22,9 @@ class RegisterModelForm(forms.ModelForm):
                                    "invalid": "Use only letters, digits, '-' and '_' in the name."}}
 
     def save_for(self, actor: Any) -> Model:
-        with transaction.atomic():
-            model = self.save(commit=False)
-            model.owner = actor
-            model.save()
-            record(actor, "model.create", model, model_name=model.name, task=model.task, owner=actor.username)
-        return model
+        data = self.cleaned_data
+        self.instance = Model.register(actor, name=data["name"], task=data["task"], description=data["description"])
+        return self.instance
 
 
 class PromoteForm(forms.Form):

@@ -7,11 +7,11 @@ In the request: check the input (type, archive safety, pickles, config.json, rem
 complete safetensors, GGUF header), extract it into a temp folder under TAUON_STORAGE/tmp, then
 in one transaction create the version, move the folder into place (a rename on the same
 filesystem), enqueue the job and write the audit record. Anything that fails leaves nothing.
-In the worker (`run_import`): download (hub), convert GGUF once, hash, inspect, mark ready."""
+The job body (download from the hub, convert GGUF once, hash, inspect, mark ready) is
+workers/importing.py; its on_failed hooks (`import_failed`, `fail_unimported`) are here."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -46,8 +46,6 @@ HASH_CHUNK = 4 * 1024 * 1024
 STALE_STAGING_S = 24 * 3600  # a temp folder this old belongs to a process that died
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 HUB_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
-HUB_ALLOW = ["*.safetensors", "*.json", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
-HUB_IGNORE = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.py", "*.gguf"]
 
 
 class ImportRefused(Exception):
@@ -243,7 +241,7 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"} or bool(constants.HF_HUB_OFFLINE)
 
 
-def _hub_endpoint() -> str | None:
+def hub_endpoint() -> str | None:
     """HF_ENDPOINT read now, not when huggingface_hub was imported (a mirror can be set per process)."""
     return os.environ.get("HF_ENDPOINT") or None
 
@@ -264,7 +262,7 @@ def _hub_model_info(hub_id: str, revision: str | None) -> Any:
                             code="hub_unreachable", field="hub_id")
     timeout = settings.TAUON_HUB_TIMEOUT_S
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-info")
-    future = pool.submit(HfApi(endpoint=_hub_endpoint()).model_info, hub_id, revision=revision, timeout=timeout)
+    future = pool.submit(HfApi(endpoint=hub_endpoint()).model_info, hub_id, revision=revision, timeout=timeout)
     try:
         return future.result(timeout=timeout + 1)
     except FutureTimeout as exc:
@@ -317,82 +315,7 @@ def add_version_from_hub(model: Model, hub_id: str, actor: Any, *, revision: str
                            job_params={"hub_id": hub_id, "revision": pinned})
 
 
-# --- the import job ---------------------------------------------------------------------------
-
-def _download_from_hub(job: Job, version: ModelVersion) -> None:
-    from huggingface_hub import snapshot_download
-
-    hub_id, revision = job.params["hub_id"], job.params.get("revision")
-    job.report(0.02, f"Downloading {hub_id}", log=f"downloading {hub_id}@{revision} (safetensors, json, tokenizer files)")
-    with staging() as tmp:
-        folder = tmp / "model"
-        snapshot_download(hub_id, revision=revision, local_dir=folder, allow_patterns=HUB_ALLOW,
-                          ignore_patterns=HUB_IGNORE, etag_timeout=settings.TAUON_HUB_TIMEOUT_S,
-                          endpoint=_hub_endpoint())
-        shutil.rmtree(folder / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping for local_dir
-        inspect_folder(folder)  # the same checks as an upload
-        os.replace(folder, version.path)
-
-
-def _convert_gguf(job: Job, version: ModelVersion) -> float:
-    from engine.convert import gguf_to_safetensors
-
-    job.report(0.1, "Converting GGUF to safetensors", log="converting GGUF to safetensors (dequantize + tokenizer)")
-    started = time.monotonic()
-    out = version.path / ".converted"
-    shutil.rmtree(out, ignore_errors=True)
-    gguf_to_safetensors(version.path / GGUF_NAME, out, task=version.model.task)
-    for item in out.iterdir():
-        os.replace(item, version.path / item.name)
-    out.rmdir()
-    seconds = time.monotonic() - started
-    job.report(0.7, "Converted", log=f"converted in {seconds:.1f}s")
-    return seconds
-
-
-def _hash_files(job: Job, root: Path, files: list[str], start: float, end: float) -> list[dict[str, Any]]:
-    total = sum((root / rel).stat().st_size for rel in files) or 1
-    done, out = 0, []
-    for rel in files:
-        digest = hashlib.sha256()
-        with (root / rel).open("rb") as f:
-            while chunk := f.read(HASH_CHUNK):
-                digest.update(chunk)
-        size = (root / rel).stat().st_size
-        done += size
-        out.append({"path": rel, "size": size, "sha256": digest.hexdigest()})
-        job.report(start + (end - start) * done / total, f"Hashed {rel}")
-    job.report(end, "Hashed", log=f"hashed {len(files)} files ({done} bytes)")
-    return out
-
-
-def run_import(job: Job) -> dict[str, Any]:
-    """The `import` job: download (hub), convert GGUF once, hash every file, inspect, mark ready."""
-    started = time.monotonic()
-    version = ModelVersion.objects.select_related("model").get(pk=job.params["version"])
-    if version.status != VersionStatus.IMPORTING:
-        raise RuntimeError(f"Version {version} is '{version.status}', not importing; nothing to do.")
-    result: dict[str, Any] = {"version": version.pk, "number": version.number}
-    if version.source == VersionSource.HUB and not version.path.exists():
-        _download_from_hub(job, version)
-    if version.format == VersionFormat.GGUF and not (version.path / "config.json").exists():
-        result["convert_seconds"] = round(_convert_gguf(job, version), 2)
-    originals = (GGUF_NAME,) if version.format == VersionFormat.GGUF else ()
-    job.report(0.72, "Inspecting")
-    info = inspect_folder(version.path, originals=originals)
-    files = _hash_files(job, version.path, info.files, 0.75, 0.98)
-    updated = ModelVersion.objects.filter(pk=version.pk, status=VersionStatus.IMPORTING).update(
-        status=VersionStatus.READY, status_reason="", files=files, total_size=info.total_size,
-        architecture=info.architecture[:100], parameter_count=info.parameter_count, dtype=info.dtype[:32],
-        has_tokenizer=info.has_tokenizer, chat_template=info.chat_template)
-    if not updated:
-        raise RuntimeError(f"Version {version} stopped importing while its job ran.")
-    record(None, "version.ready", version, model_name=version.model.name, number=version.number, job=job.pk)
-    result.update(files=len(files), total_size=info.total_size, parameter_count=info.parameter_count,
-                  architecture=info.architecture, dtype=info.dtype, seconds=round(time.monotonic() - started, 2))
-    job.report(1.0, "Ready", log=f"ready: {info.architecture}, {info.parameter_count} parameters, {info.dtype}")
-    return result
-
+# --- when an import job ends -------------------------------------------------------------------
 
 def import_failed(job: Job) -> None:
     """on_failed hook of the `import` job kind: mark the version failed and delete its files."""
@@ -419,16 +342,3 @@ def fail_unimported(job: Job) -> None:
         if version.import_job is not None and version.import_job.fail(
                 f"The {job} that produced this version ended ({job.status}) before importing it."):
             import_failed(version.import_job)
-
-
-def import_in_process(version: ModelVersion, worker: str) -> None:
-    """Run `version`'s import job here (hash, inspect, mark ready) rather than on another worker, for jobs
-    that produce a version and should end with it ready; a failure fails the import and is re-raised."""
-    job = version.import_job
-    job.claim(worker)
-    try:
-        job.succeed(run_import(job))
-    except BaseException as exc:
-        job.fail(str(exc)[:2000] or type(exc).__name__)
-        import_failed(job)
-        raise

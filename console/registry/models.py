@@ -4,6 +4,7 @@ Every state change is a method here, run in a transaction with the audit record.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,10 @@ from console.registry.choices import AliasAction, Task, VersionFormat, VersionSo
 
 class PromotionRefused(ValidationError):
     """A promotion check (e.g. the evaluation app's gate) refused an alias move; the message has the numbers."""
+
+
+class ModelInUse(Exception):
+    """The model cannot be deleted as it stands; the message says what to do first."""
 
 
 # Checks an alias move by promotion must pass: fn(model, alias, version, actor, override_reason), raising
@@ -39,6 +44,50 @@ class Model(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @classmethod
+    def register(cls, actor: Any, *, name: str, task: str, description: str = "", owner: Any = None) -> Model:
+        """A new model (owned by `owner`, else by `actor`) with its audit record. IntegrityError when another
+        request took the name meanwhile."""
+        owner = owner or actor
+        with transaction.atomic():
+            model = cls.objects.create(name=name, task=task, description=description, owner=owner)
+            record(actor, "model.create", model, model_name=name, task=task, owner=owner.username)
+        return model
+
+    def change(self, actor: Any, **fields: Any) -> None:
+        """Set the description and/or owner; the audit record lists what changed, from and to."""
+        def described() -> dict[str, Any]:
+            return {"description": self.description, "owner": self.owner.username if self.owner else None}
+
+        before = described()
+        with transaction.atomic():
+            for field, value in fields.items():
+                setattr(self, field, value)
+            self.save()
+            after = described()
+            changes = {k: {"from": before[k], "to": after[k]} for k in before if before[k] != after[k]}
+            record(actor, "model.update", self, model_name=self.name, changes=changes)
+
+    def remove(self, actor: Any) -> None:
+        """Delete the model, its versions and (once committed) their files. Refused (ModelInUse) while an alias
+        points at one of its versions or a version is still importing."""
+        aliases = sorted(self.aliases.values_list("name", flat=True))
+        if aliases:
+            raise ModelInUse(f"Model '{self.name}' still has aliases ({', '.join(aliases)}); "
+                             "delete them first so nothing serving it loses its version.")
+        if self.versions.filter(status=VersionStatus.IMPORTING).exists():
+            raise ModelInUse(f"Model '{self.name}' has a version still importing; wait for it to finish.")
+        paths = [version.path for version in self.versions.all()]
+
+        def remove_files() -> None:
+            for path in paths:
+                shutil.rmtree(path, ignore_errors=True)
+
+        with transaction.atomic():
+            record(actor, "model.delete", self, model_name=self.name, versions=len(paths))
+            self.delete()
+            transaction.on_commit(remove_files)
 
     def next_version_number(self) -> int:
         """Call inside a transaction after locking the model row (select_for_update)."""

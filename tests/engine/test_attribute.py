@@ -100,14 +100,32 @@ def test_the_batched_forward_over_the_engines_stack_equals_the_hf_model(which, r
         ids[2, 4] = 0
         targets = ids[0, 5:]
         ours = A.CausalForward(engine.stack)
-        theirs = A.CausalForward(hf)
         with torch.no_grad():
             got = ours.logprobs(ours.embed(ids), 5, targets)
-            want = theirs.logprobs(theirs.embed(ids), 5, targets)
-            direct = torch.log_softmax(hf(ids).logits[:, 4:7].float(), -1).gather(2, targets.view(1, 3, 1).expand(3, 3, 1))
+            hf_embedded = torch.log_softmax(hf(inputs_embeds=hf.get_input_embeddings()(ids)).logits[:, 4:7].float(), -1)
+            direct = torch.log_softmax(hf(ids).logits[:, 4:7].float(), -1)
+    want = direct.gather(2, targets.view(1, 3, 1).expand(3, 3, 1)).squeeze(2)
     assert got.shape == (3, 3)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(want, direct.squeeze(2), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hf_embedded, direct, atol=1e-5, rtol=1e-5)  # from embeddings = from ids
+
+
+def test_serving_perplexity_and_attribution_give_the_same_log_probability(tiny):  # type: ignore[no-untyped-def]
+    """The paged serving step, the uncached full forward (perplexity) and attribution's batched forward run
+    the one stack forward: the greedy answer's first token and its log-probability agree through all three."""
+    from engine.runner import full_forward
+
+    prompt = A.build_prompt(tiny.tokenizer, "the quick brown fox jumps over the lazy dog")
+    served = tiny.generate(prompt.ids, SamplingParams(max_new_tokens=1, ignore_eos=True, logprobs=True)).result(60)
+    token = served.token_ids[0]
+    full = torch.log_softmax(full_forward(tiny.stack, prompt.ids)[-1], -1)  # [V]
+    fwd = A.CausalForward(tiny.stack)
+    with torch.no_grad():
+        batched = fwd.logprobs(fwd.embed(torch.tensor([prompt.ids + [token]] * 2)), len(prompt.ids),
+                               torch.tensor([token]))  # [2, 1]
+    assert token == int(full.argmax())
+    assert served.logprobs[0].logprob == pytest.approx(float(full[token]), abs=1e-4)
+    torch.testing.assert_close(batched, full[token].expand(2, 1), atol=1e-4, rtol=1e-4)
 
 
 # --- the methods, against Captum and their axioms ------------------------------------------------------------

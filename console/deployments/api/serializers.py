@@ -36,8 +36,9 @@ class DeploymentSerializer(serializers.ModelSerializer):
                                        help_text="Pin this version number instead of following an alias.")
     config = DeploymentConfigField(required=False, help_text="engine (device, dtype, quantization, max_num_seqs, "
                                    "max_queue, kv_cache_bytes…), max_tokens, max_n, max_input_items, timeout_s, "
+                                   "ttft_target_ms (adaptive admission's p99 TTFT target, 0: off), "
                                    "sampling defaults (temperature, top_p, max_tokens).")
-    replicas = serializers.IntegerField(required=False, min_value=0, max_value=64)
+    replicas = serializers.IntegerField(required=False, min_value=1, max_value=64)
     status = serializers.SerializerMethodField()
     status_reason = serializers.SerializerMethodField()
     serving_version = serializers.SerializerMethodField(help_text="The version replicas should serve now.")
@@ -115,3 +116,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
 class PredictSerializer(serializers.Serializer):
     input = serializers.JSONField(help_text="A text or a list of texts.")
     top_k = serializers.IntegerField(required=False, min_value=1, help_text="Labels per text (classification).")
+
+
+class ApplyTuneSerializer(serializers.Serializer):
+    job = serializers.IntegerField(min_value=1, help_text="The id of a succeeded `tune` job of this deployment's model.")

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from console.deployments.api.views import DeploymentViewSet, PredictViewSet
+from console.deployments.api.views import DeploymentViewSet
 
 item = {"get": "retrieve", "patch": "partial_update", "put": "update", "delete": "destroy"}
 
@@ -11,6 +11,6 @@ urlpatterns = [
     path("deployments/<slug:name>/start", DeploymentViewSet.as_view({"post": "start"}), name="api-deployment-start"),
     path("deployments/<slug:name>/figures", DeploymentViewSet.as_view({"get": "figures"}),
          name="api-deployment-figures"),
-    path("deployments/<slug:name>/predict", PredictViewSet.as_view({"post": "predict"}),
-         name="api-deployment-predict"),
+    path("deployments/<slug:name>/apply-tune", DeploymentViewSet.as_view({"post": "apply_tune"}),
+         name="api-deployment-apply-tune"),
 ]

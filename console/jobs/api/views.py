@@ -11,6 +11,7 @@ from rest_framework.viewsets import GenericViewSet
 from console.accounts.permissions import ReadUserWriteMaintainer
 from console.core.api import Conflict
 from console.jobs.api.serializers import JobCreateSerializer, JobSerializer, creatable_kinds
+from console.jobs.examples import KIND_EXAMPLES
 from console.jobs.filters import JobFilter
 from console.jobs.models import Job
 
@@ -36,7 +37,8 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericViewSe
         return job
 
     @extend_schema(request=JobCreateSerializer, responses={202: JobSerializer},
-                   description="Start a job of a kind that may be created directly; its params are validated.")
+                   description="Start a job of a kind that may be created directly; its params are validated.",
+                   examples=KIND_EXAMPLES)
     def create(self, request: Request) -> Response:
         body = JobCreateSerializer(data=request.data, context={"request": request})
         body.is_valid(raise_exception=True)

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import shutil
 from functools import cached_property
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 from django.db.models import Count, Prefetch, QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status
@@ -17,7 +16,6 @@ from rest_framework.serializers import BaseSerializer
 from rest_framework.viewsets import GenericViewSet
 
 from console.accounts.permissions import IsAdmin, ReadUserWriteMaintainer
-from console.audit.models import record
 from console.core.api import Conflict, error_response
 from console.core.parsers import JSONParser
 from console.registry import importing
@@ -33,10 +31,9 @@ from console.registry.api.serializers import (
     VersionFromHubSerializer,
     VersionUploadSerializer,
 )
-from console.registry.choices import VersionStatus
 from console.registry.config_schema import OPENAPI_CONFIG_SCHEMA
 from console.registry.filters import ModelFilter, VersionFilter
-from console.registry.models import Alias, AliasEvent, Model, ModelVersion, PromotionRefused
+from console.registry.models import Alias, AliasEvent, Model, ModelInUse, ModelVersion, PromotionRefused
 
 ALIAS_MAX_LENGTH = Alias._meta.get_field("name").max_length
 
@@ -75,43 +72,21 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Crea
         return model
 
     def perform_create(self, serializer: BaseSerializer) -> None:
-        owner = serializer.validated_data.get("owner") or self.request.user
         try:
-            with transaction.atomic():
-                model = serializer.save(owner=owner)
-                record(self.request.user, "model.create", model, model_name=model.name, task=model.task,
-                       owner=owner.username)
+            serializer.instance = Model.register(self.request.user, **serializer.validated_data)
         except IntegrityError as exc:  # lost a race with a create of the same name
             name = serializer.validated_data["name"]
             raise serializers.ValidationError(
                 {"name": f"A model named '{name}' already exists; choose another name."}, code="duplicate") from exc
 
     def perform_update(self, serializer: BaseSerializer) -> None:
-        model: Model = serializer.instance
-        before = {"description": model.description, "owner": model.owner.username if model.owner else None}
-        with transaction.atomic():
-            model = serializer.save()
-            after = {"description": model.description, "owner": model.owner.username if model.owner else None}
-            changes = {k: {"from": before[k], "to": after[k]} for k in before if before[k] != after[k]}
-            record(self.request.user, "model.update", model, model_name=model.name, changes=changes)
+        serializer.instance.change(self.request.user, **serializer.validated_data)
 
     def perform_destroy(self, instance: Model) -> None:
-        aliases = sorted(instance.aliases.values_list("name", flat=True))
-        if aliases:
-            raise Conflict(f"Model '{instance.name}' still has aliases ({', '.join(aliases)}); "
-                           "delete them first so nothing serving it loses its version.")
-        if instance.versions.filter(status=VersionStatus.IMPORTING).exists():
-            raise Conflict(f"Model '{instance.name}' has a version still importing; wait for it to finish.")
-        paths = [version.path for version in instance.versions.all()]
-
-        def remove_files() -> None:
-            for path in paths:
-                shutil.rmtree(path, ignore_errors=True)
-
-        with transaction.atomic():
-            record(self.request.user, "model.delete", instance, model_name=instance.name, versions=len(paths))
-            instance.delete()
-            transaction.on_commit(remove_files)
+        try:
+            instance.remove(self.request.user)
+        except ModelInUse as exc:
+            raise Conflict(str(exc)) from exc
 
 
 class ModelScopedViewSet(GenericViewSet):

@@ -48,7 +48,7 @@ function setupJobChart(node) {
     if (script) {
       script.addEventListener("load", draw);
       script.addEventListener("error", () => {
-        if (empty) { empty.textContent = "The charting library could not be loaded; reload the page to try again."; empty.hidden = false; }
+        if (empty) { empty.textContent = t("The charting library could not be loaded; reload the page to try again."); empty.hidden = false; }
       });
     }
     return;

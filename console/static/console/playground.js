@@ -74,7 +74,7 @@
     });
     root.querySelectorAll("[data-cls-only]").forEach((n) => { n.hidden = !d || d.task !== "text-classification"; });
     const status = $("#pg-deployment-status");
-    status.textContent = d ? `${d.model} · ${d.status}: ${d.reason}` : "Create a deployment first (Deployments page).";
+    status.textContent = d ? `${d.model} · ${statusWord(d.status)}: ${d.reason}` : t("Create a deployment first (Deployments page).");
     status.className = "small " + (d && d.status === "ready" ? "muted" : "error");
     if (d && d.task === "text-classification") {
       $("#pg-method").value = "integrated_gradients";
@@ -89,6 +89,20 @@
       $("#pg-max-tokens").value = s.max_tokens ?? "";
     }
     if (d && d.max_tokens) $("#pg-max-tokens").max = d.max_tokens;
+    explainCapNote();
+  }
+
+  // Explain covers answers of at most maxExplain tokens: say so beside Max tokens before anything is sent, and
+  // an answer longer than that gets no working Explain button but the reason.
+  const maxExplain = Number(root.dataset.maxExplainTokens) || 0;
+  function explainCapNote() {
+    const note = $("#pg-explain-cap");
+    if (!note) return;
+    const d = deployment();
+    const wanted = num($("#pg-max-tokens"));
+    const over = Boolean(d && d.explainable && maxExplain && (wanted === null || wanted > maxExplain));
+    note.hidden = !over;
+    note.textContent = over ? t("Explain covers answers of up to %(n)s tokens; set %(n)s or fewer to explain the answers.", { n: maxExplain }) : "";
   }
 
   function params() {
@@ -129,10 +143,10 @@
       const res = state.id
         ? await apiCall(`/api/playground/sessions/${state.id}/`, "PATCH", body, root)
         : await apiCall("/api/playground/sessions/", "POST", body, root);
-      if (!res.ok) { $("#pg-saved").textContent = "not saved: " + apiError(res.status, res.text); return; }
+      if (!res.ok) { $("#pg-saved").textContent = t("not saved: %(error)s", { error: apiError(res.status, res.text) }); return; }
       const created = !state.id;
       state.id = res.data.id;
-      $("#pg-saved").textContent = "saved";
+      $("#pg-saved").textContent = t("saved");
       if (created) {
         history.replaceState(null, "", `/playground/${state.id}/`);
         const list = $("#pg-history");
@@ -156,7 +170,7 @@
     if (!res.ok) { $("#pg-saved").textContent = apiError(res.status, res.text); return; }
     $("#pg-share-row").hidden = !res.data.share_url;
     $("#pg-share-url").value = res.data.share_url || "";
-    $("#pg-saved").textContent = on ? "shared: anyone signed in with the link can open it" : "no longer shared";
+    $("#pg-saved").textContent = on ? t("shared: anyone signed in with the link can open it") : t("no longer shared");
   }
 
   // ---- generation -------------------------------------------------------------------------------------------
@@ -223,7 +237,7 @@
     const text = input.value;
     const composer = root.querySelector(".pg-composer");
     showError(composer, "");
-    if (!text.trim()) { showError(composer, "Type a message first."); return; }
+    if (!text.trim()) { showError(composer, t("Type a message first.")); return; }
     const d = deployment();
     if (!d) return;
     const names = [d.name];
@@ -273,7 +287,7 @@
     const box = el("div", null, "card pg-turn");
     box.dataset.turn = String(index);
     const user = el("div", null, "pg-user");
-    user.append(el("span", turn.mode === "chat" ? "You" : "Prompt", "pg-who"), el("div", turn.user, "pg-text"));
+    user.append(el("span", turn.mode === "chat" ? t("You") : t("Prompt"), "pg-who"), el("div", turn.user, "pg-text"));
     const row = el("div", null, "pg-answers" + (turn.answers.length > 1 ? " side-by-side" : ""));
     const views = turn.answers.map((answer, k) => {
       const col = el("div", null, "pg-answer");
@@ -301,18 +315,24 @@
     } else {
       const u = answer.usage;
       const parts = [];
-      if (u) parts.push(`${u.prompt_tokens} prompt + ${u.completion_tokens} completion tokens`);
-      parts.push(`TTFT ${fmt(answer.ttft_s, 2)} s`, `${fmt(answer.tokens_per_s, 1)} tok/s`);
-      if (answer.finish) parts.push(`finish: ${answer.finish}`);
+      if (u) parts.push(t("%(prompt)s prompt + %(completion)s completion tokens", { prompt: u.prompt_tokens, completion: u.completion_tokens }));
+      parts.push(t("first token after %(s)s s", { s: fmt(answer.ttft_s, 2) }), `${fmt(answer.tokens_per_s, 1)} tok/s`);
+      if (answer.finish) parts.push(t("finish: %(reason)s", { reason: answer.finish }));
       view.stats.textContent = parts.join(" · ");
     }
     view.actions.replaceChildren();
     const d = byName[answer.deployment];
     if (answer.text && !answer.error && d && d.explainable && !readOnly) {
-      const button = el("button", "Explain", "small explain-button");
+      const button = el("button", t("Explain"), "small explain-button");
       button.type = "button";
-      button.addEventListener("click", () => explainAnswer(view, answer, index, column));
-      view.actions.append(button);
+      const tokens = answer.usage ? answer.usage.completion_tokens : (answer.token_ids || []).length;
+      if (maxExplain && tokens > maxExplain) { // the server would refuse it: say why here instead
+        button.disabled = true;
+        view.actions.append(button, el("span", t("This answer has %(tokens)s tokens; Explain covers up to %(n)s. Set Max tokens to %(n)s or fewer and send again to explain.", { tokens, n: maxExplain }), "small muted explain-cap"));
+      } else {
+        button.addEventListener("click", () => explainAnswer(view, answer, index, column));
+        view.actions.append(button);
+      }
     }
     if (answer.explanation && answer.explanation.result) renderExplanation(view.explain, answer.explanation);
   }
@@ -324,8 +344,8 @@
     if (!res.ok) { box.append(el("p", apiError(res.status, res.text), "error explain-error")); return; }
     const id = String(res.data.job);
     const bar = newJobBar(id);
-    bar.querySelector(".label").textContent = "explain queued";
-    const cancel = el("button", "Cancel", "small");
+    bar.querySelector(".label").textContent = t("explain queued");
+    const cancel = el("button", t("Cancel"), "small");
     cancel.type = "button";
     cancel.addEventListener("click", async () => {
       cancel.disabled = true;
@@ -364,13 +384,13 @@
     const r = explanation.result;
     box.replaceChildren();
     const head = el("p", null, "small muted explain-summary");
-    head.textContent = `${r.method.replace(/_/g, " ")} · ${r.output_tokens.length} output × ${r.input_tokens.length} `
-      + `input ${explanation.words ? "words" : "tokens"} · ${r.forward_passes} sequences in ${r.batches} batched `
-      + `forward passes · ${fmt(r.seconds, 1)} s`;
+    head.textContent = t(r.method.replace(/_/g, " ")) + " · " + t(explanation.words
+      ? "%(out)s output × %(in)s input words · %(seqs)s sequences in %(batches)s batched forward passes · %(s)s s"
+      : "%(out)s output × %(in)s input tokens · %(seqs)s sequences in %(batches)s batched forward passes · %(s)s s",
+    { out: r.output_tokens.length, in: r.input_tokens.length, seqs: r.forward_passes, batches: r.batches, s: fmt(r.seconds, 1) });
     box.append(head);
     if (r.output_round_trips === false) {
-      box.append(el("p", "Note: this answer's text tokenizes differently from the tokens the model produced; "
-        + "the rows are its re-tokenization.", "small error"));
+      box.append(el("p", t("Note: this answer's text tokenizes differently from the tokens the model produced; the rows are its re-tokenization."), "small error"));
     }
     const heat = el("div", null, "chart heatmap");
     const bars = el("div", null, "chart totals");
@@ -381,7 +401,7 @@
                      ["PNG", () => window.Plotly && Plotly.downloadImage(heat, { format: "png", filename: "attribution",
                                                                                   width: 1400, height: 800 })]];
     buttons.forEach(([label, fn]) => {
-      const b = el("button", "Download " + label, "small");
+      const b = el("button", t("Download %(format)s", { format: label }), "small");
       b.type = "button";
       b.addEventListener("click", fn);
       tools.append(b);
@@ -394,7 +414,7 @@
     const flat = r.attributions.flat();
     const maxAbs = Math.max(1e-12, ...flat.map(Math.abs));
     const totals = r.input_tokens.map((_, j) => r.attributions.reduce((s, row) => s + row[j], 0));
-    if (!window.Plotly) { heat.textContent = "Charts need the plotly package on the server."; return; }
+    if (!window.Plotly) { heat.textContent = t("Charts need the plotly package on the server."); return; }
     const xs = [...Array(cols).keys()];
     const xlabels = r.input_tokens.map(visible);
     const ylabels = r.output_tokens.map(visible);
@@ -403,8 +423,9 @@
     Plotly.newPlot(heat, [{
       type: "heatmap", z: r.attributions, x: xs, y: [...Array(rows).keys()], zmid: 0, zmin: -maxAbs, zmax: maxAbs,
       colorscale: scale, customdata: custom, xgap: 1, ygap: 1,
-      hovertemplate: "output %{customdata[0]}<br>input %{customdata[1]}<br>attribution %{z:.6f}<extra></extra>",
-      colorbar: { title: { text: "attribution" }, thickness: 12 },
+      hovertemplate: t("output") + " %{customdata[0]}<br>" + t("input") + " %{customdata[1]}<br>" + t("attribution")
+        + " %{z:.4f}<extra></extra>",
+      colorbar: { title: { text: t("attribution") }, thickness: 12 },
     }], {
       margin: { l: 90, r: 10, t: 10, b: 90 }, height: Math.max(220, 90 + 22 * rows),
       xaxis: { tickvals: xs, ticktext: xlabels, tickangle: -55, automargin: true },
@@ -412,9 +433,9 @@
     }, { displaylogo: false, responsive: true });
     Plotly.newPlot(bars, [{
       type: "bar", x: xs, y: totals, marker: { color: totals.map((v) => colour(v, Math.max(...totals.map(Math.abs)))) },
-      customdata: xlabels, hovertemplate: "input %{customdata}<br>total %{y:.6f}<extra></extra>",
+      customdata: xlabels, hovertemplate: t("input") + " %{customdata}<br>" + t("total") + " %{y:.4f}<extra></extra>",
     }], {
-      margin: { l: 90, r: 10, t: 24, b: 90 }, height: 220, title: { text: "each input's total", font: { size: 12 } },
+      margin: { l: 90, r: 10, t: 24, b: 90 }, height: 220, title: { text: t("each input's total"), font: { size: 12 } },
       xaxis: { tickvals: xs, ticktext: xlabels, tickangle: -55, automargin: true },
     }, { displaylogo: false, responsive: true });
     void maxAbs;
@@ -425,7 +446,7 @@
     const panel = $("#pg-embeddings");
     showError(panel, "");
     const texts = $("#pg-texts").value.split("\n").map((t) => t.trim()).filter(Boolean);
-    if (texts.length < 2) { showError(panel, "Give at least two texts, one per line."); return; }
+    if (texts.length < 2) { showError(panel, t("Give at least two texts, one per line.")); return; }
     const res = await apiCall("/v1/embeddings", "POST", { model: deployment().name, input: texts }, root);
     if (!res.ok) { showError(panel, apiError(res.status, res.text)); return; }
     const vecs = res.data.data.map((d) => d.embedding);
@@ -456,7 +477,7 @@
     const panel = $("#pg-classify");
     showError(panel, "");
     const text = $("#pg-text").value;
-    if (!text.trim()) { showError(panel, "Type a text first."); return; }
+    if (!text.trim()) { showError(panel, t("Type a text first.")); return; }
     const d = deployment();
     const res = await apiCall(`/api/deployments/${encodeURIComponent(d.name)}/predict`, "POST", { input: [text] }, root);
     if (!res.ok) { showError(panel, apiError(res.status, res.text)); return; }
@@ -517,7 +538,7 @@
     const r = x.result;
     const row = r.attributions[0];
     const maxAbs = Math.max(1e-12, ...row.map(Math.abs));
-    box.append(el("p", `Why “${r.label}” (${fmt(r.score, 3)}): red pushed towards it, blue away.`, "small muted"));
+    box.append(el("p", t("Why “%(label)s” (%(score)s): red pushed towards it, blue away.", { label: r.label, score: fmt(r.score, 3) }), "small muted"));
     const para = el("p", null, "pg-attributed");
     let at = 0;
     r.spans.forEach(([start, end], j) => {
@@ -534,7 +555,7 @@
     const tools = el("div", null, "pg-buttons");
     [["JSON", () => download("attribution.json", "application/json", JSON.stringify(r, null, 2))],
      ["CSV", () => download("attribution.csv", "text/csv", toCsv(r))]].forEach(([label, fn]) => {
-      const b = el("button", "Download " + label, "small");
+      const b = el("button", t("Download %(format)s", { format: label }), "small");
       b.type = "button";
       b.addEventListener("click", fn);
       tools.append(b);
@@ -576,6 +597,7 @@
 
   $("#pg-deployment").addEventListener("change", () => applyDeployment(false));
   $("#pg-mode").addEventListener("change", () => applyDeployment(true));
+  $("#pg-max-tokens").addEventListener("input", explainCapNote);
   $("#pg-send").addEventListener("click", send);
   $("#pg-stop-button").addEventListener("click", stop);
   $("#pg-clear").addEventListener("click", () => { state.data.turns = []; $("#pg-turns").replaceChildren(); save(); });

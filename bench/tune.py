@@ -1,0 +1,168 @@
+"""Autotune benchmark: the default engine settings against the ones a `tune` job recommends, on the
+bundled chat model with bench.serving's workload, in one run; then adaptive admission under 4× overload.
+
+    python -m bench.tune [--quick] [--trials N] [--target-ms MS]     # starts its own stack, stops it after
+    python -m bench.tune --base-url URL --api-key KEY                  # drives a running stack
+
+1. `bench-smollm2` is (re)set to the defaults (EngineConfig's: max_num_seqs 32, max_batch_tokens 256,
+   512 MiB KV cache, no quantization) and measured end to end with bench.serving's e2e workload.
+2. A `tune` job (POST /api/jobs/) on it: objective throughput, `ttft_p99_ms` ≤ the target, a synthetic
+   workload of the same prompt and answer lengths at concurrency 1 and the workload's size; timed.
+3. Its recommendation applied (POST /api/deployments/bench-smollm2/apply-tune), the new replica awaited,
+   the same e2e workload measured again: the ratio of throughputs and both p99 TTFTs against the target.
+4. `ttft_target_ms` = the target on the tuned deployment, then 4 × its capacity of requests at once: p99
+   TTFT of the admitted requests against the target, and the count of 5xx.
+Human-readable lines, then one JSON object as the last line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from bench.engine import make_workload, model_folder, progress
+from bench.serving import DEPLOYMENT, FULL, QUICK, Api, Mode, Stack, e2e, ensure_deployment, pct, warm_up_e2e
+
+DEFAULTS = {"max_num_seqs": 32, "max_queue": 256, "max_batch_tokens": 256, "kv_cache_bytes": 512 << 20,
+            "quantization": "none", "runtime": "torch"}
+
+
+def measure(base_url: str, key: str, work: Any) -> dict[str, Any]:
+    results, wall = e2e(base_url, key, work.chats, work.max_new)
+    ok = [r for r in results if r.ok]
+    ttfts = [r.ttft_s * 1000 for r in ok if r.ttft_s is not None]
+    return {"ok": len(ok), "n": len(results), "tokens_per_s": round(sum(r.tokens for r in ok) / wall, 1),
+            "ttft_p99_ms": round(pct(ttfts, 0.99)), "ttft_p50_ms": round(pct(ttfts, 0.5)), "wall_s": round(wall, 1)}
+
+
+def wait_serving(api: Api, engine: dict[str, Any], timeout: float = 900) -> None:
+    """Until a ready replica serves a deployment whose config is `engine` (after a hot swap)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        d = api.must("GET", f"/api/deployments/{DEPLOYMENT}/")
+        ready = [r for r in d["replica_set"] if r["state"] == "ready"]
+        if all(d["config"]["engine"].get(k) == v for k, v in engine.items()) and ready and d["status"] == "ready":
+            time.sleep(3)  # the old engine drains; the new one takes the queue
+            return
+        time.sleep(1)
+    raise RuntimeError(f"{DEPLOYMENT} did not serve {engine} within {timeout:.0f} s")
+
+
+def run_tune(api: Api, mode: Mode, trials: int, target_ms: int, timeout: float) -> tuple[dict[str, Any], float]:
+    params = {"deployment": DEPLOYMENT, "objective": "throughput", "max_trials": trials,
+              "workload": {"synthetic": {"prompt_tokens": list(mode.prompt_range),
+                                         "output_tokens": list(mode.new_range)},
+                           "concurrency": sorted({4, mode.requests}), "requests": mode.requests},
+              "constraints": {"ttft_p99_ms": target_ms, "max_perplexity_ratio": 1.5},
+              "space": {"quantization": ["none", "int8", "w8a8"], "max_num_seqs": [8, 16, 32],
+                        "max_batch_tokens": [128, 256, 512], "kv_cache_bytes": [256 << 20, 512 << 20]}}
+    started = time.perf_counter()
+    job = api.must("POST", "/api/jobs/", {"kind": "tune", "params": params})
+    last = ""
+    while True:
+        job = api.must("GET", f"/api/jobs/{job['id']}/")
+        if job["progress_message"] != last:
+            last = job["progress_message"]
+            progress(f"tune #{job['id']}: {job['progress'] * 100:.0f} % {last} (eta {job['eta_s'] or 0:.0f} s)")
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        if time.perf_counter() - started > timeout:
+            api.call("POST", f"/api/jobs/{job['id']}/cancel")
+            raise RuntimeError(f"the tune took over {timeout:.0f} s; cancelled")
+        time.sleep(2)
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"the tune {job['status']}: {job['error']}")
+    return job, time.perf_counter() - started
+
+
+def overload(base_url: str, key: str, api: Api, target_ms: int, max_new: int) -> dict[str, Any]:
+    d = api.must("GET", f"/api/deployments/{DEPLOYMENT}/")
+    api.must("PATCH", f"/api/deployments/{DEPLOYMENT}/", {"config": {"ttft_target_ms": target_ms}})
+    engine = d["config"]["engine"]
+    n = 4 * engine["max_num_seqs"]  # 4× what the replica runs at once
+    from bench.serving import SHORT_CHAT
+
+    waves = []
+    for _ in range(3):  # the governor learns from the first wave's TTFTs
+        results, wall = e2e(base_url, key, [SHORT_CHAT] * n, [max_new] * n)
+        ok = [r for r in results if r.ok]
+        ttfts = [r.ttft_s * 1000 for r in ok if r.ttft_s is not None]
+        waves.append({"n": n, "ok": len(ok), "429": sum(r.status == 429 for r in results),
+                      "5xx": sum(1 for r in results if r.status >= 500 or r.code.startswith("midstream:")),
+                      "ttft_p99_ms": round(pct(ttfts, 0.99)), "retry_after_all": all(
+                          r.retry_after for r in results if r.status == 429), "wall_s": round(wall, 1)})
+        progress(f"overload wave: {waves[-1]}")
+    api.must("PATCH", f"/api/deployments/{DEPLOYMENT}/", {"config": {"ttft_target_ms": 0}})
+    return {"target_ms": target_ms, "waves": waves,
+            "last_ratio": round(waves[-1]["ttft_p99_ms"] / target_ms, 2) if waves[-1]["ok"] else None,
+            "5xx": sum(w["5xx"] for w in waves)}
+
+
+def run(base_url: str, key: str, mode: Mode, trials: int, target_ms: int, tune_timeout: float) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    api = Api(base_url, key)
+    folder = model_folder(None)
+    work = make_workload(AutoTokenizer.from_pretrained(folder), mode.requests, mode.prompt_range, mode.new_range)
+    ensure_deployment(api, Mode(mode.requests, mode.prompt_range, mode.new_range, mode.overload_new,
+                                engine=dict(DEFAULTS)))
+    progress("defaults: warm-up and measure")
+    warm_up_e2e(base_url, key)
+    default = measure(base_url, key, work)
+    progress(f"defaults: {default}")
+    job, tune_s = run_tune(api, mode, trials, target_ms, tune_timeout)
+    result = job["result"]
+    best = next((t for t in result["trials"] if t["number"] == result["recommended"]), None)
+    progress(f"tune: {tune_s:.0f} s, recommended {best and best['settings']}: {result['why']}")
+    tuned = None
+    if best is not None:
+        api.must("POST", f"/api/deployments/{DEPLOYMENT}/apply-tune", {"job": job["id"]})
+        wait_serving(api, best["settings"])
+        warm_up_e2e(base_url, key)
+        tuned = measure(base_url, key, work)
+        progress(f"tuned: {tuned}")
+    over = overload(base_url, key, api, target_ms, max(8, mode.overload_new))
+    return {"target_ms": target_ms, "default": default, "tuned": tuned,
+            "ratio_tokens_per_s": round(tuned["tokens_per_s"] / default["tokens_per_s"], 2) if tuned else None,
+            "default_meets_target": default["ttft_p99_ms"] <= target_ms,
+            "tuned_meets_target": bool(tuned and tuned["ttft_p99_ms"] <= target_ms),
+            "tune": {"job": job["id"], "wall_s": round(tune_s), "trials": len(result["trials"]),
+                     "recommended": best and best["settings"], "why": result["why"],
+                     "best_trial_figures": best and best["figures"],
+                     "reproduced_ratio": round(tuned["tokens_per_s"] / best["figures"]["tokens_per_s"], 2)
+                     if tuned and best else None,
+                     "failed": [t["reason"] for t in result["trials"] if t["status"] == "failed"]},
+            "overload": over}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="bench.serving's quick workload, 3 trials")
+    parser.add_argument("--trials", type=int, help="max_trials of the tune (default 6, --quick 3)")
+    parser.add_argument("--target-ms", type=int, default=3000, help="the p99 TTFT target (default 3000)")
+    parser.add_argument("--tune-timeout", type=float, default=1800, help="give up on the tune after this (s)")
+    parser.add_argument("--base-url")
+    parser.add_argument("--api-key")
+    args = parser.parse_args()
+    mode = QUICK if args.quick else FULL
+    trials = args.trials or (3 if args.quick else 6)
+    started = time.perf_counter()
+    stack = None if args.base_url else Stack(False)
+    try:
+        if stack is not None:
+            stack.start()
+            base_url, key = stack.url, stack.api_key()
+        else:
+            base_url, key = args.base_url.rstrip("/"), args.api_key
+        out = run(base_url, key, mode, trials, args.target_ms, args.tune_timeout)
+    finally:
+        if stack is not None:
+            stack.stop()
+    out.update(quick=args.quick, wall_s=round(time.perf_counter() - started, 1))
+    print(f"defaults: {out['default']}\ntuned:    {out['tuned']}\nratio:    {out['ratio_tokens_per_s']}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
