@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "console.deployments",
     "console.inference",
     "console.playground",
+    "console.batches",
 ]
 
 MIDDLEWARE = [
@@ -214,6 +215,12 @@ TAUON_EXPLAIN_YIELD_S = env_int("TAUON_EXPLAIN_YIELD_S", 2)
 TAUON_EVALUATION_QUEUE = env_str("TAUON_EVALUATION_QUEUE", "jobs")
 TAUON_EVALUATION_SOFT_LIMIT_S = env_int("TAUON_EVALUATION_SOFT_LIMIT_S", 2 * 3600)
 TAUON_EVALUATION_HARD_LIMIT_S = env_int("TAUON_EVALUATION_HARD_LIMIT_S", 2 * 3600 + 600)  # < TAUON_JOB_HARD_LIMIT_S
+# Batches (/v1/files, /v1/batches): caps per file and per user; lines in flight per batch; the jobs' queue.
+TAUON_BATCH_MAX_FILE_BYTES = env_int("TAUON_BATCH_MAX_FILE_BYTES", 100 * 1024**2)
+TAUON_BATCH_MAX_LINES = env_int("TAUON_BATCH_MAX_LINES", 50_000)
+TAUON_BATCH_MAX_ACTIVE_PER_USER = env_int("TAUON_BATCH_MAX_ACTIVE_PER_USER", 4)  # 0: no cap
+TAUON_BATCH_CONCURRENCY = env_int("TAUON_BATCH_CONCURRENCY", 64)  # at most the deployment's seats
+TAUON_BATCH_QUEUE = env_str("TAUON_BATCH_QUEUE", "jobs")
 TAUON_MAX_DATASET_BYTES = env_int("TAUON_MAX_DATASET_BYTES", 64 * 1024**2)
 # Fine-tuning jobs (on TAUON_EVALUATION_QUEUE): their own time limits, the hard one below TAUON_JOB_HARD_LIMIT_S.
 TAUON_FINETUNE_SOFT_LIMIT_S = env_int("TAUON_FINETUNE_SOFT_LIMIT_S", 2 * 3600)

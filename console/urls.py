@@ -23,6 +23,7 @@ urlpatterns = [
     path("i18n/setlang/", core_views.set_language, name="set_language"),  # also stores it on the user
     path("i18n/", include("django.conf.urls.i18n")),  # set_language: the language switcher posts here
     path("api/", include(api_patterns)),
+    path("", include("console.batches.urls")),
     path("", include("console.inference.urls")),
     path("admin/", admin.site.urls),
     path("", include("console.accounts.urls")),

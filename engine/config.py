@@ -83,6 +83,7 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives per token, 0..20
     fit_context: bool = False  # max_new_tokens is a default: shrink it to the context left instead of refusing
+    priority: int = 0  # 0 interactive; higher is background (batch): admitted after, preempted first
 
     def __post_init__(self) -> None:
         _positive("max_new_tokens", self.max_new_tokens)
@@ -105,6 +106,8 @@ class SamplingParams:
             raise ValueError("stop_token_ids must be non-negative integers")
         if not 0 <= self.top_logprobs <= 20:
             raise ValueError(f"top_logprobs must be between 0 and 20, got {self.top_logprobs}")
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int) or not 0 <= self.priority <= 9:
+            raise ValueError(f"priority must be an integer from 0 (interactive) to 9, got {self.priority!r}")
         if self.top_logprobs and not self.logprobs:
             self.logprobs = True
 

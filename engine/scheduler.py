@@ -10,9 +10,15 @@ decode steps of everyone else instead of stalling them: while others decode, a p
 `LONG_PROMPT` steps' budget takes at most a quarter of each step, and a chunk's size shrinks as the
 prompt's attention grows (`attention_weight`), so each step costs about the same.
 
+Priorities (`SamplingParams.priority`, 0 interactive, higher for background work such as batches):
+a waiting sequence of a more urgent priority is admitted before any of a lower one, and when every
+seat is taken it takes the seat of the youngest running sequence of a lower priority, which is
+preempted (recomputed later); the step that admits it admits no background newcomer beside it, so
+its first token comes after a short step. Background work thus fills the spare capacity and yields.
+
 When a running sequence needs a block and the pool is empty, spare blocks (reserved but not yet
-grown into) are reclaimed first; then the youngest running sequence is preempted: its blocks are
-freed and it waits to be recomputed from its tokens. A sequence never needs more blocks than the
+grown into) are reclaimed first; then the youngest running sequence of the least urgent priority
+is preempted: its blocks are freed and it waits to be recomputed from its tokens. A sequence never needs more blocks than the
 whole cache holds (the engine refuses such a request), so the oldest one always progresses."""
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ class Scheduler:
         decodes = sum(1 for s in self.running if len(s) - s.num_computed == 1)
         # decodes always run; prefill chunks share the rest of the budget (at least one block's worth)
         budget = max(self.max_batch_tokens - decodes, self.block_manager.block_size)
+        self._yield_seats()
         preempted = False
         for seq in list(self.running):
             if seq.status is not Status.RUNNING:
@@ -96,6 +103,18 @@ class Scheduler:
             self._count_skips(admitted)
         return Batch(seqs, num_new) if seqs else None
 
+    def _yield_seats(self) -> None:
+        """Preempt running background sequences for waiting more urgent ones that find every seat taken
+        (one each, youngest of the least urgent first)."""
+        for priority in sorted(s.params.priority for s in self.waiting):
+            if len(self.running) < self.max_num_seqs:
+                break
+            victims = [s for s in self.running if s.params.priority > priority]
+            if not victims:
+                break
+            worst = max(s.params.priority for s in victims)
+            self._preempt([s for s in victims if s.params.priority == worst][-1])
+
     def _chunk(self, seq: Sequence, budget: int, decodes: int) -> int:
         """Prefill tokens for `seq` within `budget`: fewer when they attend to a long cached prefix, and
         at most a quarter of the step's budget for a long prompt while others are decoding (so their
@@ -115,7 +134,7 @@ class Scheduler:
         while not bm.hold(seq, num_tokens):
             if any(bm.reclaim(s) for s in reversed(self.running)):
                 continue
-            victim = self.running[-1]
+            victim = max(reversed(self.running), key=lambda s: s.params.priority)  # youngest least urgent
             self._preempt(victim)
             if victim is seq:
                 return False
@@ -131,9 +150,9 @@ class Scheduler:
         return True
 
     def _admission_order(self) -> list[Sequence]:
-        def key(s: Sequence) -> tuple[bool, int, int]:
+        def key(s: Sequence) -> tuple[int, bool, int, int]:
             first = s.num_preemptions > 0 or s.skips >= MAX_SKIPS
-            return (not first, len(s) - s.num_computed, s.seq_id)
+            return (s.params.priority, not first, len(s) - s.num_computed, s.seq_id)
 
         return sorted(self.waiting, key=key)
 
@@ -142,6 +161,8 @@ class Scheduler:
         for seq in self._admission_order():
             if len(self.running) >= self.max_num_seqs or budget <= 0:
                 break
+            if admitted and seq.params.priority > admitted[0].params.priority:
+                break  # a step that admits urgent work admits no background prefill beside it: it stays short
             n = self._chunk(seq, budget, decodes)
             if n == 0 or not self._hold_new(seq, n):
                 break

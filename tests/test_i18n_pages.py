@@ -30,8 +30,10 @@ pytestmark = pytest.mark.django_db
 CATALOG = Path(settings.BASE_DIR) / "console" / "locale" / "zh_Hans" / "LC_MESSAGES" / "django.po"
 # Page routes that are actions (POST only) or not HTML pages: the walk skips them.
 NOT_PAGES = {"login", "logout", "key-revoke", "plotly-js", "promote", "rollback", "remove-alias", "version-finetune",
-             "version-compress", "job-cancel", "job-rerun", "gate-add", "gate-remove", "shared", "model-delete"}
-PAGE_APPS = {"registry", "deployments", "playground", "evaluation", "jobs", "audit", None}
+             "version-compress", "job-cancel", "job-rerun", "gate-add", "gate-remove", "shared", "model-delete",
+             "cancel", "file-download", "v1-files", "v1-file", "v1-file-content", "v1-batches", "v1-batch",
+             "v1-batch-cancel"}
+PAGE_APPS = {"registry", "deployments", "playground", "evaluation", "jobs", "audit", "batches", None}
 
 
 def untranslated() -> list[str]:
@@ -123,19 +125,20 @@ def world(alice: Any, bob: Any) -> dict[str, Any]:
 def page_urls(world: dict[str, Any]) -> dict[str, str]:
     model, name = world["model"].name, world["deployment"].name
     return {
-        "model-list": reverse("registry:model-list"),
-        "model-detail": reverse("registry:model-detail", args=[model]),
-        "version-detail": reverse("registry:version-detail", args=[model, 1]),
-        "list": reverse("deployments:list"),
-        "detail": reverse("deployments:detail", args=[name]),
-        "page": reverse("playground:page"),
-        "session": reverse("playground:session", args=[world["session"].pk]),
-        "dataset-list": reverse("evaluation:dataset-list"),
-        "dataset-detail": reverse("evaluation:dataset-detail", args=[world["dataset"].name]),
-        "model": reverse("evaluation:model", args=[model]),
-        "job-list": reverse("jobs:job-list"),
-        "job-detail": reverse("jobs:job-detail", args=[world["job"].pk]),
-        "event-list": reverse("audit:event-list"),
+        "registry:model-list": reverse("registry:model-list"),
+        "registry:model-detail": reverse("registry:model-detail", args=[model]),
+        "registry:version-detail": reverse("registry:version-detail", args=[model, 1]),
+        "deployments:list": reverse("deployments:list"),
+        "deployments:detail": reverse("deployments:detail", args=[name]),
+        "playground:page": reverse("playground:page"),
+        "playground:session": reverse("playground:session", args=[world["session"].pk]),
+        "evaluation:dataset-list": reverse("evaluation:dataset-list"),
+        "evaluation:dataset-detail": reverse("evaluation:dataset-detail", args=[world["dataset"].name]),
+        "evaluation:model": reverse("evaluation:model", args=[model]),
+        "jobs:job-list": reverse("jobs:job-list"),
+        "jobs:job-detail": reverse("jobs:job-detail", args=[world["job"].pk]),
+        "audit:event-list": reverse("audit:event-list"),
+        "batches:list": reverse("batches:list"),
         "key-list": reverse("key-list"),
         "user-list": reverse("user-list"),
         "user-detail": reverse("user-detail", args=[world["user"].pk]),
@@ -152,8 +155,8 @@ def page_names() -> set[str]:
                 if str(p.pattern).startswith(("api/", "admin/", "i18n/")):
                     continue
                 walk(p.url_patterns, p.app_name or app)
-            elif isinstance(p, URLPattern) and p.name and app in PAGE_APPS:
-                names.add(p.name)
+            elif isinstance(p, URLPattern) and p.name and app in PAGE_APPS and p.name not in NOT_PAGES:
+                names.add(f"{app}:{p.name}" if app else p.name)
 
     walk(get_resolver().url_patterns, None)
     return names - NOT_PAGES - {"healthz", "readyz", "set_language", "v1-models", "v1-model", "v1-chat-completions",

@@ -43,6 +43,14 @@ def redis_client() -> aioredis.Redis:
     return client
 
 
+async def close_redis_client() -> None:
+    """Close this event loop's client (a loop that ends, as `asyncio.run` in a job does, must not leave
+    it behind: a later loop could get the same id)."""
+    client = _clients.pop(id(asyncio.get_running_loop()), None)
+    if client is not None:
+        await client.aclose()
+
+
 def _send_task(queue: str, deployment: str, request_id: str, work: dict[str, Any]) -> None:
     app.send_task("tauon.infer", args=[deployment, request_id, work], queue=queue)
 

@@ -151,3 +151,18 @@ def test_chunked_prefill_and_every_attention_path_match_hf(tiny_llama: Path, gat
         results = [h.result(60) for h in [engine.generate(p, greedy(20)) for p in prompts]]
     for ids, result in zip(prompts, results, strict=True):
         assert_greedy_parity(hf, ids, result.token_ids, hf_greedy(hf, ids, 20, eos=False))
+
+
+def test_an_interactive_request_overtakes_a_full_engine_of_background_ones_with_unchanged_output(
+        tiny_llama: Path) -> None:
+    with LLMEngine.from_pretrained(tiny_llama, EngineConfig(kv_cache_bytes=8 << 20, max_num_seqs=2,
+                                                              block_size=8)) as engine:
+        alone = engine.generate(PROMPTS[0], greedy(8)).result(60).token_ids
+        bg = [engine.generate(p, SamplingParams(max_new_tokens=120, ignore_eos=True, priority=1))
+              for p in PROMPTS[1:3]]
+        next(iter(bg[0]))  # both background requests hold the only two seats and decode
+        interactive = engine.generate(PROMPTS[0], greedy(8)).result(60)
+        assert not any(h._done.is_set() for h in bg)  # it finished first, while they still ran
+        assert interactive.token_ids == alone  # yielding a seat changes nobody's greedy tokens
+        assert all(len(h.result(60).token_ids) == 120 for h in bg)  # the preempted one was recomputed
+        assert engine.stats().preemptions >= 1

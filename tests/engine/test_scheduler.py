@@ -233,3 +233,69 @@ def test_a_sequence_needing_the_whole_cache_completes_beside_others() -> None:
 def test_runs_join_contiguous_blocks() -> None:
     assert runs([3, 4, 5, 9, 10, 2], 22, 4) == [(12, 12), (36, 8), (8, 2)]
     assert runs([3, 4, 5], 5, 4) == [(12, 5)]
+
+
+def background(n: int, max_new: int = 8) -> Sequence:
+    return Sequence(list(range(1, n + 1)), SamplingParams(max_new_tokens=max_new, priority=1))
+
+
+def test_an_interactive_request_is_admitted_before_waiting_background_ones() -> None:
+    s = sched(max_num_seqs=2, max_batch_tokens=64)
+    jobs = [background(3) for _ in range(3)]
+    for b in jobs:
+        s.add(b)
+    interactive = seq(20)  # longer and later than every batch line: still first
+    s.add(interactive)
+    batch = s.schedule()
+    assert batch and batch.seqs == [interactive]  # and no background prefill beside it in its step
+    assert advance(s) and s.running[1:] == [jobs[0]]  # the next step fills the spare seat
+
+
+def test_background_fills_spare_seats_and_yields_one_to_an_interactive_arrival() -> None:
+    s = sched(max_num_seqs=3, max_batch_tokens=64, num_blocks=64)
+    jobs = [background(4, max_new=30) for _ in range(3)]
+    for b in jobs:
+        s.add(b)
+    advance(s)
+    assert s.running == jobs  # nothing interactive: the batch takes every seat
+    interactive = seq(4, max_new=4)
+    s.add(interactive)
+    step = advance(s)
+    assert interactive in step and step[interactive] == 4  # admitted in the very next step
+    assert jobs[2].status is Status.WAITING and jobs[2].num_preemptions == 1  # the youngest batch line yielded
+    assert jobs[0] in step and jobs[1] in step  # the others keep decoding
+    drive(s)
+    assert all(b.num_output_tokens == 30 for b in jobs)  # the preempted line is recomputed, not lost
+
+
+def test_interactive_requests_never_yield_seats_to_each_other() -> None:
+    s = sched(max_num_seqs=2, max_batch_tokens=64, num_blocks=64)
+    a, b = seq(4, max_new=20), seq(4, max_new=20)
+    s.add(a)
+    s.add(b)
+    advance(s)
+    c = seq(4)
+    s.add(c)
+    step = advance(s)
+    assert c not in step and a.num_preemptions == b.num_preemptions == 0
+
+
+def test_a_full_cache_preempts_background_before_interactive() -> None:
+    s = sched(max_num_seqs=4, max_batch_tokens=64, num_blocks=6, block_size=4)
+    old = seq(4, max_new=12)  # interactive, oldest
+    s.add(old)
+    advance(s)
+    bg = background(4, max_new=12)
+    s.add(bg)
+    young = seq(4, max_new=12)  # interactive, youngest
+    s.add(young)
+    while not s.num_preemptions:
+        advance(s)
+    assert bg.num_preemptions == 1 and young.num_preemptions == 0 and old.num_preemptions == 0  # first victim
+    drive(s)
+    assert all(x.num_output_tokens == 12 for x in (old, bg, young))
+
+
+def test_priority_must_be_a_small_integer() -> None:
+    with pytest.raises(ValueError, match="priority must be an integer"):
+        SamplingParams(priority=-1)

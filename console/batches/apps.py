@@ -1,0 +1,19 @@
+from django.apps import AppConfig
+
+
+class BatchesConfig(AppConfig):
+    name = "console.batches"
+    label = "batches"
+    verbose_name = "Batches"
+
+    def ready(self) -> None:
+        from django.conf import settings
+
+        from console.batches.models import fail_with_job
+        from console.jobs import kinds
+
+        # Resumable: every answered line is recorded once (unique custom_id per batch, conditional
+        # updates), so a redelivery after a dead worker runs the body again and it carries on.
+        kinds.register(kinds.JobKind(
+            name="batch", handler="workers.batch.run", on_failed=fail_with_job,
+            queue=lambda params: settings.TAUON_BATCH_QUEUE, retry_on_worker_lost=True, private=True))
