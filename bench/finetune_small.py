@@ -12,10 +12,22 @@ import time
 from pathlib import Path
 
 from bench.finetune import DATA, MINILM, SEED
-from console.registry.finetuning import DEFAULT_MIN_STEPS
 from engine.finetune import FinetuneConfig, finetune, majority_baseline, split
 
 ROWS = 37
+
+
+def _console_default_min_steps() -> int:
+    """The console's default (console.registry.finetuning needs Django's apps loaded to import)."""
+    import os
+
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+    django.setup()
+    from console.registry.finetuning import DEFAULT_MIN_STEPS
+
+    return DEFAULT_MIN_STEPS
 
 
 def main() -> None:
@@ -24,7 +36,7 @@ def main() -> None:
     baseline = majority_baseline(train, held) or {"accuracy": 0.0, "label": "-"}
     common = {"task": "text-classification", "method": "full", "learning_rate": 1e-4, "seed": SEED, "eval_fraction": 0.1}
     runs = {"epochs_4": FinetuneConfig(**common, epochs=4),
-            "default_min_steps": FinetuneConfig(**common, min_steps=DEFAULT_MIN_STEPS)}
+            "default_min_steps": FinetuneConfig(**common, min_steps=_console_default_min_steps())}
     figures: dict[str, float | str] = {"rows": len(rows), "train_rows": len(train), "heldout_rows": len(held),
                                        "baseline_accuracy": baseline["accuracy"], "baseline_label": baseline["label"]}
     with tempfile.TemporaryDirectory() as tmp:
