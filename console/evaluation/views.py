@@ -12,6 +12,7 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext
 from django.views.decorators.http import require_http_methods, require_POST
 
 from console.accounts.choices import Role
@@ -104,7 +105,21 @@ def _row(model: Model, result: EvaluationResult) -> dict[str, Any]:
             "parent": parent.number if parent else None,
             "parent_label": (None if parent is None else f"v{parent.number}" if parent.model_id == model.pk
                              else f"{parent.model.name} v{parent.number}"),
-            "metrics": result.metrics, "job": result.job_id, "updated_at": result.updated_at.isoformat()}
+            "metrics": result.metrics, "job": result.job_id, "updated_at": result.updated_at.isoformat(),
+            **_runtime_label(result.runtime)}
+
+
+RUNTIME_NAMES = {"llamacpp": "llama.cpp", "torch": "torch"}
+
+
+def _runtime_label(runtime: str) -> dict[str, str]:
+    """The runtime that measured a result's tokens/s and TTFT, as the row's small label and its tooltip."""
+    if not runtime:
+        return {"runtime": "", "runtime_label": "", "runtime_title": ""}
+    name = RUNTIME_NAMES.get(runtime, runtime)
+    return {"runtime": runtime, "runtime_label": gettext("measured on %(runtime)s") % {"runtime": name},
+            "runtime_title": gettext("Tokens/s and TTFT were measured on %(runtime)s, the runtime this version is "
+                                     "served with under this config.") % {"runtime": name}}
 
 
 @login_required

@@ -286,3 +286,20 @@ def test_smollm2_perplexity_on_the_built_in_text_matches_transformers_within_hal
           f"{metrics['tokens']} tokens in {metrics['windows']} windows; {metrics['tokens_per_s']:.1f} tok/s")
     assert metrics["windows"] == 2 and metrics["tokens"] > 1024
     assert abs(metrics["perplexity"] / direct - 1) < 0.005
+
+
+@pytest.mark.slow
+def test_speed_is_measured_on_the_runtime_that_would_serve_the_version_and_perplexity_on_torch(
+        smollm2_gguf_dir: Path) -> None:
+    text = (DATA / "plain-english.txt").read_text()[:800]
+    settings = Settings(context_length=64, stride=32, latency_requests=2, max_new_tokens=4)
+    base = {"kv_cache_bytes": 32 << 20, "max_num_seqs": 2, "threads": 1}
+    auto = run(smollm2_gguf_dir, "text", text, EngineConfig(**base), settings)  # auto: the GGUF → llama.cpp
+    forced = run(smollm2_gguf_dir, "text", text, EngineConfig(runtime="torch", **base), settings)
+    assert auto["runtime"] == "llamacpp" and auto["runtime_note"].startswith("llama.cpp")
+    assert forced["runtime"] == "torch" and auto["perplexity_runtime"] == forced["perplexity_runtime"] == "torch"
+    assert auto["perplexity"] == pytest.approx(forced["perplexity"], rel=1e-6)  # the same torch weights
+    assert auto["generated_tokens"] == forced["generated_tokens"] == 2 * 4 and auto["tokens_per_s"] > 0
+    qa = run(smollm2_gguf_dir, "qa", [{"prompt": "What colour is the sky?", "answer": "blue"}], EngineConfig(**base),
+             Settings(max_new_tokens=4))
+    assert qa["runtime"] == "llamacpp" and qa["examples"] == 1
