@@ -454,6 +454,42 @@ def decode_tok_s(results: list[Result]) -> float:
     return median(rates) if rates else 0.0
 
 
+def llamacpp_alone(folder: Path, engine_cfg: dict[str, Any]) -> list[Result]:
+    """llama.cpp's own single stream: xllamacpp's server called directly (no Tauon code in the path, one
+    slot, one blocking completion, as bench.peers), on the same GGUF, prompt ids and thread count."""
+    import xllamacpp
+    from transformers import AutoTokenizer
+
+    from engine.inspect import GGUF_NAME
+    from engine.llamacpp import default_threads, encode
+
+    ids = encode(AutoTokenizer.from_pretrained(folder), STREAM_CHAT)
+    p = xllamacpp.CommonParams()
+    p.model.path = str(folder / GGUF_NAME)
+    p.n_parallel, p.n_ctx = 1, 4096
+    p.cpuparams.n_threads = p.cpuparams_batch.n_threads = int(engine_cfg.get("threads") or default_threads())
+    p.warmup, p.verbosity = True, -1
+    progress(f"llama.cpp alone: {p.cpuparams.n_threads} threads, single stream, {SINGLE_NEW} new tokens × "
+             f"{SINGLE_REPEATS}")
+    server = xllamacpp.Server(p)
+
+    def one() -> Result:
+        res = Result(status=200)
+        t0 = time.perf_counter()
+        out = server.handle_completions({"prompt": ids, "max_tokens": SINGLE_NEW, "temperature": 0,
+                                         "ignore_eos": True, "cache_prompt": False})
+        res.total_s = time.perf_counter() - t0
+        res.tokens = int(out["usage"]["completion_tokens"])
+        res.ok = res.tokens == SINGLE_NEW
+        return res
+
+    try:
+        server.handle_completions({"prompt": ids, "max_tokens": 4, "temperature": 0, "ignore_eos": True})
+        return single_stream(one)
+    finally:
+        server = None  # noqa: F841 - the destructor stops llama.cpp's loop and frees the model
+
+
 def direct(folder: Path, engine_cfg: dict[str, Any], chats: list[list[dict[str, str]]], max_new: list[int],
            stack: Stack | None, single_only: bool = False) -> dict[str, Any]:
     """Load the engine (the runtime the deployment's config names), warm it up as the stack was,
@@ -479,19 +515,24 @@ def direct(folder: Path, engine_cfg: dict[str, Any], chats: list[list[dict[str, 
         progress(f"direct: single stream, {SINGLE_NEW} new tokens × {SINGLE_REPEATS}")
         stream = single_stream(lambda: _run_direct(engine, [(STREAM_CHAT, SINGLE_NEW)])[0][0])
         if single_only:
+            engine.close()
+            engine = None
+            alone = llamacpp_alone(folder, engine_cfg) if runtime.startswith("llama.cpp") else []
             return {"results": [], "wall_s": float("nan"), "single_ttft_s": single, "peak_batch": 0, "cpu": {},
-                    "stream": stream, "runtime": runtime}
+                    "stream": stream, "runtime": runtime, "alone": alone}
         progress(f"direct: {len(chats)} requests")
         cpu0 = cpu_snapshot(stack)
         results, wall = _run_direct(engine, list(zip(chats, max_new, strict=True)))
         cpu = cpu_delta(cpu0, cpu_snapshot(stack))
         peak = engine.stats().peak_batch_size
     finally:
-        engine.close()
+        if engine is not None:
+            engine.close()
         engine = None
         _trim()
+    alone = llamacpp_alone(folder, engine_cfg) if runtime.startswith("llama.cpp") else []
     return {"results": results, "wall_s": wall, "single_ttft_s": single, "peak_batch": peak, "cpu": cpu,
-            "stream": stream, "runtime": runtime}
+            "stream": stream, "runtime": runtime, "alone": alone}
 
 
 # -- overload --
@@ -638,6 +679,7 @@ class Phase:
     cpu: dict[str, float]  # CPU seconds by process role while the workload ran
     threads: list[float] = field(default_factory=list)  # e2e: CPU s of the serving worker's busiest threads
     stream: list[Result] = field(default_factory=list)  # the single-stream requests (SINGLE_NEW tokens each)
+    alone: list[Result] = field(default_factory=list)  # direct, llamacpp: llama.cpp's own server, no Tauon code
 
     @property
     def tok_s(self) -> float:
@@ -708,19 +750,23 @@ def run(base_url: str, key: str, folder: Path, mode: Mode, stack: Stack | None, 
         d = direct(folder, engine_cfg, work.chats, work.max_new, stack, single_only)
         direct_runtime = d["runtime"]
         direct_rounds.append(Phase("direct", d["results"], d["wall_s"], d["single_ttft_s"], d["peak_batch"],
-                                   d["cpu"], stream=d["stream"]))
+                                   d["cpu"], stream=d["stream"], alone=d["alone"]))
 
     # the single stream: the best round of each side (the one least hurt by the box's other load)
     es = max(e2e_rounds, key=lambda ph: ph.stream_tok_s)
     ds = max(direct_rounds, key=lambda ph: ph.stream_tok_s)
     stream_ratio = es.stream_tok_s / ds.stream_tok_s if ds.stream_tok_s else float("nan")
+    alone = max((stream_tok_s(ph.alone) for ph in direct_rounds), default=0.0)
     stream_out = {
         "runtime": engine_cfg.get("runtime", "auto"), "served_by": served_by, "direct_runtime": direct_runtime,
         "single_stream_tok_s": round(es.stream_tok_s, 2), "direct_single_stream_tok_s": round(ds.stream_tok_s, 2),
         "single_stream_ratio": round(stream_ratio, 3),
         "single_stream_decode_tok_s": round(decode_tok_s(es.stream), 2),
         "direct_single_stream_decode_tok_s": round(decode_tok_s(ds.stream), 2),
-        "single_stream_rounds": [{"e2e_tok_s": round(a.stream_tok_s, 2), "direct_tok_s": round(b.stream_tok_s, 2)}
+        "llamacpp_alone_single_stream_tok_s": round(alone, 2) if alone else None,
+        "single_stream_ratio_to_llamacpp_alone": round(es.stream_tok_s / alone, 3) if alone else None,
+        "single_stream_rounds": [{"e2e_tok_s": round(a.stream_tok_s, 2), "direct_tok_s": round(b.stream_tok_s, 2),
+                                  "llamacpp_alone_tok_s": round(stream_tok_s(b.alone), 2) if b.alone else None}
                                  for a, b in zip(e2e_rounds, direct_rounds, strict=True)],
     }
     print(f"\nsingle stream: one streaming chat request, {SINGLE_NEW} new tokens (greedy, ignore_eos), median of "
@@ -728,7 +774,8 @@ def run(base_url: str, key: str, folder: Path, mode: Mode, stack: Stack | None, 
     print(f"  e2e (openai client → /v1 → worker): {served_by}")
     print(f"  direct (in this process): {direct_runtime}")
     for i, (a, b) in enumerate(zip(e2e_rounds, direct_rounds, strict=True)):
-        print(f"  round {i + 1}: e2e {a.stream_tok_s:.1f} tok/s · direct {b.stream_tok_s:.1f} tok/s")
+        print(f"  round {i + 1}: e2e {a.stream_tok_s:.1f} tok/s · direct {b.stream_tok_s:.1f} tok/s"
+              + (f" · llama.cpp alone {stream_tok_s(b.alone):.1f} tok/s" if b.alone else ""))
     print(f"{'(best round of each side)':<34} {'e2e':>10} {'direct':>10} {'e2e/direct':>11}  goal")
     for name, a_, b_, goal in [("single stream, tok/s", es.stream_tok_s, ds.stream_tok_s, "≥ 0.9"),
                                ("  decode after the first token", decode_tok_s(es.stream), decode_tok_s(ds.stream),
@@ -736,6 +783,9 @@ def run(base_url: str, key: str, folder: Path, mode: Mode, stack: Stack | None, 
                                ("  TTFT, ms", median(r.ttft_s or 0 for r in es.stream) * 1000,
                                 median(r.ttft_s or 0 for r in ds.stream) * 1000, "")]:
         print(f"{name:<34} {a_:>10.1f} {b_:>10.1f} {(a_ / b_ if b_ else float('nan')):>11.2f}  {goal}")
+    if alone:
+        print(f"{'single stream ÷ llama.cpp alone':<34} {es.stream_tok_s:>10.1f} {alone:>10.1f} "
+              f"{es.stream_tok_s / alone:>11.2f}  ≥ 0.9 (llama.cpp's own server, not streamed, no Tauon code)")
     if single_only:
         return {**stream_out, "engine": engine_cfg}
 

@@ -81,7 +81,8 @@ def _causal_lm(folder: Path, config: EngineConfig, runtime: str) -> Any:
         if runtime == "llamacpp" or (gguf is not None and config.quantization == "none"):
             try:
                 engine = llamacpp.LlamaCppEngine(folder, config, gguf_path=gguf)
-                where = f"all {engine.gpu_layers} layers on the GPU" if engine.gpu_layers else f"{engine.threads} threads"
+                where = "all layers on the GPU" if engine.gpu_layers else (
+                    f"{engine.threads} thread{'s' if engine.threads != 1 else ''}")
                 engine.runtime_note = f"llama.cpp (the GGUF file, {engine.architecture}, {where})"
                 return engine
             except (UnsupportedModel, ImportError) as exc:

@@ -243,6 +243,17 @@ def test_a_default_config_names_its_thread_count_in_the_runtime_note(smollm2_ggu
     engine = Engine.from_pretrained(smollm2_gguf_dir, EngineConfig(max_num_seqs=1, kv_cache_bytes=16 << 20))
     try:
         assert engine.runtime == "llamacpp" and engine.threads == default_threads() and engine.gpu_layers == 0
-        assert f"{default_threads()} threads" in engine.runtime_note
+        n = default_threads()
+        assert engine.runtime_note.endswith(f", {n} thread{'s' if n != 1 else ''})")
     finally:
         engine.close()
+
+
+def test_coalesced_deltas_join_what_queued_up_and_add_up_to_the_completion(llama) -> None:  # type: ignore[no-untyped-def]
+    handle = llama.generate(MESSAGES, SamplingParams(max_new_tokens=24, temperature=0.0, ignore_eos=True,
+                                                     logprobs=True))
+    done = handle.result(timeout=60)  # every delta is waiting now: one merged delta carries them all
+    deltas = list(handle.coalesced())
+    assert len(deltas) == 1
+    assert deltas[0].text == done.text and deltas[0].token_ids == done.token_ids
+    assert [t.token_id for t in deltas[0].logprobs] == done.token_ids
