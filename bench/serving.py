@@ -1,13 +1,19 @@
 """Serving benchmark: bench.engine's chat workload through the whole stack, against the engine alone.
 
-    python -m bench.serving [--quick] [--rounds N]                  # starts its own stack, stops it after
+    python -m bench.serving [--quick] [--rounds N] [--runtime auto|torch|llamacpp] [--single-only]
     python -m bench.serving --base-url URL --api-key KEY [--model FOLDER]   # drives a running stack
+
+`--runtime` (default auto) is the deployment's `engine.runtime`, and the direct side builds the same
+runtime through `Engine.from_pretrained` (llama.cpp on the version's GGUF, or the torch engine). Each
+round starts with the single-stream comparison (one chat request, SINGLE_NEW new tokens, median of
+SINGLE_REPEATS, tokens ÷ wall time as the client sees it, prefill included: bench.peers's definition);
+`--single-only` measures only that (a few minutes), skipping the concurrent and overload phases.
 
 End to end (e2e): the `openai` client sends every request at once as a streaming chat completion
 (greedy, `ignore_eos` so each request makes exactly its `max_tokens`) to the deployment
 `bench-smollm2` (SmolLM2-135M-Instruct, created or reset by this benchmark with an explicit
 engine config) → uvicorn → Celery → serving worker → engine → Redis stream → SSE. Direct: the same
-messages and sampling through `LLMEngine.from_pretrained(folder, EngineConfig(...))` in this
+messages and sampling through `Engine.from_pretrained(folder, EngineConfig(...))` in this
 process, with the deployment's engine config read back from the API, loaded only for its phase
 (the stack idle meanwhile). The two sides alternate for `--rounds` rounds and each side's fastest
 round is reported. Then an overload phase: 4 × `max_queue` concurrent requests, every answer
@@ -34,7 +40,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -48,6 +54,9 @@ DEPLOYMENT = "bench-smollm2"
 MODEL = "smollm2-135m-instruct"  # the bundled model `up` imports, followed through its `production` alias
 SHORT_CHAT = [{"role": "user", "content": "Name three rivers."}]
 SINGLES = 5  # single idle requests per side, for the fixed cost of the path (median)
+STREAM_CHAT = [{"role": "user", "content": "Write a short story about a lighthouse keeper and a storm."}]
+SINGLE_NEW = 128  # new tokens of the single-stream comparison (as bench.peers)
+SINGLE_REPEATS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,35 +435,104 @@ def _run_direct(engine: Any, work: list[tuple[list[dict[str, str]], int]]) -> tu
     return results, time.perf_counter() - t
 
 
+def single_stream(run_one: Any) -> list[Result]:
+    """SINGLE_REPEATS single-stream requests of SINGLE_NEW tokens, one after the other."""
+    return [run_one() for _ in range(SINGLE_REPEATS)]
+
+
+def stream_tok_s(results: list[Result]) -> float:
+    """Median single-stream rate: tokens ÷ the request's wall time (prefill included); 0 if any failed."""
+    if not results or not all(r.ok for r in results):
+        return 0.0
+    return median(r.tokens / r.total_s for r in results)
+
+
+def decode_tok_s(results: list[Result]) -> float:
+    """Median rate after the first token (the pure decode rate the client sees)."""
+    rates = [(r.tokens - 1) / (r.total_s - r.ttft_s) for r in results
+             if r.ok and r.ttft_s is not None and r.tokens > 1 and r.total_s > r.ttft_s]
+    return median(rates) if rates else 0.0
+
+
+def llamacpp_alone(folder: Path, engine_cfg: dict[str, Any]) -> list[Result]:
+    """llama.cpp's own single stream: xllamacpp's server called directly (no Tauon code in the path, one
+    slot, one blocking completion, as bench.peers), on the same GGUF, prompt ids and thread count."""
+    import xllamacpp
+    from transformers import AutoTokenizer
+
+    from engine.inspect import GGUF_NAME
+    from engine.llamacpp import default_threads, encode
+
+    ids = encode(AutoTokenizer.from_pretrained(folder), STREAM_CHAT)
+    p = xllamacpp.CommonParams()
+    p.model.path = str(folder / GGUF_NAME)
+    p.n_parallel, p.n_ctx = 1, 4096
+    p.cpuparams.n_threads = p.cpuparams_batch.n_threads = int(engine_cfg.get("threads") or default_threads())
+    p.warmup, p.verbosity = True, -1
+    progress(f"llama.cpp alone: {p.cpuparams.n_threads} threads, single stream, {SINGLE_NEW} new tokens × "
+             f"{SINGLE_REPEATS}")
+    server = xllamacpp.Server(p)
+
+    def one() -> Result:
+        res = Result(status=200)
+        t0 = time.perf_counter()
+        out = server.handle_completions({"prompt": ids, "max_tokens": SINGLE_NEW, "temperature": 0,
+                                         "ignore_eos": True, "cache_prompt": False})
+        res.total_s = time.perf_counter() - t0
+        res.tokens = int(out["usage"]["completion_tokens"])
+        res.ok = res.tokens == SINGLE_NEW
+        return res
+
+    try:
+        server.handle_completions({"prompt": ids, "max_tokens": 4, "temperature": 0, "ignore_eos": True})
+        return single_stream(one)
+    finally:
+        server = None  # noqa: F841 - the destructor stops llama.cpp's loop and frees the model
+
+
 def direct(folder: Path, engine_cfg: dict[str, Any], chats: list[list[dict[str, str]]], max_new: list[int],
-           stack: Stack | None) -> dict[str, Any]:
-    """Load the engine, warm it up as the stack was, measure, close it."""
-    from engine import EngineConfig, LLMEngine
+           stack: Stack | None, single_only: bool = False) -> dict[str, Any]:
+    """Load the engine (the runtime the deployment's config names), warm it up as the stack was,
+    measure, close it."""
+    from engine import Engine, EngineConfig
 
     progress(f"direct: loading the engine ({folder})")
     # Loaded in a thread that then ends, as the serving worker does: a thread that ran torch ops keeps
     # its OpenMP team, and with more OpenMP threads than cores libgomp stops spin-waiting, which
     # changes speed (see bench/README.md). The main thread runs no torch op at all.
     box: dict[str, Any] = {}
-    loader = threading.Thread(target=lambda: box.update(engine=LLMEngine.from_pretrained(
+    loader = threading.Thread(target=lambda: box.update(engine=Engine.from_pretrained(
         folder, EngineConfig(**engine_cfg))), name="load-direct")
     loader.start()
     loader.join()
     engine = box.pop("engine")
+    runtime = getattr(engine, "runtime_note", "") or getattr(engine, "runtime", "")
+    progress(f"direct: runtime {runtime}")
     try:
         _run_direct(engine, [(SHORT_CHAT, 4)] * 4)
         single = median([_run_direct(engine, [(SHORT_CHAT, 2)])[0][0].ttft_s or float("nan")
                          for _ in range(SINGLES)])
+        progress(f"direct: single stream, {SINGLE_NEW} new tokens × {SINGLE_REPEATS}")
+        stream = single_stream(lambda: _run_direct(engine, [(STREAM_CHAT, SINGLE_NEW)])[0][0])
+        if single_only:
+            engine.close()
+            engine = None
+            alone = llamacpp_alone(folder, engine_cfg) if runtime.startswith("llama.cpp") else []
+            return {"results": [], "wall_s": float("nan"), "single_ttft_s": single, "peak_batch": 0, "cpu": {},
+                    "stream": stream, "runtime": runtime, "alone": alone}
         progress(f"direct: {len(chats)} requests")
         cpu0 = cpu_snapshot(stack)
         results, wall = _run_direct(engine, list(zip(chats, max_new, strict=True)))
         cpu = cpu_delta(cpu0, cpu_snapshot(stack))
         peak = engine.stats().peak_batch_size
     finally:
-        engine.close()
+        if engine is not None:
+            engine.close()
         engine = None
         _trim()
-    return {"results": results, "wall_s": wall, "single_ttft_s": single, "peak_batch": peak, "cpu": cpu}
+    alone = llamacpp_alone(folder, engine_cfg) if runtime.startswith("llama.cpp") else []
+    return {"results": results, "wall_s": wall, "single_ttft_s": single, "peak_batch": peak, "cpu": cpu,
+            "stream": stream, "runtime": runtime, "alone": alone}
 
 
 # -- overload --
@@ -523,6 +601,19 @@ def load_avg() -> list[float]:
 
 # -- main --
 
+def _with_bundled_gguf(folder: Path) -> Path:
+    """The direct side of `--runtime llamacpp` against a given stack needs the GGUF beside the folder."""
+    from bench.peers import _with_gguf, bundled_gguf
+    from engine.inspect import GGUF_NAME
+
+    if (folder / GGUF_NAME).is_file():
+        return folder
+    gguf = bundled_gguf()
+    if gguf is None:
+        raise SystemExit("--runtime llamacpp needs a GGUF beside --model's folder (or the bundled SmolLM2 package)")
+    return _with_gguf(folder, gguf, Path(tempfile.mkdtemp(prefix="tauon-bench-serving-gguf-")))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="8 short requests, 1 round (smoke test, 1–3 minutes)")
@@ -533,10 +624,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="alternating e2e/direct rounds, best of each side reported "
                                                      "(default 2, --quick 1)")
     parser.add_argument("--keep-var", action="store_true", help="keep the temporary TAUON_VAR (and its up.log)")
+    parser.add_argument("--runtime", choices=("auto", "torch", "llamacpp"), default="auto",
+                        help="the deployment's engine.runtime, and the runtime the direct side builds (default auto: "
+                             "llama.cpp for the bundled GGUF)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="the deployment's engine.threads for llama.cpp (default 0: the runtime's default)")
+    parser.add_argument("--single-only", action="store_true",
+                        help="only the single-stream comparison (skips the concurrent and overload phases)")
     args = parser.parse_args()
     if bool(args.base_url) != bool(args.api_key):
         parser.error("--base-url and --api-key go together")
     mode = QUICK if args.quick else FULL
+    mode = replace(mode, engine={**mode.engine, "runtime": args.runtime, "threads": args.threads})
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -553,7 +652,9 @@ def main() -> None:
         else:
             base_url, key = args.base_url.rstrip("/"), args.api_key
             folder = model_folder(args.model)
-        out = run(base_url, key, folder, mode, stack, args.rounds or (1 if args.quick else 2))
+        if args.runtime == "llamacpp" and stack is None:
+            folder = _with_bundled_gguf(folder)
+        out = run(base_url, key, folder, mode, stack, args.rounds or (1 if args.quick else 2), args.single_only)
     finally:
         if stack is not None:
             left = stack.stop()
@@ -577,10 +678,16 @@ class Phase:
     peak_batch: int
     cpu: dict[str, float]  # CPU seconds by process role while the workload ran
     threads: list[float] = field(default_factory=list)  # e2e: CPU s of the serving worker's busiest threads
+    stream: list[Result] = field(default_factory=list)  # the single-stream requests (SINGLE_NEW tokens each)
+    alone: list[Result] = field(default_factory=list)  # direct, llamacpp: llama.cpp's own server, no Tauon code
 
     @property
     def tok_s(self) -> float:
-        return sum(r.tokens for r in self.results if r.ok) / self.wall_s
+        return sum(r.tokens for r in self.results if r.ok) / self.wall_s if self.results else 0.0
+
+    @property
+    def stream_tok_s(self) -> float:
+        return stream_tok_s(self.stream)
 
     def ttft_ms(self) -> list[float]:
         return [r.ttft_s * 1000 for r in self.results if r.ttft_s is not None]
@@ -595,8 +702,13 @@ def _threads_cpu(pids: list[int]) -> dict[int, float]:
     return {int(task.name): _cpu_s(pid, int(task.name)) for pid in pids for task in Path(f"/proc/{pid}/task").glob("*")}
 
 
-def e2e_phase(base_url: str, key: str, api: Api, work: Workload, stack: Stack | None) -> Phase:
+def e2e_phase(base_url: str, key: str, api: Api, work: Workload, stack: Stack | None,
+              single_only: bool = False) -> Phase:
     single = single_ttft_e2e(base_url, key)
+    progress(f"e2e: single stream, {SINGLE_NEW} new tokens × {SINGLE_REPEATS}")
+    stream = single_stream(lambda: e2e(base_url, key, [STREAM_CHAT], [SINGLE_NEW])[0][0])
+    if single_only:
+        return Phase("e2e", [], float("nan"), single, 0, {}, stream=stream)
     progress(f"e2e: {len(work.chats)} concurrent streaming requests ({work.tokens} new tokens)")
     worker = stack.processes()["serving worker"] if stack else []
     since, cpu0, th0 = time.time(), cpu_snapshot(stack), _threads_cpu(worker)
@@ -605,7 +717,7 @@ def e2e_phase(base_url: str, key: str, api: Api, work: Workload, stack: Stack | 
     time.sleep(1.5)  # one more heartbeat of figures
     fig = figures(api, since)
     busiest = sorted((round(v - th0.get(t, 0.0), 1) for t, v in th1.items()), reverse=True)[:4]
-    return Phase("e2e", results, wall, single, fig["peak_batch"], cpu, busiest)
+    return Phase("e2e", results, wall, single, fig["peak_batch"], cpu, busiest, stream)
 
 
 def best(phases: list[Phase]) -> Phase:
@@ -613,12 +725,15 @@ def best(phases: list[Phase]) -> Phase:
     return max(phases, key=lambda ph: ph.tok_s)
 
 
-def run(base_url: str, key: str, folder: Path, mode: Mode, stack: Stack | None, rounds: int) -> dict[str, Any]:
+def run(base_url: str, key: str, folder: Path, mode: Mode, stack: Stack | None, rounds: int,
+        single_only: bool = False) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     api = Api(base_url, key)
     deployment = ensure_deployment(api, mode)
     engine_cfg = deployment["config"]["engine"]
+    served_by = "; ".join(r["status_reason"] for r in deployment["replica_set"] if r["state"] == "ready")
+    progress(f"deployment {DEPLOYMENT}: {served_by}")
     tok = AutoTokenizer.from_pretrained(folder)
     work: Workload = make_workload(tok, mode.requests, mode.prompt_range, mode.new_range)
     del tok
@@ -628,12 +743,51 @@ def run(base_url: str, key: str, folder: Path, mode: Mode, stack: Stack | None, 
     warm_up_e2e(base_url, key)
 
     e2e_rounds, direct_rounds = [], []
+    direct_runtime = ""
     for i in range(rounds):  # alternating, so that both sides meet the same weather
-        progress(f"round {i + 1} of {rounds}")
-        e2e_rounds.append(e2e_phase(base_url, key, api, work, stack))
-        d = direct(folder, engine_cfg, work.chats, work.max_new, stack)
+        progress(f"round {i + 1} of {rounds} (load average {load_avg()})")
+        e2e_rounds.append(e2e_phase(base_url, key, api, work, stack, single_only))
+        d = direct(folder, engine_cfg, work.chats, work.max_new, stack, single_only)
+        direct_runtime = d["runtime"]
         direct_rounds.append(Phase("direct", d["results"], d["wall_s"], d["single_ttft_s"], d["peak_batch"],
-                                   d["cpu"]))
+                                   d["cpu"], stream=d["stream"], alone=d["alone"]))
+
+    # the single stream: the best round of each side (the one least hurt by the box's other load)
+    es = max(e2e_rounds, key=lambda ph: ph.stream_tok_s)
+    ds = max(direct_rounds, key=lambda ph: ph.stream_tok_s)
+    stream_ratio = es.stream_tok_s / ds.stream_tok_s if ds.stream_tok_s else float("nan")
+    alone = max((stream_tok_s(ph.alone) for ph in direct_rounds), default=0.0)
+    stream_out = {
+        "runtime": engine_cfg.get("runtime", "auto"), "served_by": served_by, "direct_runtime": direct_runtime,
+        "single_stream_tok_s": round(es.stream_tok_s, 2), "direct_single_stream_tok_s": round(ds.stream_tok_s, 2),
+        "single_stream_ratio": round(stream_ratio, 3),
+        "single_stream_decode_tok_s": round(decode_tok_s(es.stream), 2),
+        "direct_single_stream_decode_tok_s": round(decode_tok_s(ds.stream), 2),
+        "llamacpp_alone_single_stream_tok_s": round(alone, 2) if alone else None,
+        "single_stream_ratio_to_llamacpp_alone": round(es.stream_tok_s / alone, 3) if alone else None,
+        "single_stream_rounds": [{"e2e_tok_s": round(a.stream_tok_s, 2), "direct_tok_s": round(b.stream_tok_s, 2),
+                                  "llamacpp_alone_tok_s": round(stream_tok_s(b.alone), 2) if b.alone else None}
+                                 for a, b in zip(e2e_rounds, direct_rounds, strict=True)],
+    }
+    print(f"\nsingle stream: one streaming chat request, {SINGLE_NEW} new tokens (greedy, ignore_eos), median of "
+          f"{SINGLE_REPEATS}, tokens ÷ wall time (prefill included); engine {json.dumps(engine_cfg)}")
+    print(f"  e2e (openai client → /v1 → worker): {served_by}")
+    print(f"  direct (in this process): {direct_runtime}")
+    for i, (a, b) in enumerate(zip(e2e_rounds, direct_rounds, strict=True)):
+        print(f"  round {i + 1}: e2e {a.stream_tok_s:.1f} tok/s · direct {b.stream_tok_s:.1f} tok/s"
+              + (f" · llama.cpp alone {stream_tok_s(b.alone):.1f} tok/s" if b.alone else ""))
+    print(f"{'(best round of each side)':<34} {'e2e':>10} {'direct':>10} {'e2e/direct':>11}  goal")
+    for name, a_, b_, goal in [("single stream, tok/s", es.stream_tok_s, ds.stream_tok_s, "≥ 0.9"),
+                               ("  decode after the first token", decode_tok_s(es.stream), decode_tok_s(ds.stream),
+                                ""),
+                               ("  TTFT, ms", median(r.ttft_s or 0 for r in es.stream) * 1000,
+                                median(r.ttft_s or 0 for r in ds.stream) * 1000, "")]:
+        print(f"{name:<34} {a_:>10.1f} {b_:>10.1f} {(a_ / b_ if b_ else float('nan')):>11.2f}  {goal}")
+    if alone:
+        print(f"{'single stream ÷ llama.cpp alone':<34} {es.stream_tok_s:>10.1f} {alone:>10.1f} "
+              f"{es.stream_tok_s / alone:>11.2f}  ≥ 0.9 (llama.cpp's own server, not streamed, no Tauon code)")
+    if single_only:
+        return {**stream_out, "engine": engine_cfg}
 
     n_over = 4 * int(engine_cfg["max_queue"])
     progress(f"overload: {n_over} concurrent requests (capacity {engine_cfg['max_num_seqs'] + engine_cfg['max_queue']})")
@@ -681,6 +835,7 @@ def run(base_url: str, key: str, folder: Path, mode: Mode, stack: Stack | None, 
           f"{over['refuse_ms_max']:.0f} ms; p50 ms by code {over['ms_p50_by_code']}) · 5xx {over['5xx']} (goal 0) "
           f"· other {over['other']}; a request after it: {'ok' if after[0].ok else after[0].status}")
     return {
+        **stream_out,
         "e2e_tok_s": round(e.tok_s, 2), "direct_tok_s": round(d_.tok_s, 2),
         "ratio": round(e.tok_s / d_.tok_s, 3) if d_.tok_s else None,
         "ttft_p50_ms": round(pct(e_ttft, 0.5), 1), "ttft_p99_ms": round(pct(e_ttft, 0.99), 1),

@@ -57,6 +57,21 @@ class Engine:
         raise UnsupportedModel(f"unknown task {task!r}; one of {', '.join(TASKS)}")
 
 
+def runtime_of(folder: str | Path, config: EngineConfig | None = None) -> str:
+    """The runtime `Engine.from_pretrained(folder, config)` picks for a causal LM, without loading it:
+    `llamacpp` for an explicit llamacpp, or for `auto` on a version that kept its GGUF (no torch
+    quantization asked); else `torch`. (`auto` can still fall back to torch at load, when llama.cpp
+    cannot run the file; the loaded engine's `runtime` says what ran.)"""
+    config = config or EngineConfig()
+    if config.runtime == "torch":
+        return "torch"
+    if config.runtime == "llamacpp":
+        return "llamacpp"
+    from engine.llamacpp import gguf_of
+
+    return "llamacpp" if gguf_of(Path(folder)) is not None and config.quantization == "none" else "torch"
+
+
 def _causal_lm(folder: Path, config: EngineConfig, runtime: str) -> Any:
     note = ""
     if runtime != "torch":
@@ -66,7 +81,9 @@ def _causal_lm(folder: Path, config: EngineConfig, runtime: str) -> Any:
         if runtime == "llamacpp" or (gguf is not None and config.quantization == "none"):
             try:
                 engine = llamacpp.LlamaCppEngine(folder, config, gguf_path=gguf)
-                engine.runtime_note = f"llama.cpp (the GGUF file, {engine.architecture}, {engine.threads} threads)"
+                where = "all layers on the GPU" if engine.gpu_layers else (
+                    f"{engine.threads} thread{'s' if engine.threads != 1 else ''}")
+                engine.runtime_note = f"llama.cpp (the GGUF file, {engine.architecture}, {where})"
                 return engine
             except (UnsupportedModel, ImportError) as exc:
                 if runtime == "llamacpp":

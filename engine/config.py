@@ -31,7 +31,8 @@ class EngineConfig:
     max_model_len: int = 0  # 0 → the model's max_position_embeddings (capped at 8192)
     seed: int = 0  # seeds requests that give no seed of their own, per request in order
     runtime: str = "auto"  # auto | torch | llamacpp (llama.cpp on the version's GGUF file)
-    threads: int = 0  # llamacpp: CPU threads; 0 → the CPUs this process may use (affinity and cgroup quota)
+    threads: int = 0  # llamacpp: CPU threads; 0 → the physical cores this process may use, less one
+    # (engine.llamacpp.default_threads says why)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -43,8 +44,8 @@ class EngineConfig:
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 0:
-            raise ValueError(f"threads must be 0 (the CPUs this worker may use) or a positive integer, "
-                             f"got {self.threads!r}")
+            raise ValueError(f"threads must be 0 (the runtime picks: the physical cores this worker may use, less "
+                             f"one) or a positive integer, got {self.threads!r}")
         for name in ("max_num_seqs", "max_batch_tokens", "kv_cache_bytes", "block_size", "max_queue"):
             _positive(name, getattr(self, name))
         if not isinstance(self.max_model_len, int) or self.max_model_len < 0:

@@ -59,51 +59,70 @@ def run(folder: str | Path, kind: str, data: Any, config: Any = None, settings: 
         on_progress: Progress | None = None) -> dict[str, float]:
     """Load `folder` under engine config `config` and measure it on `data`: a str for `text`, else a
     list of examples (dicts with text/label, prompt/answer or tokens/tags). Returns the metrics."""
-    from engine.api import Engine
+    from engine.api import Engine, runtime_of
     from engine.config import EngineConfig
 
     if kind not in KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; one of {', '.join(KINDS)}")
     settings = settings or Settings()
-    # perplexity needs the torch weights' logits: evaluation measures the safetensors weights on torch
-    config = dataclasses.replace(config or EngineConfig(), runtime="torch")
+    config = config or EngineConfig()
+    # perplexity needs the torch weights' logits: it is measured on the safetensors weights with torch;
+    # tokens/s and TTFT (and a QA dataset's answers) come from the runtime the version would be served
+    # with under `config` (auto: llama.cpp for a version that kept its GGUF), named in the metrics
+    torch_config = dataclasses.replace(config, runtime="torch")
     if kind != "text" and settings.max_examples:
         data = data[:settings.max_examples]
     report = on_progress or (lambda f, msg: None)
+    task = TASK_OF_KIND[kind]
     with PeakMemory(config.resolved_device()) as memory:
         report(0.0, "loading the model")
         started = time.perf_counter()
-        engine = Engine.from_pretrained(folder, config, task=TASK_OF_KIND[kind])
+        engine = Engine.from_pretrained(folder, torch_config if kind in ("text", "classification", "ner")
+                                        else config, task=task)
         load_s = time.perf_counter() - started
         try:
             if kind == "text":
-                metrics = _text(engine, data, settings, report)
+                metrics = _text(engine, data, settings, _scaled(report, 0, 0.8))
+                if runtime_of(folder, config) != "torch":  # the latency on the runtime that would serve it
+                    engine.close()
+                    engine = None
+                    report(0.8, "loading the serving runtime")
+                    engine = Engine.from_pretrained(folder, config, task=task)
+                metrics.update(_latency(engine, data, settings, _scaled(report, 0.8, 1.0)))
+                metrics["perplexity_runtime"] = "torch"
             elif kind == "qa":
                 metrics = _qa(engine, data, settings, report)
             elif kind == "classification":
                 metrics = _classification(engine, data, settings, report)
             else:
                 metrics = _ner(engine, data, settings, report)
+            metrics["runtime"] = getattr(engine, "runtime", "torch")
+            metrics["runtime_note"] = getattr(engine, "runtime_note", "") or metrics["runtime"]
         finally:
-            engine.close()
+            if engine is not None:
+                engine.close()
             del engine
     return {**metrics, "load_s": load_s, "peak_memory_bytes": memory.peak_bytes}
 
 
-def _text(engine: Any, text: str, settings: Settings, report: Progress) -> dict[str, float]:
+def _text(engine: Any, text: str, settings: Settings, report: Progress | None) -> dict[str, float]:
     from engine.runner import full_forward
 
     ids = engine.encode(text)
     context = min(settings.context_length, engine.model_len)  # a full forward: no KV cache involved
     stride = min(settings.stride, context)
-    ppl = perplexity(lambda chunk: full_forward(engine.stack, chunk), ids, context, stride, _scaled(report, 0, 0.8))
-    # latency: the first words of each paragraph as prompts, all at once (they share batches)
+    ppl = perplexity(lambda chunk: full_forward(engine.stack, chunk), ids, context, stride, report)
+    return {"perplexity": ppl.perplexity, "nll": ppl.nll, "tokens": ppl.tokens, "windows": ppl.windows,
+            "context_length": context, "stride": stride}
+
+
+def _latency(engine: Any, text: str, settings: Settings, report: Progress | None) -> dict[str, float]:
+    """The first words of each paragraph as prompts, all at once (they share batches)."""
     paragraphs = [p for p in text.split("\n\n") if p.strip()] or [text]
     prompts = [engine.encode(" ".join(p.split()[:24])) for p in paragraphs[:settings.latency_requests]]
     prompts = [prompts[i % len(prompts)] for i in range(settings.latency_requests)]
-    figures, _ = _generate(engine, prompts, settings.max_new_tokens, True, _scaled(report, 0.8, 1.0))
-    return {"perplexity": ppl.perplexity, "nll": ppl.nll, "tokens": ppl.tokens, "windows": ppl.windows,
-            "context_length": context, "stride": stride, **figures}
+    figures, _ = _generate(engine, prompts, settings.max_new_tokens, True, report)
+    return figures
 
 
 def _qa(engine: Any, examples: list[dict[str, Any]], settings: Settings, report: Progress) -> dict[str, float]:

@@ -69,13 +69,67 @@ def check_runnable(gguf_path: Path) -> str:
 def cpu_share() -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota."""
     n = len(os.sched_getaffinity(0))
+    quota = _cgroup_cpus()
+    return max(1, min(n, quota) if quota else n)
+
+
+def _cgroup_cpus() -> int | None:
+    """The whole CPUs a cgroup v2 quota allows (None without a quota)."""
     try:
         quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            n = min(n, int(quota) // int(period))
+        return max(1, int(quota) // int(period)) if quota != "max" else None
     except (OSError, ValueError):
-        pass
-    return max(1, n)
+        return None
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may use (SMT siblings counted once), capped by a
+    cgroup v2 CPU quota."""
+    cores = set()
+    for cpu in os.sched_getaffinity(0):
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text().strip(),
+                       (topology / "core_id").read_text().strip()))
+        except OSError:  # no topology (some containers): each CPU its own core
+            cores.add(("cpu", str(cpu)))
+    quota = _cgroup_cpus()
+    return max(1, min(len(cores), quota) if quota else len(cores))
+
+
+def default_threads() -> int:
+    """llama.cpp's CPU threads when `engine.threads` is 0: the physical cores this worker may use, less
+    one (at least one). llama.cpp's threads meet at a barrier after every operation of every step, spin-
+    waiting for each other, so a thread that the OS takes off its core stalls the whole step; and a
+    serving worker never has the CPU to itself: its own Python threads turn every token into a Redis
+    event, and under `make up` the web process, Redis and the jobs worker share the box. The core left
+    free keeps them off llama.cpp's threads. Decoding is memory-bound, so on larger machines the core
+    costs little; on the 2-core box it is the difference between 1 thread at 53–62 tok/s and 2 threads
+    collapsing to 5–22 tok/s whenever the box is shared (bench/README.md). SMT siblings are not counted:
+    two llama.cpp threads on one core's siblings compete for the same units (llama.cpp's own advice)."""
+    return max(1, physical_cores() - 1)
+
+
+def gpu_layers(device: str, n_layers: int) -> int:
+    """Layers llama.cpp offloads: every layer (and the output layer) when this xllamacpp build sees a GPU
+    (a CUDA or Metal wheel on a machine with one) and `device` is not `cpu`; else 0. `device` `cuda`
+    without a GPU that llama.cpp can use raises UnsupportedModel saying so. (Untested here: no GPU.)"""
+    if device == "cpu":
+        return 0
+    import xllamacpp
+
+    try:
+        devices = xllamacpp.get_device_info()
+    except Exception:  # noqa: BLE001 - an older wheel without device info: stay on the CPU
+        devices = []
+    kinds = {str(getattr(d.get("type"), "name", d.get("type"))) for d in devices if isinstance(d, dict)}
+    if any(k.endswith(("_GPU", "_IGPU")) for k in kinds):
+        return n_layers + 1
+    if device == "cuda":
+        raise UnsupportedModel("engine.device is 'cuda' but llama.cpp sees no GPU (this xllamacpp wheel is built "
+                               "for the CPU only, or no GPU is visible); install xllamacpp's CUDA wheel, or use "
+                               "device 'auto' or 'cpu'")
+    return 0
 
 
 def encode(tokenizer: Any, prompt: str | list[dict[str, str]] | list[int]) -> list[int]:
@@ -180,7 +234,8 @@ class LlamaCppEngine:
         self.n_ctx = max(256, min(config.kv_cache_bytes // per_token, model_len * config.max_num_seqs))
         self.max_model_len = min(model_len, self.n_ctx)
         self.vocab_size = int(hf.get("vocab_size") or len(self.tokenizer))
-        self.threads = config.threads or cpu_share()
+        self.threads = config.threads or default_threads()
+        self.gpu_layers = gpu_layers(config.device, int(hf.get("num_hidden_layers") or hf.get("n_layer") or 0))
         p = xllamacpp.CommonParams()
         p.model.path = str(self.gguf_path)
         p.n_parallel = config.max_num_seqs
@@ -188,8 +243,7 @@ class LlamaCppEngine:
         p.kv_unified = True  # every slot draws on one cache of n_ctx tokens, like the torch engine's blocks
         p.n_batch = p.n_ubatch = max(32, min(config.max_batch_tokens, 2048))
         p.cpuparams.n_threads = p.cpuparams_batch.n_threads = self.threads
-        if config.device == "cpu":
-            p.n_gpu_layers = 0
+        p.n_gpu_layers = self.gpu_layers
         p.warmup = True
         p.verbosity = -1
         p.endpoint_metrics = True

@@ -109,6 +109,32 @@ class RequestHandle:
                 return
             yield item  # type: ignore[misc]
 
+    def coalesced(self) -> Iterator[Delta]:
+        """Like iterating, but the deltas already waiting when the reader comes back are merged into
+        one (text, token ids and logprobs joined, in order): a reader that fell behind the engine (a
+        serving worker sending each delta on to Redis, on a busy machine) catches up in one step
+        instead of one per token. A reader that keeps up sees the deltas one by one, as before."""
+        while True:
+            item = self._queue.get()
+            ended = item is _END
+            if not ended:
+                merged: Delta = item  # type: ignore[assignment]
+                while True:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is _END:
+                        ended = True
+                        break
+                    merged = Delta(merged.text + more.text, merged.token_ids + more.token_ids,  # type: ignore[attr-defined]
+                                   merged.logprobs + more.logprobs)  # type: ignore[attr-defined]
+                yield merged
+            if ended:
+                if self._error is not None:
+                    raise self._error
+                return
+
     async def __aiter__(self) -> AsyncIterator[Delta]:
         with self._lock:  # from now on the engine pushes straight into the event loop
             self._loop = asyncio.get_running_loop()

@@ -107,8 +107,8 @@ def test_results_are_listed_and_filtered(tiny, user_api):
     one = user_api.get("/api/evaluations/?version=2&dataset=simple-qa").json()["results"][0]
     assert one | {"id": 0, "updated_at": None} == {
         "id": 0, "model": "tiny", "version": 2, "dataset": "simple-qa", "dataset_version": 1,
-        "config_key": key_of(DEFAULT), "config": DEFAULT, "metrics": {"exact_match": 0.5}, "job": None,
-        "updated_at": None}
+        "config_key": key_of(DEFAULT), "config": DEFAULT, "metrics": {"exact_match": 0.5}, "runtime": "",
+        "job": None, "updated_at": None}
 
 
 def test_the_version_page_and_the_comparison_page_show_the_results(tiny, charlie):
@@ -124,6 +124,20 @@ def test_the_version_page_and_the_comparison_page_show_the_results(tiny, charlie
     assert 'id="evaluate-form"' not in page  # users read; maintainers run evaluations
     empty = client.get("/models/tiny/evaluation/?dataset=simple-qa").content.decode()
     assert 'id="no-results"' in empty
+
+
+def test_a_comparison_row_names_the_runtime_that_measured_its_speed_in_both_languages(tiny, charlie):
+    measured = result(tiny, 1, perplexity=12.5, tokens_per_s=80.0, size_bytes=1000)
+    measured.runtime = "llamacpp"
+    measured.save()
+    result(tiny, 2, perplexity=13.75, tokens_per_s=20.0, size_bytes=500)  # stored before runtimes were recorded
+    client = Client()
+    client.force_login(charlie)
+    page = client.get("/models/tiny/evaluation/").content.decode()
+    assert page.count("data-runtime=") == 1 and 'data-runtime="llamacpp"' in page
+    assert "measured on llama.cpp" in page and "Tokens/s and TTFT were measured on llama.cpp" in page
+    zh = client.get("/models/tiny/evaluation/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert 'data-runtime="llamacpp"' in zh and "measured on" not in zh and "由 llama.cpp 测得" in zh
 
 
 # --- the promotion gate -----------------------------------------------------------------------------------------

@@ -64,9 +64,11 @@ def test_an_evaluation_stores_metrics_per_version_and_answers_them_in_the_result
     assert metrics["2"]["size_bytes"] == 2468
     rows = EvaluationResult.objects.filter(job=done).order_by("version__number")
     assert [r.version.number for r in rows] == [1, 2] and rows[0].metrics == metrics["1"]
+    assert [r.runtime for r in rows] == ["torch", "torch"]  # no GGUF: its speed was measured on torch
     assert any("v2: perplexity" in line for line in done.log)
     body = maintainer_api.get("/api/evaluations/?model=tiny&version=2").json()
     assert body["count"] == 1 and body["results"][0]["metrics"]["perplexity"] == metrics["2"]["perplexity"]
+    assert body["results"][0]["runtime"] == "torch"
 
 
 def test_a_qa_evaluation_scores_the_answers(celery_worker, bob, maintainer_api, llama_dir):

@@ -81,7 +81,8 @@ def measure(job: Job, targets: list[Target], kind: str, data: Any, config: dict[
             release_memory()
         result.update(parameter_count=target.parameter_count, size_bytes=target.size_bytes)
         metrics[target.key] = result
-        job.report(start + (i + 1) * width, f"{label} done", log=f"{label}: {_headline(result)}",
+        measured_by = f" (tokens/s and TTFT on {result['runtime_note']})" if result.get("runtime_note") else ""
+        job.report(start + (i + 1) * width, f"{label} done", log=f"{label}: {_headline(result)}{measured_by}",
                    cancellable=cancellable)
     return metrics
 
@@ -104,7 +105,7 @@ def save(versions: list[Any], dataset_version: DatasetVersion, config: dict[str,
             found["replaced"] = previous.metrics["replaced"]
         EvaluationResult.objects.update_or_create(
             version=version, dataset_version=dataset_version, config_key=key,
-            defaults={"config": config, "metrics": found, "job": job})
+            defaults={"config": config, "metrics": found, "job": job, "runtime": str(found.get("runtime", ""))})
 
 
 def _headline(metrics: dict[str, Any]) -> str:

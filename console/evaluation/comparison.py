@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db.models import Q
+from django.utils.translation import gettext
 
 from console.evaluation.choices import QUALITY, SPEED, TASK_OF_KIND, DatasetKind
 from console.evaluation.models import Dataset, DatasetVersion, EvaluationResult
@@ -81,4 +82,18 @@ def _row(model: Model, result: EvaluationResult) -> dict[str, Any]:
             "parent_label": (None if parent is None else f"v{parent.number}" if parent.model_id == model.pk
                              else f"{parent.model.name} v{parent.number}"),
             "metrics": result.metrics, "job": result.job_id, "job_kind": result.job.kind if result.job else None,
-            "replaced": result.metrics.get("replaced"), "updated_at": result.updated_at.isoformat()}
+            "replaced": result.metrics.get("replaced"), "updated_at": result.updated_at.isoformat(),
+            **_runtime_label(result.runtime)}
+
+
+RUNTIME_NAMES = {"llamacpp": "llama.cpp", "torch": "torch"}
+
+
+def _runtime_label(runtime: str) -> dict[str, str]:
+    """The runtime that measured a result's tokens/s and TTFT, as the row's small label and its tooltip."""
+    if not runtime:
+        return {"runtime": "", "runtime_label": "", "runtime_title": ""}
+    name = RUNTIME_NAMES.get(runtime, runtime)
+    return {"runtime": runtime, "runtime_label": gettext("measured on %(runtime)s") % {"runtime": name},
+            "runtime_title": gettext("Tokens/s and TTFT were measured on %(runtime)s, the runtime this version is "
+                                     "served with under this config.") % {"runtime": name}}

@@ -151,6 +151,9 @@ class EvaluationResult(models.Model):
     config = models.JSONField(default=dict)  # normalized: engine settings and evaluation settings
     config_key = models.CharField(max_length=16, db_index=True)
     metrics = models.JSONField(default=dict)
+    # the runtime that measured the speed figures (tokens/s, TTFT): the one the version would be served
+    # with under this config (engine.api.runtime_of); "" for results measured before runtimes were recorded
+    runtime = models.CharField(max_length=16, blank=True, default="")
     job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     updated_at = models.DateTimeField(auto_now=True)
 

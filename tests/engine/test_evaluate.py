@@ -199,6 +199,7 @@ def test_run_on_a_text_measures_perplexity_latency_and_memory(tiny_llama: Path) 
     assert metrics["perplexity"] == pytest.approx(hf_guide_perplexity(tiny_llama, text, 128, 64), rel=5e-3)
     assert metrics["generated_tokens"] == 3 * 8 and metrics["tokens_per_s"] > 0 and metrics["ttft_s"] > 0
     assert metrics["peak_memory_bytes"] > 0 and metrics["context_length"] == 128
+    assert metrics["runtime"] == "torch" and metrics["perplexity_runtime"] == "torch"  # no GGUF: torch throughout
     assert steps[0] == 0.0 and steps[-1] == pytest.approx(1.0) and steps == sorted(steps)
 
 
@@ -286,3 +287,18 @@ def test_smollm2_perplexity_on_the_built_in_text_matches_transformers_within_hal
           f"{metrics['tokens']} tokens in {metrics['windows']} windows; {metrics['tokens_per_s']:.1f} tok/s")
     assert metrics["windows"] == 2 and metrics["tokens"] > 1024
     assert abs(metrics["perplexity"] / direct - 1) < 0.005
+
+
+@pytest.mark.slow
+def test_speed_is_measured_on_the_runtime_that_would_serve_the_version_and_perplexity_on_torch(
+        smollm2_gguf_dir: Path) -> None:
+    text = (DATA / "plain-english.txt").read_text()[:400]
+    settings = Settings(context_length=32, stride=32, latency_requests=2, max_new_tokens=4)
+    config = EngineConfig(kv_cache_bytes=32 << 20, max_num_seqs=2, threads=1)  # runtime auto
+    metrics = run(smollm2_gguf_dir, "text", text, config, settings)  # a version that kept its GGUF
+    assert metrics["runtime"] == "llamacpp" and metrics["runtime_note"].startswith("llama.cpp")
+    assert metrics["perplexity_runtime"] == "torch" and 1 < metrics["perplexity"] < 1000
+    assert metrics["generated_tokens"] == 2 * 4 and metrics["tokens_per_s"] > 0 and metrics["ttft_s"] > 0
+    qa = run(smollm2_gguf_dir, "qa", [{"prompt": "What colour is the sky?", "answer": "blue"}], config,
+             Settings(max_new_tokens=4))
+    assert qa["runtime"] == "llamacpp" and qa["examples"] == 1

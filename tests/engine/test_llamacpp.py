@@ -208,3 +208,52 @@ def test_loading_keeps_the_process_signal_handlers_and_locks_llamacpp_http_port(
         engine.close()  # right after loading: must not hang
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_default_thread_count_is_the_physical_cores_this_process_may_use_less_one() -> None:
+    import os
+
+    from engine.llamacpp import default_threads, physical_cores
+
+    cpus = os.sched_getaffinity(0)
+    cores = set()
+    for cpu in cpus:  # SMT siblings share (package, core): counted once
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        cores.add((topology / "physical_package_id").read_text() + (topology / "core_id").read_text())
+    assert 1 <= physical_cores() <= len(cores) <= len(cpus)
+    assert default_threads() == max(1, physical_cores() - 1)
+
+
+def test_gpu_layers_stay_zero_on_a_cpu_build_and_an_explicit_cuda_is_refused_saying_why() -> None:
+    import xllamacpp
+
+    from engine.llamacpp import gpu_layers
+
+    if any("GPU" in str(d.get("type")) for d in xllamacpp.get_device_info()):
+        pytest.skip("this xllamacpp build sees a GPU")
+    assert gpu_layers("cpu", 30) == 0 and gpu_layers("auto", 30) == 0
+    with pytest.raises(UnsupportedModel, match="llama.cpp sees no GPU"):
+        gpu_layers("cuda", 30)
+
+
+def test_a_default_config_names_its_thread_count_in_the_runtime_note(smollm2_gguf_dir: Path) -> None:
+    from engine import Engine
+    from engine.llamacpp import default_threads
+
+    engine = Engine.from_pretrained(smollm2_gguf_dir, EngineConfig(max_num_seqs=1, kv_cache_bytes=16 << 20))
+    try:
+        assert engine.runtime == "llamacpp" and engine.threads == default_threads() and engine.gpu_layers == 0
+        n = default_threads()
+        assert engine.runtime_note.endswith(f", {n} thread{'s' if n != 1 else ''})")
+    finally:
+        engine.close()
+
+
+def test_coalesced_deltas_join_what_queued_up_and_add_up_to_the_completion(llama) -> None:  # type: ignore[no-untyped-def]
+    handle = llama.generate(MESSAGES, SamplingParams(max_new_tokens=24, temperature=0.0, ignore_eos=True,
+                                                     logprobs=True))
+    done = handle.result(timeout=60)  # every delta is waiting now: one merged delta carries them all
+    deltas = list(handle.coalesced())
+    assert len(deltas) == 1
+    assert deltas[0].text == done.text and deltas[0].token_ids == done.token_ids
+    assert [t.token_id for t in deltas[0].logprobs] == done.token_ids

@@ -104,7 +104,7 @@ def _generate(runner: Runner, loaded: Loaded, request_id: str, request: dict[str
         events.send("accepted", replica=runner.key, version=loaded.version_number)
         prompt_tokens = completion_tokens = 0
         for i, handle in enumerate(handles):
-            for delta in handle:
+            for delta in handle.coalesced():  # deltas that queued up while it sent go as one event
                 events.send("delta", i=i, text=delta.text, ids=delta.token_ids,
                             lp=[[t.token, t.logprob, t.top] for t in delta.logprobs])
             done = handle.result()

@@ -52,8 +52,8 @@ class EvaluationResultSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = EvaluationResult
-        fields = ["id", "model", "version", "dataset", "dataset_version", "config_key", "config", "metrics", "job",
-                  "updated_at"]
+        fields = ["id", "model", "version", "dataset", "dataset_version", "config_key", "config", "metrics",
+                  "runtime", "job", "updated_at"]
         read_only_fields = fields
 
 
