@@ -56,7 +56,9 @@ def test_a_saved_session_opens_for_its_owner_only_and_by_link_read_only(charlie,
     token = session.share()
     shared = login(bob).get(f"/playground/shared/{token}/").content.decode()
     assert 'data-read-only="true"' in shared and "Shared by charlie (read-only)" in shared
-    assert 'data-read-only="false"' in login(charlie).get(f"/playground/shared/{token}/").content.decode()
+    assert 'id="pg-unshare"' not in shared  # only the owner can stop sharing: no dead control for the others
+    own = login(charlie).get(f"/playground/shared/{token}/").content.decode()
+    assert 'data-read-only="false"' in own and 'id="pg-unshare"' in own
     session.unshare()
     assert login(bob).get(f"/playground/shared/{token}/").status_code == 404
 

@@ -108,6 +108,7 @@ class SessionViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, mixins.Retr
     def unshare(self, request: Request, pk: int) -> Response:
         session = self.get_object()
         session.unshare()
+        record(request.user, "playground.unshare", session, title=session.title)
         return Response(SessionSerializer(session, context={"request": request}).data)
 
 

@@ -606,7 +606,7 @@
   $("#pg-predict").addEventListener("click", predict);
   $("#pg-explain-text").addEventListener("click", explainText);
   $("#pg-share").addEventListener("click", () => share(true));
-  $("#pg-unshare").addEventListener("click", () => share(false));
+  $("#pg-unshare")?.addEventListener("click", () => share(false));  // only the owner has it
   $("#pg-title").addEventListener("change", () => { if (state.id) save(); });
   $("#pg-copy-session").addEventListener("click", async () => {
     const body = { title: `${saved.title || "Untitled"} (copy)`, mode: saved.mode, deployment: saved.deployment,
