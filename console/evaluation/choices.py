@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import models
+from django.template.defaultfilters import filesizeformat
 from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy as _
 
@@ -66,6 +68,24 @@ SPEED = {
     DatasetKind.NER: ["examples_per_s", "tokens_per_s", "peak_memory_bytes"],
 }
 GATE_METRICS = [(name, METRICS[name].label) for name in METRICS]
+
+
+def format_metric(name: str, value: Any) -> str:
+    """One metric's value for a page, formatted for its kind: bytes as sizes, counts with separators, rates and
+    seconds rounded, a large perplexity without decimals; "—" when there is none."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "—"
+    if name.endswith("_bytes"):
+        return str(filesizeformat(value))
+    if name == "parameter_count":
+        return f"{value:,}"
+    if name.endswith("_per_s"):
+        return f"{value:.1f}"
+    if name.endswith("_s"):
+        return f"{value:.3f}"
+    if name == "perplexity":
+        return f"{value:,.0f}" if value >= 1000 else f"{value:.4g}"
+    return f"{value:.4f}"
 
 
 def plain(value: float) -> str:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
+from console.evaluation.choices import format_metric
 from console.jobs.models import Job
 
 # The comparison of a compress job: label, lower is better.
@@ -98,19 +98,7 @@ def outcome(job: Job) -> Outcome:
 # --- each kind's result as rows -----------------------------------------------------------------------------
 
 def number(name: str, value: Any) -> str:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return "—"
-    if name.endswith("_bytes"):
-        return str(filesizeformat(value))
-    if name == "parameter_count":
-        return f"{value:,}"
-    if name.endswith("_per_s"):
-        return f"{value:.1f}"
-    if name.endswith("_s"):
-        return f"{value:.3f}"
-    if name == "perplexity":
-        return f"{value:,.0f}" if value >= 1000 else f"{value:.4g}"
-    return f"{value:.4f}"
+    return format_metric(name, value)
 
 
 def metric_label(name: str) -> str:

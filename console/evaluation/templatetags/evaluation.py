@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django import template
-from django.template.defaultfilters import filesizeformat
 
-from console.evaluation.choices import METRICS, QUALITY, SPEED, DatasetKind
+from console.evaluation.choices import METRICS, QUALITY, SPEED, DatasetKind, format_metric
 from console.evaluation.config import summary
 from console.evaluation.models import EvaluationResult
 
@@ -17,18 +16,7 @@ register = template.Library()
 @register.filter
 def metric(metrics: dict[str, Any] | None, name: str) -> str:
     """One metric of a result, formatted for its kind: bytes as sizes, rates and seconds rounded."""
-    value = (metrics or {}).get(name)
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return "—"
-    if name.endswith("_bytes"):
-        return filesizeformat(value)
-    if name.endswith("_per_s"):
-        return f"{value:.1f}"
-    if name.endswith("_s"):
-        return f"{value:.3f}"
-    if name == "perplexity":
-        return f"{value:,.0f}" if value >= 1000 else f"{value:.4g}"
-    return f"{value:.4f}"
+    return format_metric(name, (metrics or {}).get(name))
 
 
 @register.filter
