@@ -432,11 +432,13 @@ function setupDeploymentCharts(box) {
       const layout = {
         title: { text: node.dataset.title, font: { size: 13 } }, height: 280, margin: { l: 60, r: 12, t: 36, b: 48 },
         xaxis: { type: "date", title: { text: t("time") } }, yaxis: { rangemode: "tozero", ...(chart.yaxis || {}) },
-        yaxis2: chart.yaxis2,
-        shapes: chart.target ? [{ type: "line", xref: "paper", x0: 0, x1: 1, y0: Number(node.dataset.target),
-          y1: Number(node.dataset.target), line: { color: "#d8553b", dash: "dash" } }] : [],
         showlegend: true, legend: { orientation: "h", y: -0.2 }, font: { size: 11 }, datarevision: revision,
       };
+      if (chart.yaxis2) layout.yaxis2 = chart.yaxis2;
+      if (chart.target) {
+        layout.shapes = [{ type: "line", xref: "paper", x0: 0, x1: 1, y0: Number(node.dataset.target),
+          y1: Number(node.dataset.target), line: { color: "#d8553b", dash: "dash" } }];
+      }
       Plotly.react(node, traces, layout, { displayModeBar: false, responsive: true });
     });
   };
@@ -474,7 +476,7 @@ function setupDeploymentCharts(box) {
           box.hidden = series.size === 0; // Plotly sizes a chart from its box, so draw only once it shows
           if (series.size && (wasHidden || res.data.samples.length)) draw();
         }
-      } catch (err) { /* the next tick tries again */ }
+      } catch (err) { console.warn("figures:", err); /* the next tick tries again */ }
     }
     setTimeout(tick, DEPLOY_POLL_MS);
   };
