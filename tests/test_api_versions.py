@@ -46,14 +46,14 @@ def test_a_version_shows_its_metadata_lineage_job_and_aliases(tiny, bob, user_ap
     parent = make_version(tiny)
     job = Job.objects.create(kind="import", created_by=bob, status="succeeded", progress=1.0)
     child = make_version(tiny, parent=parent, produced_by=job, import_job=job, created_by=bob,
-                         config={"generation": {"temperature": 0.2}}, chat_template="{{ messages }}")
+                         config={"sampling": {"temperature": 0.2}}, chat_template="{{ messages }}")
     Alias.move(tiny, "staging", child, bob)
     body = user_api.get("/api/models/tiny/versions/2/").json()
     expected = {
         "model": "tiny", "number": 2, "status": "ready", "source": "upload", "source_ref": "tiny.zip",
         "format": "safetensors", "files": [{"path": "model.safetensors", "size": 1234, "sha256": "ab" * 32}],
         "total_size": 1234, "architecture": "LlamaForCausalLM", "parameter_count": 1_000_000, "dtype": "float32",
-        "has_tokenizer": True, "chat_template": "{{ messages }}", "config": {"generation": {"temperature": 0.2}},
+        "has_tokenizer": True, "chat_template": "{{ messages }}", "config": {"sampling": {"temperature": 0.2}},
         "parent": 1, "produced_by": job.pk, "created_by": "bob", "aliases": ["staging"],
         "import_job": {"id": job.pk, "status": "succeeded", "progress": 1.0, "progress_message": "", "error": ""}}
     assert {key: body[key] for key in expected} == expected
@@ -66,7 +66,7 @@ def test_an_unknown_version_or_model_is_a_404_naming_it(tiny, user_api):
 
 def test_a_maintainer_edits_the_config_and_it_is_audited_with_old_and_new(tiny, bob, maintainer_api):
     make_version(tiny, config={"notes": "old"})
-    new = {"generation": {"temperature": 0.7, "max_new_tokens": 64}, "batching": {"max_num_seqs": 8}}
+    new = {"sampling": {"temperature": 0.7, "max_tokens": 64}, "batching": {"max_num_seqs": 8}}
     response = maintainer_api.patch("/api/models/tiny/versions/1/", {"config": new}, format="json")
     assert response.status_code == 200 and response.json()["config"] == new
     assert ModelVersion.objects.get().config == new
@@ -75,7 +75,7 @@ def test_a_maintainer_edits_the_config_and_it_is_audited_with_old_and_new(tiny, 
 
 
 @pytest.mark.parametrize(("config", "message"), [
-    ({"generation": {"temperature": 9}}, "config generation/temperature: 9 is greater than the maximum of 2"),
+    ({"sampling": {"temperature": 9}}, "config sampling/temperature: 9 is greater than the maximum of 2"),
     ({"batching": {"max_num_seqs": "many"}}, "config batching/max_num_seqs: 'many' is not of type 'integer'"),
     ({"temprature": 0.5}, "config (top level): Additional properties are not allowed ('temprature' was unexpected)"),
     (["not", "an", "object"], "config (top level): ['not', 'an', 'object'] is not of type 'object'"),
@@ -104,7 +104,7 @@ def stored_files(storage_root: Path) -> set[Path]:
 @pytest.mark.parametrize(("form", "field", "says"), [
     ({}, "file", "No file was submitted."),
     ({"file": "x", "config": "{temperature: 1}"}, "config", "config is not valid JSON"),
-    ({"file": "x", "config": '{"generation": {"top_p": 0}}'}, "config", "config generation/top_p: 0 is less than"),
+    ({"file": "x", "config": '{"sampling": {"top_p": 0}}'}, "config", "config sampling/top_p: 0 is less than"),
     ({"file": "x", "parent": "first"}, "parent", "A valid integer is required."),
 ])
 def test_an_upload_with_bad_fields_is_refused_before_anything_is_stored(tiny, maintainer_api, storage_root, form,
@@ -192,7 +192,7 @@ def test_an_uploaded_model_is_imported_by_a_worker_and_a_child_names_its_parent(
     assert stored["model.safetensors"]["sha256"] == hashlib.sha256(weights).hexdigest()
     assert v1["total_size"] == sum(f["size"] for f in v1["files"])
 
-    config = {"generation": {"temperature": 0.3}}
+    config = {"sampling": {"temperature": 0.3}}
     second = post(parent="1", config=json.dumps(config))
     assert (second["number"], second["parent"], second["config"]) == (2, 1, config)
     assert when_done(2)["status"] == "ready"

@@ -173,3 +173,15 @@ def test_an_explicit_llamacpp_runtime_needs_a_version_that_kept_a_gguf_llamacpp_
     assert not Deployment.objects.exists()
     auto = maintainer_api.post("/api/deployments/", {**body, "version": odd.number, "config": {}}, format="json")
     assert auto.status_code == 201 and auto.json()["config"]["engine"]["runtime"] == "auto"
+
+
+def test_a_new_deployment_starts_from_its_versions_sampling_defaults(maintainer_api, served):  # type: ignore[no-untyped-def]
+    _, v1, _ = served
+    v1.config = {"sampling": {"temperature": 0.2, "top_p": 0.9, "max_tokens": 64, "seed": 7}}
+    v1.save(update_fields=["config"])
+    made = maintainer_api.post("/api/deployments/", {"name": "from-version", "model": "tiny-llm"}, format="json")
+    assert made.status_code == 201, made.json()  # follows production, which is v1
+    assert made.json()["config"]["sampling"] == {"temperature": 0.2, "top_p": 0.9, "max_tokens": 64}
+    own = maintainer_api.post("/api/deployments/", {"name": "own-defaults", "model": "tiny-llm", "version": 1,
+                                                    "config": {"sampling": {"temperature": 1.0}}}, format="json")
+    assert own.json()["config"]["sampling"] == {"temperature": 1.0, "top_p": 0.9, "max_tokens": 64}  # its own win

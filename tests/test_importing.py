@@ -114,9 +114,9 @@ def test_the_import_job_hashes_inspects_and_marks_the_version_ready(llm, bob, ll
 
 def test_versions_are_numbered_in_order_and_can_name_a_parent(llm, bob, llama_zip):
     first = add_version_from_upload(llm, upload_of(llama_zip), bob)
-    second = add_version_from_upload(llm, upload_of(llama_zip), bob, parent=first, config={"generation": {"temperature": 0.2}})
+    second = add_version_from_upload(llm, upload_of(llama_zip), bob, parent=first, config={"sampling": {"temperature": 0.2}})
     assert (first.number, second.number) == (1, 2)
-    assert second.parent == first and second.config == {"generation": {"temperature": 0.2}}
+    assert second.parent == first and second.config == {"sampling": {"temperature": 0.2}}
 
 
 def test_a_tar_gz_with_a_top_folder_is_accepted(llm, bob, llama_dir, tmp_path):
@@ -225,7 +225,7 @@ def test_an_upload_over_the_size_limit_is_refused_with_413(llm, bob, llama_zip, 
 
 
 def test_an_invalid_config_is_refused(llm, bob, llama_zip):
-    assert_refused(lambda: add_version_from_upload(llm, upload_of(llama_zip), bob, config={"generation": {"top_p": 5}}),
+    assert_refused(lambda: add_version_from_upload(llm, upload_of(llama_zip), bob, config={"sampling": {"top_p": 5}}),
                    "invalid_config", "top_p", field="config")
 
 

@@ -289,24 +289,24 @@ def test_the_version_page_shows_files_with_sha256_parent_children_and_aliases(ch
 
 def test_saving_a_valid_config_updates_the_version_and_records_it(chatbot, bob):
     response = login(bob).post(reverse("registry:version-detail", args=["chatbot", 1]),
-                               {"config": '{"generation": {"temperature": 0.2, "max_new_tokens": 64}}'})
+                               {"config": '{"sampling": {"temperature": 0.2, "max_tokens": 64}}'})
     assert response.status_code == 302
-    assert v(chatbot, 1).config == {"generation": {"temperature": 0.2, "max_new_tokens": 64}}
+    assert v(chatbot, 1).config == {"sampling": {"temperature": 0.2, "max_tokens": 64}}
     assert AuditEvent.objects.filter(action="version.config", actor=bob).exists()
 
 
 def test_a_config_that_breaks_the_schema_shows_the_validation_error_and_changes_nothing(chatbot, bob):
     response = login(bob).post(reverse("registry:version-detail", args=["chatbot", 1]),
-                               {"config": '{"generation": {"temperature": 9}}'})
+                               {"config": '{"sampling": {"temperature": 9}}'})
     assert response.status_code == 400
     page = response.content.decode()
-    assert 'id="config-error"' in page and "config generation/temperature: 9 is greater than the maximum of 2" in page
+    assert 'id="config-error"' in page and "config sampling/temperature: 9 is greater than the maximum of 2" in page
     assert v(chatbot, 1).config == {}
     assert not AuditEvent.objects.filter(action="version.config").exists()
 
 
 def test_a_config_that_is_not_json_shows_where_it_breaks(chatbot, bob):
-    response = login(bob).post(reverse("registry:version-detail", args=["chatbot", 1]), {"config": '{"generation": '})
+    response = login(bob).post(reverse("registry:version-detail", args=["chatbot", 1]), {"config": '{"sampling": '})
     assert response.status_code == 400
     assert "This is not valid JSON" in response.content.decode()
 

@@ -265,7 +265,7 @@ def test_zip_tar_gz_and_gguf_uploads_go_from_importing_to_ready(celery_worker, m
     expected_params = sum(p.numel() for p in source.parameters())
     folder_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(llama_dir).parameters())
     for number, (name, content, fmt) in enumerate(uploads, start=1):
-        response = post_file(maintainer_api, name, content, config='{"generation": {"max_new_tokens": 16}}')
+        response = post_file(maintainer_api, name, content, config='{"sampling": {"max_tokens": 16}}')
         assert response.status_code == 202, response.json()
         created = response.json()
         assert (created["number"], created["status"], created["format"]) == (number, "importing", fmt)
@@ -275,7 +275,7 @@ def test_zip_tar_gz_and_gguf_uploads_go_from_importing_to_ready(celery_worker, m
             assert entry["sha256"] == hashlib.sha256((version.path / entry["path"]).read_bytes()).hexdigest()
         assert body["architecture"] == "LlamaForCausalLM" and body["has_tokenizer"] and body["chat_template"]
         assert body["dtype"] == "float32" and body["total_size"] == sum(f["size"] for f in body["files"])
-        assert body["config"] == {"generation": {"max_new_tokens": 16}} and body["source_ref"] == name
+        assert body["config"] == {"sampling": {"max_tokens": 16}} and body["source_ref"] == name
         if fmt == "gguf":
             assert body["parameter_count"] == expected_params
             assert {"source.gguf", "model.safetensors", "config.json"} <= {f["path"] for f in body["files"]}

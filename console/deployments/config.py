@@ -101,7 +101,7 @@ def normalize(config: Any, *, previous: dict[str, Any] | None = None) -> dict[st
 
     sampling_in = _section(config, "sampling", SAMPLING, "sampling default")
     sampling = {**SAMPLING, **base.get("sampling", {}), **sampling_in}
-    if "max_tokens" not in sampling_in and "max_tokens" not in base.get("sampling", {}):
+    if "max_tokens" not in sampling_in:
         sampling["max_tokens"] = min(sampling["max_tokens"], out["max_tokens"])  # a default under a lower cap
     _number("sampling.temperature", sampling["temperature"], 0, 2, integer=False)
     _number("sampling.top_p", sampling["top_p"], 0.001, 1, integer=False)

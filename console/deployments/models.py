@@ -111,13 +111,25 @@ class Deployment(models.Model):
     # -- changes (each audited) --
     @classmethod
     def create(cls, actor: Any, **fields: Any) -> Deployment:
-        fields["config"] = deployment_config.normalize(fields.get("config", {}))
+        fields["config"] = cls.starting_config(fields.get("config", {}), fields["model"], fields.get("version"),
+                                               fields.get("alias"))
         with transaction.atomic():
             deployment = cls.objects.create(created_by=actor, **fields)
             record(actor, "deployment.create", deployment, model=deployment.model.name,
                    alias=deployment.alias, version=deployment.version.number if deployment.version else None,
                    replicas=deployment.replicas)
         return deployment
+
+    @staticmethod
+    def starting_config(config: Any, model: Model, version: ModelVersion | None, alias: str | None) -> dict[str, Any]:
+        """A new deployment's config, normalized: its sampling defaults start from its version's `sampling`
+        (the pinned version, else the one its alias points at); what its own config says wins."""
+        if version is None and alias:
+            moved = Alias.objects.filter(model=model, name=alias).select_related("version").first()
+            version = moved.version if moved else None
+        defaults = {k: v for k, v in ((version.config if version else None) or {}).get("sampling", {}).items()
+                    if k in deployment_config.SAMPLING}
+        return deployment_config.normalize(config, previous={"sampling": defaults})
 
     def change(self, actor: Any, **fields: Any) -> None:
         fields.pop("model", None)  # never changes (a PUT/PATCH may name the current one)

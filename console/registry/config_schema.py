@@ -1,4 +1,8 @@
-"""The schema of a version's free-form `config`: generation defaults, quantization, batching limits.
+"""The schema of a version's free-form `config`: sampling defaults, quantization, batching limits.
+
+`sampling` has the name and the field names a deployment's config uses (`max_tokens`, `temperature`, …):
+a new deployment starts from its version's `sampling`. The old name `generation` is refused with a message
+saying so.
 
 Unknown top-level keys are refused so typos surface at once; each section is optional."""
 
@@ -14,11 +18,11 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "generation": {
+        "sampling": {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": 131072},
+                "max_tokens": {"type": "integer", "minimum": 1, "maximum": 131072},
                 "temperature": {"type": "number", "minimum": 0, "maximum": 2},
                 "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
                 "top_k": {"type": "integer", "minimum": 0},
@@ -88,6 +92,9 @@ OPENAPI_CONFIG_SCHEMA = _openapi(CONFIG_SCHEMA)
 
 def validate_config(config: Any) -> None:
     """Raise ValidationError({"config": "<path>: <problem>"}) for the first problem found."""
+    if isinstance(config, dict) and "generation" in config:
+        raise ValidationError({"config": "config generation: the sampling defaults are called 'sampling' (as in a "
+                                         "deployment's config), with 'max_tokens' for 'max_new_tokens'."})
     errors = sorted(_validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]

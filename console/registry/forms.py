@@ -83,7 +83,7 @@ class ConfigForm(forms.Form):
                                   % {"error": exc.msg, "line": exc.lineno, "column": exc.colno}) from exc
         if not isinstance(value, dict):
             raise ValidationError(_("The config must be a JSON object, e.g. %(example)s.")
-                                  % {"example": '{"generation": {"temperature": 0.7}}'})
+                                  % {"example": '{"sampling": {"temperature": 0.7}}'})
         return value
 
     def save_to(self, version: ModelVersion, actor: Any) -> bool:

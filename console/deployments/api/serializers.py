@@ -95,9 +95,11 @@ class DeploymentSerializer(serializers.ModelSerializer):
             if not model.aliases.filter(name="production").exists():
                 raise serializers.ValidationError({"alias": f"{model.name} has no 'production' alias; promote a "
                                                             "version, name another alias, or pin a version."}, code="does_not_exist")
-        if "config" in attrs:
-            attrs["config"] = deployment_config.normalize(attrs["config"],
-                                                          previous=instance.config if instance else None)
+        if "config" in attrs and instance is not None:
+            attrs["config"] = deployment_config.normalize(attrs["config"], previous=instance.config)
+        elif "config" in attrs:
+            attrs["config"] = Deployment.starting_config(attrs["config"], model, attrs.get("version"),
+                                                         attrs.get("alias"))
         config = attrs.get("config", instance.config if instance else None)
         if config:
             deployment_config.check_runtime(config, self._target(attrs, model, instance), model.task)

@@ -134,7 +134,7 @@ class VersionUploadSerializer(serializers.Serializer):
 
     file = serializers.FileField(help_text="A .zip or .tar.gz of a model folder, or a .gguf file.")
     config = serializers.CharField(required=False, help_text='The version config as a JSON object string, '
-                                   'e.g. {"generation": {"temperature": 0.7}}.')
+                                   'e.g. {"sampling": {"temperature": 0.7}}.')
     parent = serializers.IntegerField(required=False, min_value=1, help_text="Number of the parent version.")
 
     def validate_config(self, value: str) -> dict[str, Any]:
@@ -142,7 +142,7 @@ class VersionUploadSerializer(serializers.Serializer):
             config = json.loads(value)
         except json.JSONDecodeError as exc:
             raise serializers.ValidationError(f"config is not valid JSON ({exc.msg} at position {exc.pos}); "
-                                              'send a JSON object such as {"generation": {"max_new_tokens": 64}}.') from exc
+                                              'send a JSON object such as {"sampling": {"max_tokens": 64}}.') from exc
         return check_config(config)
 
     def validate_parent(self, value: int) -> ModelVersion:
