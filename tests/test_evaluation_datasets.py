@@ -114,6 +114,7 @@ def test_an_oversize_dataset_is_refused_before_it_is_read(maintainer_api, settin
     settings.TAUON_MAX_DATASET_BYTES = 10
     error = error_of(upload(maintainer_api, "big", "text", "big.txt", "x" * 11), 413)
     assert error["code"] == "too_large" and "at most 10 bytes" in error["message"]
+    assert "TAUON_" not in error["message"]  # it speaks to the user, not of settings
 
 
 def test_users_read_datasets_but_only_maintainers_upload(user_api, anon_api, maintainer_api):

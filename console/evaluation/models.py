@@ -93,7 +93,7 @@ class DatasetVersion(models.Model):
         limit = settings.TAUON_MAX_DATASET_BYTES
         if len(raw) > limit:
             raise DatasetRefused(f"The file is {len(raw)} bytes; datasets may be at most {limit} bytes "
-                                 "(TAUON_MAX_DATASET_BYTES).", code="too_large", status=413)
+                                 "(an admin can raise the limit); split it into smaller files.", code="too_large", status=413)
         if kind not in DatasetKind.values:
             raise DatasetRefused(f"'{kind}' is not a dataset kind; choose one of: {', '.join(DatasetKind.values)}.",
                                  field="kind")

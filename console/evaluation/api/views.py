@@ -65,7 +65,7 @@ class DatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVi
         limit = settings.TAUON_MAX_DATASET_BYTES
         if upload.size > limit:  # before reading it into memory
             return error_response(f"The file is {upload.size} bytes; datasets may be at most {limit} bytes "
-                                  "(TAUON_MAX_DATASET_BYTES).", code="too_large", field="file", status_code=413)
+                                  "(an admin can raise the limit); split it into smaller files.", code="too_large", field="file", status_code=413)
         try:
             version = DatasetVersion.add(data["name"], data["kind"], upload.name, upload.read(), request.user,
                                          description=data["description"])
