@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections import Counter
 from typing import Any
 
@@ -43,13 +44,17 @@ def served(owner: Any, name: str, task: str) -> Deployment:
 def test_bad_input_is_refused_naming_the_field_and_starts_no_job(user_api, bob):
     served(bob, "sorter", "text-classification")
     served(bob, "writer", "text-generation")
+    served(bob, "resting", "text-classification")
+    Deployment.objects.filter(name="resting").update(stopped=True)
     classification_dataset("reviews", bob, ["pos", "neg"] * 6)
     DatasetVersion.add("questions", "qa", "q.jsonl", b'{"prompt": "2+2?", "answer": "4"}\n', bob)
     url = "/api/deployments/{}/predict-dataset"
     cases = [
-        ("nobody", {"dataset": "reviews"}, 404, "deployment"),
-        ("writer", {"dataset": "reviews"}, 400, "deployment"),
+        ("nobody", {"dataset": "reviews"}, 404, "name"),
+        ("writer", {"dataset": "reviews"}, 400, "name"),
+        ("resting", {"dataset": "reviews"}, 409, "name"),
         ("sorter", {}, 400, "dataset"),
+        ("sorter", {"dataset": ["reviews"]}, 400, "dataset"),
         ("sorter", {"dataset": "no-such"}, 404, "dataset"),
         ("sorter", {"dataset": "questions"}, 400, "dataset"),
         ("sorter", {"dataset": "reviews", "version": 7}, 404, "version"),
@@ -134,7 +139,7 @@ def test_a_dataset_runs_through_a_classification_deployment_end_to_end(serving, 
 
     html = _result_page(client, job)
     assert 'id="predict-chart"' in html and 'id="predict-accuracy"' in html and "Download CSV" in html
-    chart = json.loads(html.split('id="predict-chart-data">')[1].split("</script>")[0])
+    chart = json.loads(re.search(r'id="predict-chart-data"[^>]*>(.*?)</script>', html, re.S).group(1))
     assert dict(zip(chart["labels"], chart["counts"], strict=True)) == result["distribution"]
     charlie.language = "zh-hans"
     charlie.save(update_fields=["language"])
@@ -170,3 +175,26 @@ def test_the_result_page_renders_in_both_languages_and_predictions_stay_private(
     maintainer = Client()
     maintainer.force_login(bob)
     assert maintainer.get(reverse("batches:predictions", args=[job.pk, "csv"])).status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_stops_a_running_prediction_and_leaves_no_file(serving, celery_worker, tmp_path, bob, charlie,
+                                                                 user_api):
+    from tests.modelfactory import tiny_bert_dir
+    from tests.serving_rows import deploy
+
+    # one text per request: thousands of round trips, so the job is still running when the cancel comes
+    deploy("classify", tiny_bert_dir(tmp_path / "clf", num_labels=2), task="text-classification", owner=bob,
+           config={"max_input_items": 1})
+    raw = "".join(json.dumps({"text": f"review number {i}", "label": "LABEL_0"}) + "\n" for i in range(3000))
+    DatasetVersion.add("many", "classification", "many.jsonl", raw.encode(), bob)
+    job = Job.objects.get(pk=user_api.post("/api/deployments/classify/predict-dataset", {"dataset": "many"},
+                                           format="json").json()["id"])
+    wait_for(lambda: Job.objects.get(pk=job.pk).progress > 0, timeout=120, what="a first chunk predicted")
+    client = Client()
+    client.force_login(charlie)  # its creator, a plain user, may cancel it
+    assert client.post(reverse("jobs:job-cancel", args=[job.pk])).status_code == 302
+    wait_for(lambda: Job.objects.get(pk=job.pk).is_terminal, timeout=30, what="the cancelled job to stop")
+    job.refresh_from_db()
+    assert job.status == "cancelled" and 0 < job.progress < 1
+    assert not predict.path_of(job.pk).exists() and job.result is None

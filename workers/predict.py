@@ -7,6 +7,7 @@ written at the end, all at once (console/batches/predict.py): a failed or cancel
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -18,6 +19,7 @@ from console.inference.gateway import Call, close_redis_client
 WINDOW = 2  # chunks in flight at once
 CHUNK = 32  # texts per request (at most the deployment's max_input_items)
 RETRY_S = 0.5
+GIVE_UP_S = 600  # no chunk answered for this long (no replica, or never any room): the job fails saying so
 BUSY = (429, 503)
 
 
@@ -59,8 +61,12 @@ class _Feeder:
         pending = list(self.chunks)
         tasks: dict[asyncio.Task[list[Any] | None], tuple[int, list[str]]] = {}
         done_texts = 0
+        progressed = time.monotonic()
         try:
             while pending or tasks:
+                if time.monotonic() - progressed > GIVE_UP_S:
+                    raise RuntimeError(f"Deployment '{self.deployment.name}' had no ready replica or no room for "
+                                       f"{GIVE_UP_S} s; start it (or add replicas) and run the job again.")
                 while pending and len(tasks) < WINDOW:
                     chunk = pending.pop(0)
                     tasks[asyncio.create_task(self._send(chunk[1]))] = chunk
@@ -75,6 +81,7 @@ class _Feeder:
                     else:
                         outputs[start:start + len(chunk)] = result
                         done_texts += len(chunk)
+                        progressed = time.monotonic()
                 # raises JobCancelled when a cancel was asked: the finally below stops what is in flight
                 await sync_to_async(self.job.report)(done_texts / max(1, len(self.texts)),
                                                      f"{done_texts} of {len(self.texts)} texts predicted")

@@ -44,6 +44,9 @@ def check(deployment_name: Any, data: dict[str, Any]) -> dict[str, Any]:
     if task not in KINDS_FOR_TASK:
         raise PredictRefused(f"'{deployment.name}' serves {task}; predicting on a dataset is for text- and "
                              "token-classification deployments.", "deployment", code="wrong_task")
+    if deployment.stopped:
+        raise PredictRefused(f"Deployment '{deployment.name}' is stopped; a maintainer can start it again.",
+                             "deployment", 409, "deployment_stopped")
     name = data.get("dataset")
     if not isinstance(name, str) or not name:
         raise PredictRefused("'dataset' is required: the name of a registered dataset (GET /api/datasets/).",

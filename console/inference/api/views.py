@@ -73,6 +73,7 @@ class PredictViewSet(GenericViewSet):
 
 class PredictDatasetViewSet(GenericViewSet):
     permission_classes = [IsUser]  # like the Batches: any user, their own jobs (private kind)
+    serializer_class = PredictDatasetSerializer
 
     @extend_schema(request=PredictDatasetSerializer, responses={202: JobSerializer},
                    description="Predict on a registered dataset (`classification` for text-classification, `ner` "
@@ -80,9 +81,12 @@ class PredictDatasetViewSet(GenericViewSet):
                                "has the label distribution (and the accuracy for a classification dataset) and "
                                "links to the predictions as CSV and JSONL.")
     def create(self, request: Request, name: str) -> Response:
+        body = PredictDatasetSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
         try:
-            params = predict.check(name, request.data if isinstance(request.data, dict) else {})
-        except predict.PredictRefused as exc:
-            return error_response(exc.message, code=exc.code, field=exc.field, status_code=exc.status)
+            params = predict.check(name, body.validated_data)
+        except predict.PredictRefused as exc:  # the deployment is the path's `name` here
+            return error_response(exc.message, code=exc.code, status_code=exc.status,
+                                  field="name" if exc.field == "deployment" else exc.field)
         job = Job.start("predict", params, request.user, checked=True)
         return Response(JobSerializer(job).data, status=202)
