@@ -101,5 +101,7 @@ def beyond_the_schema(case, field: str) -> bool:  # type: ignore[no-untyped-def]
         ("PUT", "/api/deployments/{name}/", "model"),
         ("PATCH", "/api/deployments/{name}/", "model"),
         ("POST", "/api/deployments/{name}/predict", "name"),  # predict is for classification deployments
+        ("POST", "/api/deployments/{name}/predict-dataset", "name"),  # likewise
+        ("POST", "/api/deployments/{name}/predict-dataset", "dataset"),  # one of a kind fitting the task
         ("POST", "/api/models/{name}/versions/", "hub_id"),  # what the hub says (unreachable from tests)
     } or (case.method, case.path) == ("POST", "/api/deployments/{name}/explain")  # depends on the task

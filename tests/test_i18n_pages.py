@@ -32,7 +32,7 @@ CATALOG = Path(settings.BASE_DIR) / "console" / "locale" / "zh_Hans" / "LC_MESSA
 NOT_PAGES = {"login", "logout", "key-revoke", "plotly-js", "promote", "rollback", "remove-alias", "version-finetune",
              "version-compress", "job-cancel", "job-rerun", "gate-add", "gate-remove", "shared", "model-delete",
              "cancel", "file-download", "v1-files", "v1-file", "v1-file-content", "v1-batches", "v1-batch",
-             "v1-batch-cancel"}
+             "v1-batch-cancel", "predict-dataset", "predictions"}
 PAGE_APPS = {"registry", "deployments", "playground", "evaluation", "jobs", "audit", "batches", None}
 
 

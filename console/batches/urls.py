@@ -13,4 +13,6 @@ urlpatterns = [
     path("batches/", views.batch_list, name="list"),
     path("batches/<str:batch_id>/cancel/", views.batch_cancel, name="cancel"),
     path("batches/files/<str:file_id>/", views.file_download, name="file-download"),
+    path("deployments/<slug:name>/predict-dataset/", views.predict_dataset, name="predict-dataset"),
+    path("jobs/<int:pk>/predictions.<str:fmt>", views.predictions_download, name="predictions"),
 ]

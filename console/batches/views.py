@@ -11,8 +11,11 @@ from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
+from console.batches import predict
 from console.batches.models import Batch, BatchFile
 from console.inference.errors import ApiError
+from console.jobs.choices import JobStatus
+from console.jobs.models import Job
 
 
 @login_required
@@ -52,3 +55,35 @@ def file_download(request: HttpRequest, file_id: str) -> HttpResponse:
         raise Http404(_("No such file."))
     return FileResponse(open(row.path, "rb"), content_type="application/jsonl", as_attachment=True,  # noqa: SIM115
                         filename=row.filename)
+
+
+@login_required
+@require_POST
+def predict_dataset(request: HttpRequest, name: str) -> HttpResponse:
+    """The deployment page's "Predict on a dataset" form: the same checks as the API, then the job's page."""
+    dataset, _sep, version = request.POST.get("dataset_version", "").rpartition("|")  # one <select>: "name|n"
+    try:
+        params = predict.check(name, {"dataset": dataset, "version": version})
+    except predict.PredictRefused as exc:
+        if exc.field == "deployment" and exc.status == 404:
+            raise Http404(exc.message) from exc
+        messages.error(request, _("Cannot predict on that dataset: %(why)s") % {"why": exc.message})
+        return redirect("deployments:detail", name=name)
+    job = Job.start("predict", params, request.user, checked=True)
+    messages.success(request, _("Started %(job)s: predicting on %(dataset)s v%(version)s.")
+                     % {"job": job, "dataset": params["dataset"], "version": params["version"]})
+    return redirect("jobs:job-detail", pk=job.pk)
+
+
+@login_required
+def predictions_download(request: HttpRequest, pk: int, fmt: str) -> HttpResponse:
+    """A succeeded predict job's predictions as CSV or JSONL (who may see the job may download them)."""
+    job = Job.objects.visible_to(request.user).filter(pk=pk, kind="predict", status=JobStatus.SUCCEEDED).first()
+    if fmt not in ("csv", "jsonl") or job is None or not predict.path_of(job.pk).exists():
+        raise Http404(_("No such predictions."))
+    if fmt == "jsonl":
+        return FileResponse(open(predict.path_of(job.pk), "rb"), content_type="application/jsonl",  # noqa: SIM115
+                            as_attachment=True, filename=f"predictions-job-{job.pk}.jsonl")
+    response = HttpResponse(predict.as_csv(predict.read(job.pk)), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="predictions-job-{job.pk}.csv"'
+    return response

@@ -21,9 +21,11 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET
 
 from console.accounts.decorators import role_required
+from console.batches import predict
 from console.deployments import config as deployment_config
 from console.deployments.choices import ReplicaStatus
 from console.deployments.models import Deployment, Replica
+from console.evaluation.models import DatasetVersion
 from console.registry.choices import VersionStatus
 from console.registry.models import Model, ModelVersion
 from engine.config import QUANTIZATIONS, RUNTIMES
@@ -135,6 +137,9 @@ def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
         "poll_ms": 2000,
         "plotly_version": plotly_version(),
     }
+    if deployment.model.task in predict.KINDS_FOR_TASK:  # "Predict on a dataset": the versions of a fitting kind
+        context["predict_versions"] = list(DatasetVersion.objects.select_related("dataset").filter(
+            dataset__kind__in=predict.KINDS_FOR_TASK[deployment.model.task]).order_by("dataset__name", "-number"))
     if request.user.is_maintainer:  # type: ignore[union-attr]
         model = with_targets().get(pk=deployment.model_id)
         current = f"alias:{deployment.alias}" if not deployment.version_id else f"version:{deployment.version.number}"

@@ -14,6 +14,7 @@ from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError as ApiValidationError
 
 from console.accounts.decorators import require_maintainer
+from console.batches import predict
 from console.deployments.views import plotly_version
 from console.jobs import kinds, results
 from console.jobs.api.serializers import creatable_kinds
@@ -71,6 +72,12 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
                                   and accuracy <= baseline.get("accuracy", 0))
     elif job.kind == "explain":
         context["heatmap"] = results.heatmap(result)
+    elif job.kind == "predict":
+        context["predict_chart"] = predict.chart(result)
+        context["plotly_version"] = plotly_version()
+    # who may cancel: maintainers any job; a user their own predict job (the Batches' rule: your own work)
+    context["can_cancel"] = request.user.is_maintainer or (  # type: ignore[union-attr]
+        job.kind == "predict" and job.created_by_id == request.user.pk)
     return render(request, "jobs/job_detail.html", context)
 
 
@@ -97,8 +104,9 @@ def job_rerun(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
-    require_maintainer(request, "Cancelling a job")
-    job = get_object_or_404(Job, pk=pk)
+    job = get_object_or_404(Job.objects.visible_to(request.user), pk=pk)
+    if not (job.kind == "predict" and job.created_by_id == request.user.pk):  # a user's own predict job
+        require_maintainer(request, "Cancelling a job")
     if job.request_cancel(actor=request.user):
         messages.success(request, (_("Cancel requested for %(job)s.") if job.status == JobStatus.RUNNING
                                    else _("Cancelled %(job)s.")) % {"job": job})

@@ -120,5 +120,12 @@ class PredictSerializer(serializers.Serializer):
     top_k = serializers.IntegerField(required=False, min_value=1, help_text="Labels per text (classification).")
 
 
+class PredictDatasetSerializer(serializers.Serializer):
+    dataset = serializers.CharField(help_text="A registered dataset: `classification` for a text-classification "
+                                              "deployment, `ner` for a token-classification one.")
+    version = serializers.IntegerField(required=False, min_value=1, help_text="Its version number; the latest "
+                                                                              "if left out.")
+
+
 class ApplyTuneSerializer(serializers.Serializer):
     job = serializers.IntegerField(min_value=1, help_text="The id of a succeeded `tune` job of this deployment's model.")

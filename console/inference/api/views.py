@@ -12,14 +12,17 @@ from rest_framework.response import Response
 from rest_framework.viewsets import GenericViewSet
 
 from console.accounts.permissions import IsUser
+from console.batches import predict
 from console.core.api import error_response
-from console.deployments.api.serializers import PredictSerializer
+from console.deployments.api.serializers import PredictDatasetSerializer, PredictSerializer
 from console.deployments.models import Deployment
 from console.inference import requests as parse
 from console.inference.auth import Caller, caller_for
 from console.inference.errors import ApiError
 from console.inference.gateway import Call
 from console.inference.limits import reserve, settle
+from console.jobs.api.serializers import JobSerializer
+from console.jobs.models import Job
 
 
 class PredictViewSet(GenericViewSet):
@@ -66,3 +69,24 @@ class PredictViewSet(GenericViewSet):
             await call.close()
             await settle(ticket, int(done.get("usage", {}).get("prompt_tokens", 0)))
         return {**done, "version": accepted.get("version")}
+
+
+class PredictDatasetViewSet(GenericViewSet):
+    permission_classes = [IsUser]  # like the Batches: any user, their own jobs (private kind)
+    serializer_class = PredictDatasetSerializer
+
+    @extend_schema(request=PredictDatasetSerializer, responses={202: JobSerializer},
+                   description="Predict on a registered dataset (`classification` for text-classification, `ner` "
+                               "for token-classification deployments) as a background `predict` job; its result "
+                               "has the label distribution (and the accuracy for a classification dataset) and "
+                               "links to the predictions as CSV and JSONL.")
+    def create(self, request: Request, name: str) -> Response:
+        body = PredictDatasetSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            params = predict.check(name, body.validated_data)
+        except predict.PredictRefused as exc:  # the deployment is the path's `name` here
+            return error_response(exc.message, code=exc.code, status_code=exc.status,
+                                  field="name" if exc.field == "deployment" else exc.field)
+        job = Job.start("predict", params, request.user, checked=True)
+        return Response(JobSerializer(job).data, status=202)
