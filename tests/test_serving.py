@@ -214,6 +214,31 @@ def test_a_full_deployment_answers_429_with_retry_after_at_once(serving, web_ser
     assert freed.usage.completion_tokens == 4 and freed.choices[0].finish_reason == "length"
 
 
+def test_a_place_is_freed_when_its_generation_ends_though_its_client_died_without_a_word(serving, web_server,
+                                                                                        slow_llama_dir, bob):
+    """A client process killed mid-request (a web process, a batch job) never closes its call: the worker
+    frees the place when the generation ends, not the request's deadline minutes later."""
+    import asyncio
+
+    from console.inference import requests as parse
+    from console.inference.gateway import Call
+
+    deployment = deploy("slow", slow_llama_dir, owner=bob, config={"timeout_s": 600})
+    parsed = parse.completion({"model": "slow", "prompt": "Once", "max_tokens": 6, "ignore_eos": True},
+                              deployment.config)
+
+    async def open_and_walk_away() -> str:
+        call = Call(deployment.name, deployment.queue, deployment.config, parsed.work)
+        await call.open()
+        await call.first()  # accepted: a worker runs it; this client now "dies" (never reads, never closes)
+        return call.request_id
+
+    request_id = asyncio.run(open_and_walk_away())
+    assert live.client().zscore(live.inflight_key("slow"), request_id) is not None  # its place, until its deadline
+    wait_for(lambda: live.client().zscore(live.inflight_key("slow"), request_id) is None, timeout=30,
+             what="the place freed when the generation ended")
+
+
 def test_a_client_that_disconnects_cancels_its_generation_within_a_second(serving, web_server, slow_llama_dir,
                                                                           charlie, bob):
     deploy("slow", slow_llama_dir, owner=bob, config={"max_tokens": 3000})

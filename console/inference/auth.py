@@ -66,7 +66,7 @@ def caller_for(user: Any, key: Any) -> Caller:
     budget unless an admin gave it its own limits."""
     if isinstance(key, ApiKey) and key.own_limits:
         rpm, tpm = key.limits()
-        return Caller(user, key, Budget(f"key:{key.pk}", rpm, tpm, own=True))
+        return Caller(user, key, Budget(f"key:{key.hashed_key[:24]}", rpm, tpm, own=True))
     rpm, tpm = user_limits(user)
     return Caller(user, key if isinstance(key, ApiKey) else None, Budget(f"user:{user.pk}", rpm, tpm))
 

@@ -57,7 +57,7 @@ return 0
 class Budget:
     """Whose minute a request counts against, and its limits (0: unlimited)."""
 
-    bucket: str  # "user:<id>" or "key:<id>"
+    bucket: str  # "user:<id>" or "key:<hash prefix>" (a pk can come back after a key is deleted; its hash cannot)
     requests_per_minute: int
     tokens_per_minute: int
     own: bool = False  # a key's own budget rather than its user's

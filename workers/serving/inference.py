@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from celery import shared_task
+from redis.exceptions import RedisError
 
 from console.deployments import live
 from workers.serving.host import hosted
@@ -73,6 +74,17 @@ def infer(deployment: str, request_id: str, request: dict[str, Any]) -> None:
         events.error(500, "engine_error", f"{exc.__class__.__name__}: {exc}")
     finally:
         runner.release(loaded)
+        _free_place(deployment, request_id)
+
+
+def _free_place(deployment: str, request_id: str) -> None:
+    """The request is over here: its place (the web side's admission) is free. The web side frees it too when
+    its client's answer ends; doing it here as well means a client that died without a word (a killed web
+    process, a killed batch job) holds a place no longer than its generation, not until its deadline."""
+    try:
+        live.client().zrem(live.inflight_key(deployment), request_id)
+    except RedisError:
+        log.warning("could not free the place of request %s", request_id, exc_info=True)
 
 
 def _generate(runner: Runner, loaded: Loaded, request_id: str, request: dict[str, Any],
