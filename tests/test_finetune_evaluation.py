@@ -87,7 +87,7 @@ def test_a_lora_sft_into_a_new_model_is_compared_with_its_parent_on_the_held_out
     page = client.get("/models/tiny-sums/evaluation/").content.decode()
     assert 'data-compare-model="tiny"' in page and ">tiny v1<" in page and ">v1<" in page
     assert "held-out split (seed 7, eval_fraction 0.25)" in page
-    from console.evaluation.views import _rows
+    from console.evaluation.comparison import _rows
 
     target = child.model
     with django_assert_num_queries(1):  # the page's table and chart rows (JSON as they are): one query

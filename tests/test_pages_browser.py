@@ -106,6 +106,8 @@ def test_an_admin_creates_and_deactivates_a_user_and_cannot_delete_a_served_mode
     expect(page.locator("#delete-model-form")).to_have_count(0)
 
     page.goto("/")
+    if page.locator(".navtoggle").is_visible():  # on a phone the nav folds behind Menu
+        page.click(".navtoggle")
     page.click("#nav-users")
     page.fill("#id_username", "dora")
     page.select_option("#id_role", "maintainer")

@@ -108,10 +108,13 @@ def summary(config: dict[str, Any]) -> str:
     return ", ".join(parts) or "defaults"
 
 
-def _check_context(config: dict[str, Any], versions: Any) -> None:
-    """context_length within each version's own context (max_position_embeddings), and max_model_len too."""
-    for key, value in (("context_length", config.get("context_length")),
-                       ("engine.max_model_len", config["engine"].get("max_model_len"))):
+def _check_context(given: Any, versions: Any) -> None:
+    """context_length within each version's own context (max_position_embeddings), and max_model_len too: the
+    values the caller gave (a default longer than a small model's context is fitted to it when the job runs)."""
+    given = given if isinstance(given, dict) else {}
+    engine = given.get("engine") if isinstance(given.get("engine"), dict) else {}
+    for key, value in (("context_length", given.get("context_length")),
+                       ("engine.max_model_len", engine.get("max_model_len"))):
         if not value:
             continue
         for version in versions:
@@ -146,7 +149,7 @@ def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
                                f"{TASK_OF_KIND[dataset.kind]} models; '{model.name}' is {model.task}.")
     dataset_version = dataset_version_of(dataset, params.get("dataset_version"))
     config = normalize(params.get("config", {}))
-    _check_context(config, versions.values())
+    _check_context(params.get("config", {}), versions.values())
     if "split" in config and dataset.kind == "text":
         raise fail("config.split", f"Dataset '{dataset.name}' is plain text, which has no rows to hold out; "
                                    "drop the split to evaluate it whole.")
