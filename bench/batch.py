@@ -24,7 +24,16 @@ from statistics import median
 from typing import Any
 
 from bench.engine import progress
-from bench.serving import DEPLOYMENT, SHORT_CHAT, Api, Mode, Stack, _client, ensure_deployment, load_avg
+from bench.serving import (
+    DEPLOYMENT,
+    SHORT_CHAT,
+    Api,
+    Mode,
+    _client,
+    ensure_deployment,
+    load_avg,
+    stack_or_url,
+)
 
 MODE = Mode(requests=0, prompt_range=(0, 0), new_range=(0, 0), overload_new=0,
             engine={"max_num_seqs": 32, "max_queue": 64, "kv_cache_bytes": 600 << 20})
@@ -136,13 +145,7 @@ def main() -> None:
     if bool(args.base_url) != bool(args.api_key):
         parser.error("--base-url and --api-key go together")
     started, load_start = time.perf_counter(), load_avg()
-    stack = None if args.base_url else Stack(args.keep_var)
-    try:
-        if stack is not None:
-            stack.start()
-            base_url, key = stack.url, stack.api_key()
-        else:
-            base_url, key = args.base_url.rstrip("/"), args.api_key
+    with stack_or_url(args.base_url, args.api_key, args.keep_var) as (base_url, key):
         ensure_deployment(Api(base_url, key), MODE)
         work = chats(args.lines)
         seats = MODE.engine["max_num_seqs"]
@@ -154,9 +157,6 @@ def main() -> None:
         i_wall, i_ok, i_failed = asyncio.run(_interactive(base_url, key, work, args.max_tokens, seats))
         progress(f"batch: the same {args.lines} chats as one batch, TTFT probes while it runs")
         b = run_batch(base_url, key, work, args.max_tokens, args.probes)
-    finally:
-        if stack is not None:
-            stack.stop()
     idle_p50, busy_p50 = median(idle), median(b["busy_ttfts"]) if b["busy_ttfts"] else float("nan")
     out = {"lines": args.lines, "max_tokens": args.max_tokens, "seats": seats,
            "interactive_wall_s": round(i_wall, 2), "interactive_lines_per_s": round(args.lines / i_wall, 2),

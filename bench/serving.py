@@ -40,6 +40,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import median
@@ -289,6 +291,21 @@ def _wait(api: Api, what: str, ok: Any, timeout: float = 600) -> dict[str, Any]:
             return data  # type: ignore[no-any-return]
         time.sleep(0.5)
     raise RuntimeError(f"deployment {DEPLOYMENT} did not become {what} within {timeout:.0f} s: {data}")
+
+
+@contextmanager
+def stack_or_url(base_url: str | None, api_key: str | None, keep: bool = False) -> Iterator[tuple[str, str]]:
+    """(base URL, API key) of a running stack named by --base-url/--api-key, or else of our own, started here
+    in a temp var/ and stopped on the way out."""
+    if base_url:
+        yield base_url.rstrip("/"), str(api_key)
+        return
+    stack = Stack(keep)
+    try:
+        stack.start()
+        yield stack.url, stack.api_key()
+    finally:
+        stack.stop()
 
 
 def ensure_deployment(api: Api, mode: Mode) -> dict[str, Any]:

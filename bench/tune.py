@@ -22,7 +22,18 @@ import time
 from typing import Any
 
 from bench.engine import make_workload, model_folder, progress
-from bench.serving import DEPLOYMENT, FULL, QUICK, Api, Mode, Stack, e2e, ensure_deployment, pct, warm_up_e2e
+from bench.serving import (
+    DEPLOYMENT,
+    FULL,
+    QUICK,
+    Api,
+    Mode,
+    e2e,
+    ensure_deployment,
+    pct,
+    stack_or_url,
+    warm_up_e2e,
+)
 
 DEFAULTS = {"max_num_seqs": 32, "max_queue": 256, "max_batch_tokens": 256, "kv_cache_bytes": 512 << 20,
             "quantization": "none", "runtime": "torch"}
@@ -148,17 +159,8 @@ def main() -> None:
     mode = QUICK if args.quick else FULL
     trials = args.trials or (3 if args.quick else 6)
     started = time.perf_counter()
-    stack = None if args.base_url else Stack(False)
-    try:
-        if stack is not None:
-            stack.start()
-            base_url, key = stack.url, stack.api_key()
-        else:
-            base_url, key = args.base_url.rstrip("/"), args.api_key
+    with stack_or_url(args.base_url, args.api_key) as (base_url, key):
         out = run(base_url, key, mode, trials, args.target_ms, args.tune_timeout)
-    finally:
-        if stack is not None:
-            stack.stop()
     out.update(quick=args.quick, wall_s=round(time.perf_counter() - started, 1))
     print(f"defaults: {out['default']}\ntuned:    {out['tuned']}\nratio:    {out['ratio_tokens_per_s']}")
     print(json.dumps(out))
