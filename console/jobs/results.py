@@ -97,10 +97,6 @@ def outcome(job: Job) -> Outcome:
 
 # --- each kind's result as rows -----------------------------------------------------------------------------
 
-def number(name: str, value: Any) -> str:
-    return format_metric(name, value)
-
-
 def metric_label(name: str) -> str:
     from console.evaluation.choices import METRICS
 
@@ -116,8 +112,8 @@ def compress_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         lower = COMPARED.get(key, (None, True))[1]
         ratio = figures.get("ratio")
         better = None if ratio is None or ratio == 1 else (ratio < 1) == lower
-        rows.append({"key": key, "label": metric_label(key), "parent": number(key, figures.get("parent")),
-                     "child": number(key, figures.get("child")),
+        rows.append({"key": key, "label": metric_label(key), "parent": format_metric(key, figures.get("parent")),
+                     "child": format_metric(key, figures.get("child")),
                      "ratio": "—" if ratio is None else f"{ratio:.3f}×", "better": better})
     return rows
 
@@ -128,7 +124,7 @@ def evaluate_rows(result: dict[str, Any]) -> tuple[list[str], list[dict[str, Any
     names: list[str] = []
     for values in metrics.values():
         names += [k for k, v in (values or {}).items() if isinstance(v, int | float) and k not in names]
-    rows = [{"version": key, "values": [number(n, (values or {}).get(n)) for n in names]}
+    rows = [{"version": key, "values": [format_metric(n, (values or {}).get(n)) for n in names]}
             for key, values in sorted(metrics.items(), key=lambda item: str(item[0]))]
     return [metric_label(n) for n in names], rows
 
@@ -139,8 +135,8 @@ def finetune_rows(result: dict[str, Any]) -> list[dict[str, str]]:
     evaluation = result.get("evaluation") or {}
     child, parent = evaluation.get("child") or {}, evaluation.get("parent") or {}
     for key in [k for k in child if isinstance(child.get(k), int | float)]:
-        rows.append({"label": metric_label(key), "parent": number(key, parent.get(key)),
-                     "child": number(key, child.get(key))})
+        rows.append({"label": metric_label(key), "parent": format_metric(key, parent.get(key)),
+                     "child": format_metric(key, child.get(key))})
     return rows
 
 
