@@ -20,6 +20,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+from dataclasses import replace
 from statistics import median
 from typing import Any
 
@@ -140,13 +141,16 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=9, help="TTFT probes, idle and while the batch runs")
     parser.add_argument("--base-url")
     parser.add_argument("--api-key", help="with --base-url: a maintainer's or admin's key")
+    parser.add_argument("--runtime", choices=("auto", "torch", "llamacpp"), default="auto",
+                        help="the deployment's engine.runtime (default auto: llama.cpp for the bundled GGUF)")
     parser.add_argument("--keep-var", action="store_true")
     args = parser.parse_args()
     if bool(args.base_url) != bool(args.api_key):
         parser.error("--base-url and --api-key go together")
     started, load_start = time.perf_counter(), load_avg()
     with stack_or_url(args.base_url, args.api_key, args.keep_var) as (base_url, key):
-        ensure_deployment(Api(base_url, key), MODE)
+        mode = replace(MODE, engine={**MODE.engine, "runtime": args.runtime})
+        ensure_deployment(Api(base_url, key), mode)
         work = chats(args.lines)
         seats = MODE.engine["max_num_seqs"]
         progress("warming up")
@@ -158,7 +162,7 @@ def main() -> None:
         progress(f"batch: the same {args.lines} chats as one batch, TTFT probes while it runs")
         b = run_batch(base_url, key, work, args.max_tokens, args.probes)
     idle_p50, busy_p50 = median(idle), median(b["busy_ttfts"]) if b["busy_ttfts"] else float("nan")
-    out = {"lines": args.lines, "max_tokens": args.max_tokens, "seats": seats,
+    out = {"runtime": args.runtime, "lines": args.lines, "max_tokens": args.max_tokens, "seats": seats,
            "interactive_wall_s": round(i_wall, 2), "interactive_lines_per_s": round(args.lines / i_wall, 2),
            "interactive_failed": i_failed + (args.lines - i_ok - i_failed),
            "batch_status": b["status"], "batch_wall_s": round(b["wall_s"], 2),

@@ -1,5 +1,6 @@
 """What every runtime checks before a request joins its batch: token ids the model can take, and a
-prompt plus answer that fits the context (a default `max_new_tokens` shrinks to fit instead)."""
+prompt plus answer that fits the context (a default `max_new_tokens` shrinks to fit instead); and the
+seats background work (priority > 0, e.g. batch lines) leaves free for interactive arrivals."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ def admit(ids: list[int], params: SamplingParams, *, vocab_size: int, limit: int
         raise ValueError("the prompt is empty")
     check_ids(ids, vocab_size)
     return fit(len(ids), params, limit, cache_limited=cache_limited)
+
+
+def background_reserve(max_num_seqs: int) -> int:
+    """Seats background work never takes, so an interactive arrival finds one without waiting or
+    preempting: an eighth of them, at least one (none on a one-seat engine)."""
+    return max(1, max_num_seqs // 8) if max_num_seqs > 1 else 0
 
 
 def check_ids(ids: list[int], vocab_size: int) -> None:

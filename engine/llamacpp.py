@@ -5,6 +5,10 @@ wheel), behind the same contract as the torch engine: `generate` → `RequestHan
 llama.cpp batches continuously across `max_num_seqs` parallel slots that share one KV cache. Each
 request is one blocking streamed completion on its own thread (xllamacpp releases the GIL while it
 waits); its callback turns llama.cpp's chunks into `Delta`s and answers True to stop a cancelled one.
+llama.cpp has no priorities, so background requests (batch lines) wait for their turn here before they
+reach it: they never take the slots `admission.background_reserve` keeps for interactive arrivals, at
+most `BACKGROUND_PREFILLS` of them are before their first token at once, and none starts while an
+interactive request waits for its first token.
 Prompts go in as token ids built by the version's Hugging Face tokenizer (the chat template applied
 exactly as the torch engine applies it), so both runtimes see the same prompt, token for token.
 
@@ -38,6 +42,9 @@ log = logging.getLogger(__name__)
 RUNTIME = "llamacpp"
 MAX_CONTEXT_DEFAULT = 8192
 KV_BYTES_PER_VALUE = 2  # llama.cpp's default KV cache type is f16
+# Background requests (priority > 0) before their first token at once: llama.cpp computes every slot's
+# prompt in the same batch, so this bounds the background prefill an interactive prompt shares a step with.
+BACKGROUND_PREFILLS = 2
 
 
 def gguf_of(folder: Path) -> Path | None:
@@ -209,6 +216,7 @@ class _Request:
     usage: Usage | None = None
     cancelled: bool = False
     finished: bool = False
+    started: bool = False  # handed to llama.cpp (background requests wait for their turn first)
 
 
 class LlamaCppEngine:
@@ -259,6 +267,7 @@ class LlamaCppEngine:
         # is seen (a terminate that comes before the loop starts is lost, and the close would hang)
         self._server.handle_metrics()
         self._lock = threading.Lock()
+        self._turns = threading.Condition(self._lock)  # background requests wait on it for their turn
         self._requests: dict[str, _Request] = {}
         self._threads: set[threading.Thread] = set()
         self._ids = itertools.count(1)
@@ -301,7 +310,8 @@ class LlamaCppEngine:
                 raise Overloaded(f"{len(self._requests)} requests are in flight on this replica")
             rid = f"req-{next(self._ids)}"
             handle = RequestHandle(rid, lambda: self._cancel(rid))
-            req = self._requests[rid] = _Request(handle, params, len(ids), time.perf_counter())
+            req = self._requests[rid] = _Request(handle, params, len(ids), time.perf_counter(),
+                                                 started=params.priority == 0)
             thread = threading.Thread(target=self._serve, args=(rid, req, body), name=f"llamacpp-{rid}", daemon=True)
             self._threads.add(thread)
         thread.start()
@@ -323,6 +333,8 @@ class LlamaCppEngine:
             return stop == "stop_token"
 
         try:
+            if not self._wait_turn(req):
+                return
             self._server.handle_completions(body, _guarded(on_chunk))
             failure = getattr(on_chunk, "failure", None)
             if failure is not None:
@@ -333,6 +345,25 @@ class LlamaCppEngine:
             error = exc
         finally:
             self._finish(rid, req, "stop" if reason == "stop_token" else reason, error)
+
+    def _wait_turn(self, req: _Request) -> bool:
+        """Block a background request until it may reach llama.cpp; False: cancelled (or closed) first."""
+        with self._turns:
+            while not (req.started or req.cancelled or self._closed):
+                if self._background_may_start():
+                    req.started = True
+                else:
+                    self._turns.wait(0.5)
+            return req.started and not req.cancelled
+
+    def _background_may_start(self) -> bool:  # under self._lock
+        live = [r for r in self._requests.values() if r.started]
+        background = [r for r in live if r.params.priority > 0]
+        if len(background) >= self.config.max_num_seqs - admission.background_reserve(self.config.max_num_seqs):
+            return False
+        if any(r.first_token is None for r in live if r.params.priority == 0):
+            return False  # an interactive prompt is on its way to its first token: it goes alone
+        return sum(1 for r in background if r.first_token is None) < BACKGROUND_PREFILLS
 
     def _take(self, req: _Request, chunk: dict[str, Any]) -> str | None:
         """Turn one streamed chunk into a Delta; returns its finish reason, or 'stop_token' for one of
@@ -356,7 +387,9 @@ class LlamaCppEngine:
             if req.finished:
                 return "stop_token"
             if ids or text:
-                req.first_token = req.first_token or now
+                if req.first_token is None:
+                    req.first_token = now
+                    self._turns.notify_all()
                 req.text.append(text)
                 req.token_ids.extend(ids)
                 req.logprobs.extend(lps)
@@ -382,6 +415,7 @@ class LlamaCppEngine:
                 return
             req.finished = True
             self._requests.pop(rid, None)
+            self._turns.notify_all()
         if error is not None:
             req.handle._finish(None, error)
             return
@@ -402,6 +436,7 @@ class LlamaCppEngine:
             if req is None or req.finished:
                 return
             req.cancelled = req.finished = True
+            self._turns.notify_all()
         req.handle._finish(self._completion(rid, req, "cancelled"))
 
     # -- figures and shutdown --
@@ -425,6 +460,7 @@ class LlamaCppEngine:
         """Cancel what is in flight, wait for the request threads to let go, then stop llama.cpp."""
         with self._lock:
             self._closed = True
+            self._turns.notify_all()
             rids = list(self._requests)
         for rid in rids:
             self._cancel(rid)

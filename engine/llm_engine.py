@@ -7,6 +7,7 @@ import itertools
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from engine.detokenizer import Detokenizer
 from engine.errors import EngineClosed
 from engine.int8_format import is_stored
 from engine.outputs import Completion, Delta, RequestHandle, TokenLogprob, Usage
-from engine.runner import ModelRunner, build_stack
+from engine.runner import ModelRunner, StepInterrupted, build_stack
 from engine.scheduler import Batch, Scheduler
 from engine.sequence import FinishReason, Sequence
 
@@ -40,6 +41,7 @@ class EngineStats:
     progress: int  # moves whenever the runtime computes (torch: prompt and generated tokens run); the wedge check's clock
     preemptions: int  # sequences sent back to wait (their blocks freed, recomputed later) since start
     peak_batch_size: int
+    interrupted_steps: int = 0  # background steps stopped between layers for an interactive arrival
 
 
 @dataclass(slots=True)
@@ -89,6 +91,8 @@ class LLMEngine:
         self._generated = 0
         self._computed = 0  # tokens run through the model (prefill chunks and decodes): the wedge check's clock
         self._recent: deque[tuple[float, int]] = deque()
+        self._urgent = threading.Event()  # an interactive request arrived: a background step in flight stops
+        self._interrupted = 0
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, config: EngineConfig | None = None) -> LLMEngine:
@@ -137,6 +141,8 @@ class LLMEngine:
             if self._closed:
                 raise EngineClosed("the engine is shut down")
             self.scheduler.add(seq)
+            if params.priority == 0:
+                self._urgent.set()
         self._ensure_loop()
         self._wake.set()
         return handle
@@ -153,12 +159,21 @@ class LLMEngine:
         (its forward row, its sampling, its stop strings or detokenizing) fails that sequence alone."""
         with self._lock:
             self._reap_cancelled()
+            self._urgent.clear()  # arrivals until now are in this step's schedule
             batch = self.scheduler.schedule()
         if batch is None:
             return 0
         failed: dict[Sequence, BaseException] = {}
         ends = [s for s, done in zip(batch.seqs, batch.completes(), strict=True) if done]
-        logits, ends = self._forward(batch, ends, failed)
+        # a step of background work alone stops between layers when an interactive request arrives: the
+        # next step prefills it alone (the scheduler's focus) instead of after this whole step
+        background = all(s.params.priority > 0 for s in batch.seqs)
+        try:
+            logits, ends = self._forward(batch, ends, failed, self._urgent.is_set if background else None)
+        except StepInterrupted:
+            with self._lock:
+                self._interrupted += 1
+            return 0
         samples = self._sample(logits, ends, failed)
         with self._lock:
             for seq, n in zip(batch.seqs, batch.num_new, strict=True):
@@ -187,13 +202,15 @@ class LLMEngine:
                 self._recent.popleft()
         return len(batch.seqs)
 
-    def _forward(self, batch: Batch, ends: list[Sequence],
-                 failed: dict[Sequence, BaseException]) -> tuple[torch.Tensor | None, list[Sequence]]:
+    def _forward(self, batch: Batch, ends: list[Sequence], failed: dict[Sequence, BaseException],
+                 interrupt: Callable[[], bool] | None = None) -> tuple[torch.Tensor | None, list[Sequence]]:
         """Logits for `ends` (the sequences that complete this step), and the sequences they belong to. If
         the shared forward fails, each sequence runs alone, so that only the one at fault fails (its cache
-        slots are simply written again)."""
+        slots are simply written again). `StepInterrupted` (see `ModelRunner.forward`) passes through."""
         try:
-            return self.runner.forward(batch.seqs, batch.num_new), ends
+            return self.runner.forward(batch.seqs, batch.num_new, interrupt), ends
+        except StepInterrupted:
+            raise
         except Exception as exc:  # noqa: BLE001
             if len(batch.seqs) == 1:
                 failed[batch.seqs[0]] = exc
@@ -322,7 +339,7 @@ class LLMEngine:
                                kv_cache_usage=bm.num_used / bm.num_blocks, tokens_per_s=tps,
                                generated_tokens=self._generated, steps=self._steps,
                                progress=self._computed, preemptions=self.scheduler.num_preemptions,
-                               peak_batch_size=self._peak_batch)
+                               peak_batch_size=self._peak_batch, interrupted_steps=self._interrupted)
 
 
 def _vocab_size(model: Any) -> int:

@@ -200,6 +200,10 @@ def perplexity(stack: nn.Module, ids: list[int]) -> float:
 GATHER_MAX_CONTEXT = 256
 
 
+class StepInterrupted(Exception):
+    """A step stopped between layers because more urgent work arrived (see `ModelRunner.forward`)."""
+
+
 @dataclass(slots=True)
 class _Gather:
     """Short decodes attended together: their rows, their blocks (padded) and which slots are real."""
@@ -244,9 +248,13 @@ class ModelRunner:
         return n * torch.empty((), dtype=dtype).element_size()
 
     @torch.inference_mode()
-    def forward(self, seqs: list[Sequence], num_new: list[int]) -> torch.Tensor:
+    def forward(self, seqs: list[Sequence], num_new: list[int],
+                interrupt: Callable[[], bool] | None = None) -> torch.Tensor:
         """Compute `num_new[i]` tokens of `seqs[i]` from its `num_computed` on, caching their keys and values.
-        Returns next-token logits [S, V] (float32) for the sequences whose last token this computes, in order."""
+        Returns next-token logits [S, V] (float32) for the sequences whose last token this computes, in order.
+        `interrupt` is asked before each layer; when it answers True the step stops with `StepInterrupted`.
+        Nothing is lost: the keys and values written so far lie past every sequence's `num_computed`, where
+        the step that computes those tokens again writes them again."""
         bs, dev = self.block_size, self.device
         ids: list[int] = []
         pos: list[int] = []
@@ -270,6 +278,8 @@ class ModelRunner:
         spans, gather = self._plan(spans)
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            if interrupt is not None and interrupt():
+                raise StepInterrupted(f"interrupted at layer {i}")
             self._write(i, k, v, slots_t)  # q: [T, H, D]; k, v: [T, Hkv, D]
             return self._attend(i, q, k, v, spans, gather).view(len(ids), -1)
 

@@ -13,8 +13,12 @@ prompt's attention grows (`attention_weight`), so each step costs about the same
 Priorities (`SamplingParams.priority`, 0 interactive, higher for background work such as batches):
 a waiting sequence of a more urgent priority is admitted before any of a lower one, and when every
 seat is taken it takes the seat of the youngest running sequence of a lower priority, which is
-preempted (recomputed later); the step that admits it admits no background newcomer beside it, so
-its first token comes after a short step. Background work thus fills the spare capacity and yields.
+preempted (recomputed later). Background work never takes the last `background_reserve` seats, so an
+interactive arrival normally finds a seat without preempting anyone. Until urgent work has its first
+token (it waits for a seat, or its prompt is being prefilled), steps are *focused*: they compute only
+sequences at least that urgent, while less urgent running ones keep their cache and sit the steps out.
+An interactive request's first token thus waits for at most the step in flight when it came, plus its
+own prefill, alone; background work fills the spare capacity and yields.
 
 When a running sequence needs a block and the pool is empty, spare blocks (reserved but not yet
 grown into) are reclaimed first; then the youngest running sequence of the least urgent priority
@@ -26,6 +30,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from engine.admission import background_reserve
 from engine.block_manager import BlockManager
 from engine.errors import Overloaded
 from engine.sequence import FinishReason, Sequence, Status
@@ -57,6 +62,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0  # since start
+        self.background_reserve = background_reserve(max_num_seqs)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -77,14 +83,33 @@ class Scheduler:
         return seq.num_prompt_tokens + seq.params.max_new_tokens
 
     def schedule(self) -> Batch | None:
+        self._yield_seats()
+        focus = self._focus()
+        batch = self._build(focus) if focus is not None else None
+        return batch or self._build(None)
+
+    def _focus(self) -> int | None:
+        """The priority of the most urgent work still before its first token (prefilling, or waiting
+        with a seat free), when some running work is less urgent: the step computes only work at least
+        that urgent. None: an ordinary step."""
+        urgent = [s.params.priority for s in self.running if len(s) - s.num_computed > 1]
+        if len(self.running) < self.max_num_seqs:
+            urgent += [s.params.priority for s in self.waiting]
+        if not urgent:
+            return None
+        focus = min(urgent)
+        return focus if any(s.params.priority > focus for s in self.running) else None
+
+    def _build(self, focus: int | None) -> Batch | None:
+        """The next step's sequences and token counts; with `focus`, only those of priority ≤ focus."""
         seqs: list[Sequence] = []
         num_new: list[int] = []
-        decodes = sum(1 for s in self.running if len(s) - s.num_computed == 1)
+        members = [s for s in self.running if focus is None or s.params.priority <= focus]
+        decodes = sum(1 for s in members if len(s) - s.num_computed == 1)
         # decodes always run; prefill chunks share the rest of the budget (at least one block's worth)
         budget = max(self.max_batch_tokens - decodes, self.block_manager.block_size)
-        self._yield_seats()
         preempted = False
-        for seq in list(self.running):
+        for seq in members:
             if seq.status is not Status.RUNNING:
                 continue  # preempted below while making room for an older one
             left = len(seq) - seq.num_computed
@@ -99,7 +124,7 @@ class Scheduler:
             if left > 1:
                 budget -= n
         if not preempted:  # a step that had to preempt admits nobody new
-            admitted = self._admit(budget, decodes, seqs, num_new)
+            admitted = self._admit(budget, decodes, seqs, num_new, focus)
             self._count_skips(admitted)
         return Batch(seqs, num_new) if seqs else None
 
@@ -156,11 +181,17 @@ class Scheduler:
 
         return sorted(self.waiting, key=key)
 
-    def _admit(self, budget: int, decodes: int, seqs: list[Sequence], num_new: list[int]) -> list[Sequence]:
+    def _admit(self, budget: int, decodes: int, seqs: list[Sequence], num_new: list[int],
+               focus: int | None) -> list[Sequence]:
         admitted: list[Sequence] = []
+        background = sum(1 for s in self.running if s.params.priority > 0)
         for seq in self._admission_order():
             if len(self.running) >= self.max_num_seqs or budget <= 0:
                 break
+            if focus is not None and seq.params.priority > focus:
+                break
+            if seq.params.priority > 0 and background >= self.max_num_seqs - self.background_reserve:
+                break  # the reserved seats stay free for interactive arrivals
             if admitted and seq.params.priority > admitted[0].params.priority:
                 break  # a step that admits urgent work admits no background prefill beside it: it stays short
             n = self._chunk(seq, budget, decodes)
@@ -172,6 +203,7 @@ class Scheduler:
             seqs.append(seq)
             num_new.append(n)
             admitted.append(seq)
+            background += seq.params.priority > 0
             budget -= n
         return admitted
 

@@ -155,14 +155,49 @@ def test_chunked_prefill_and_every_attention_path_match_hf(tiny_llama: Path, gat
 
 def test_an_interactive_request_overtakes_a_full_engine_of_background_ones_with_unchanged_output(
         tiny_llama: Path) -> None:
-    with LLMEngine.from_pretrained(tiny_llama, EngineConfig(kv_cache_bytes=8 << 20, max_num_seqs=2,
+    with LLMEngine.from_pretrained(tiny_llama, EngineConfig(kv_cache_bytes=8 << 20, max_num_seqs=3,
                                                               block_size=8)) as engine:
         alone = engine.generate(PROMPTS[0], greedy(8)).result(60).token_ids
+        # an interactive request in the seat background work leaves free, then a batch in the other two
+        holder = engine.generate(PROMPTS[3], SamplingParams(max_new_tokens=120, ignore_eos=True))
+        next(iter(holder))
         bg = [engine.generate(p, SamplingParams(max_new_tokens=120, ignore_eos=True, priority=1))
               for p in PROMPTS[1:3]]
-        next(iter(bg[0]))  # both background requests hold the only two seats and decode
+        next(iter(bg[0]))
+        next(iter(bg[1]))  # every seat is taken and decoding
         interactive = engine.generate(PROMPTS[0], greedy(8)).result(60)
         assert not any(h._done.is_set() for h in bg)  # it finished first, while they still ran
         assert interactive.token_ids == alone  # yielding a seat changes nobody's greedy tokens
         assert all(len(h.result(60).token_ids) == 120 for h in bg)  # the preempted one was recomputed
+        assert len(holder.result(60).token_ids) == 120
         assert engine.stats().preemptions >= 1
+
+
+def test_a_background_step_stops_between_layers_for_an_interactive_arrival_and_loses_nothing(
+        tiny_llama: Path) -> None:
+    cfg = EngineConfig(kv_cache_bytes=8 << 20, max_num_seqs=8, block_size=8)
+    bg_params = SamplingParams(max_new_tokens=12, ignore_eos=True, priority=1)
+    with LLMEngine.from_pretrained(tiny_llama, cfg) as engine:
+        alone_bg = [engine.generate(p, bg_params).result(60).token_ids for p in PROMPTS[1:3]]
+        alone = engine.generate(PROMPTS[0], greedy(8)).result(60).token_ids
+    with LLMEngine.from_pretrained(tiny_llama, cfg) as engine:
+        forward = engine.runner.forward
+        arrived: list[object] = []
+        layers_run: list[int] = []
+
+        def arrive_mid_step(seqs, num_new, interrupt=None):  # type: ignore[no-untyped-def]
+            if interrupt is not None and not arrived:  # the first background step: a request comes in
+                def asked() -> bool:
+                    layers_run.append(1)
+                    if len(layers_run) == 2:  # after the first layer has written its keys and values
+                        arrived.append(engine.generate(PROMPTS[0], greedy(8)))
+                    return interrupt()
+                return forward(seqs, num_new, asked)
+            return forward(seqs, num_new, interrupt)
+
+        engine.runner.forward = arrive_mid_step  # type: ignore[method-assign]
+        bg = [engine.generate(p, bg_params) for p in PROMPTS[1:3]]
+        results = [h.result(60).token_ids for h in bg]
+        interactive = arrived[0].result(60)  # type: ignore[attr-defined]
+        assert engine.stats().interrupted_steps == 1 and len(layers_run) == 2  # stopped before layer 2
+        assert interactive.token_ids == alone and results == alone_bg  # nothing computed twice went wrong

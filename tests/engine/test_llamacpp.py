@@ -257,3 +257,34 @@ def test_coalesced_deltas_join_what_queued_up_and_add_up_to_the_completion(llama
     assert len(deltas) == 1
     assert deltas[0].text == done.text and deltas[0].token_ids == done.token_ids
     assert [t.token_id for t in deltas[0].logprobs] == done.token_ids
+
+
+def test_background_requests_leave_a_slot_free_and_wait_while_an_interactive_prompt_goes_first(llama) -> None:  # type: ignore[no-untyped-def]
+    from engine import admission
+    from engine.llamacpp import BACKGROUND_PREFILLS
+
+    cap = CONFIG.max_num_seqs - admission.background_reserve(CONFIG.max_num_seqs)
+    greedy = SamplingParams(max_new_tokens=24, ignore_eos=True)
+    alone = llama.generate(MESSAGES, greedy).result(timeout=60).token_ids
+    background = [llama.generate(MESSAGES, SamplingParams(max_new_tokens=24, ignore_eos=True, priority=1))
+                  for _ in range(CONFIG.max_num_seqs + 1)]
+    most = most_prefilling = 0
+    interactive, before, during = None, set(), set()
+    deadline = time.monotonic() + 120
+    while not all(h._done.is_set() for h in background) and time.monotonic() < deadline:
+        with llama._lock:
+            live = list(llama._requests.values())
+            started = {id(r): r for r in live if r.started and r.params.priority > 0}
+            interactive_waits = any(r.params.priority == 0 and r.first_token is None for r in live)
+        most = max(most, len(started))
+        most_prefilling = max(most_prefilling, sum(1 for r in started.values() if r.first_token is None))
+        if interactive is None and len(started) == cap:
+            before = set(started)  # every background slot is taken: an interactive request comes
+            interactive = llama.generate(MESSAGES, greedy)
+        elif interactive_waits:
+            during |= set(started)
+        time.sleep(0.002)
+    assert interactive is not None and interactive.result(timeout=60).token_ids == alone
+    assert during <= before  # no background request started while the interactive prompt waited
+    assert most == cap and most_prefilling <= BACKGROUND_PREFILLS  # never the reserved slot
+    assert all(len(h.result(timeout=60).token_ids) == 24 for h in background)

@@ -251,21 +251,63 @@ def test_an_interactive_request_is_admitted_before_waiting_background_ones() -> 
     assert advance(s) and s.running[1:] == [jobs[0]]  # the next step fills the spare seat
 
 
-def test_background_fills_spare_seats_and_yields_one_to_an_interactive_arrival() -> None:
-    s = sched(max_num_seqs=3, max_batch_tokens=64, num_blocks=64)
-    jobs = [background(4, max_new=30) for _ in range(3)]
+def test_background_leaves_the_reserved_seats_free_and_an_arrival_takes_one_without_preempting() -> None:
+    s = sched(max_num_seqs=8, max_batch_tokens=64, num_blocks=64, max_queue=16)
+    assert s.background_reserve == 1
+    jobs = [background(4, max_new=30) for _ in range(9)]
     for b in jobs:
         s.add(b)
     advance(s)
-    assert s.running == jobs  # nothing interactive: the batch takes every seat
+    assert s.running == jobs[:7]  # every seat but the reserved one
+    advance(s)
+    assert s.running == jobs[:7] and len(s.waiting) == 2  # still: the reserve is not lent out
     interactive = seq(4, max_new=4)
     s.add(interactive)
     step = advance(s)
-    assert interactive in step and step[interactive] == 4  # admitted in the very next step
-    assert jobs[2].status is Status.WAITING and jobs[2].num_preemptions == 1  # the youngest batch line yielded
-    assert jobs[0] in step and jobs[1] in step  # the others keep decoding
+    assert step == {interactive: 4}  # admitted at once, and computed alone in its first step
+    assert s.num_preemptions == 0
+    drive(s)
+    assert all(b.num_output_tokens == 30 for b in jobs) and interactive.num_output_tokens == 4
+
+
+def test_background_yields_a_seat_when_interactive_work_has_taken_the_reserve() -> None:
+    s = sched(max_num_seqs=3, max_batch_tokens=64, num_blocks=64)
+    first = seq(4, max_new=30)
+    s.add(first)
+    jobs = [background(4, max_new=30) for _ in range(2)]
+    for b in jobs:
+        s.add(b)
+    advance(s)
+    advance(s)
+    assert s.running == [first, *jobs]  # one interactive in the reserve, the batch in the rest
+    interactive = seq(4, max_new=4)
+    s.add(interactive)
+    step = advance(s)
+    assert step[interactive] == 4  # admitted in the very next step
+    assert jobs[1].status is Status.WAITING and jobs[1].num_preemptions == 1  # the youngest batch line yielded
+    assert jobs[0] not in step and first in step  # background sits out the arrival's first step
     drive(s)
     assert all(b.num_output_tokens == 30 for b in jobs)  # the preempted line is recomputed, not lost
+
+
+def test_background_sits_out_the_steps_of_an_interactive_prefill_and_keeps_its_cache() -> None:
+    s = sched(max_num_seqs=4, max_batch_tokens=16, num_blocks=64, block_size=4)
+    jobs = [background(4, max_new=40) for _ in range(3)]
+    for b in jobs:
+        s.add(b)
+    advance(s)
+    tables = [list(b.block_table) for b in jobs]
+    interactive = seq(40, max_new=4)  # 40 tokens at 16 per step: three focused steps
+    s.add(interactive)
+    steps = []
+    while interactive.num_output_tokens == 0:
+        steps.append(advance(s))
+    assert len(steps) == 3 and all(set(step) == {interactive} for step in steps)
+    assert [list(b.block_table) for b in jobs] == tables and s.num_preemptions == 0
+    step = advance(s)
+    assert set(step) == {interactive, *jobs}  # after its first token, everyone decodes together
+    drive(s)
+    assert all(b.num_output_tokens == 40 for b in jobs)
 
 
 def test_interactive_requests_never_yield_seats_to_each_other() -> None:
