@@ -148,7 +148,10 @@ def run(base_url: str, key: str, mode: Mode, trials: int, target_ms: int, tune_t
                      "best_trial": own,
                      "reproduced_ratio": round(tuned["tokens_per_s"] / own["tokens_per_s"], 2)
                      if tuned and own and own["tokens_per_s"] else None,
-                     "failed": [t["reason"] for t in result["trials"] if t["status"] == "failed"]},
+                     "failed": [t["reason"] for t in result["trials"] if t["status"] == "failed"],
+                     "all": [{"number": t["number"], "status": t["status"], "settings": t["settings"],
+                              "levels": [{k: round(lv[k], 1) for k in ("concurrency", "tokens_per_s", "ttft_p99_ms")}
+                                         for lv in t["levels"]]} for t in result["trials"]]},
             "overload": over}
 
 
