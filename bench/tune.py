@@ -7,9 +7,13 @@ bundled chat model with bench.serving's workload, in one run; then adaptive admi
 1. `bench-smollm2` is (re)set to the defaults (EngineConfig's: max_num_seqs 32, max_batch_tokens 256,
    512 MiB KV cache, no quantization) and measured end to end with bench.serving's e2e workload.
 2. A `tune` job (POST /api/jobs/) on it: objective throughput, `ttft_p99_ms` ≤ the target, a synthetic
-   workload of the same prompt and answer lengths at concurrency 1 and the workload's size; timed.
+   workload of the same prompt and answer lengths at concurrency 4 and the workload's size; timed. Each of
+   its trials is measured through the stack too (a transient deployment of its own, driven through the
+   gateway), so the best trial's own figure and its reproduction in step 3 measure the same path.
 3. Its recommendation applied (POST /api/deployments/bench-smollm2/apply-tune), the new replica awaited,
-   the same e2e workload measured again: the ratio of throughputs and both p99 TTFTs against the target.
+   the same e2e workload measured again: the ratio of throughputs and both p99 TTFTs against the target,
+   and the best trial's own figure (at the e2e workload's concurrency) beside this reproduction, with the
+   ratio.
 4. `ttft_target_ms` = the target on the tuned deployment, then 4 × its capacity of requests at once: p99
    TTFT of the admitted requests against the target, and the count of 5xx.
 Human-readable lines, then one JSON object as the last line."""
@@ -134,17 +138,47 @@ def run(base_url: str, key: str, mode: Mode, trials: int, target_ms: int, tune_t
         tuned = measure(base_url, key, work)
         progress(f"tuned: {tuned}")
     over = overload(base_url, key, api, target_ms, max(8, mode.overload_new))
+    own = best_trial_figures(best, mode.requests) if best else None
     return {"target_ms": target_ms, "default": default, "tuned": tuned,
             "ratio_tokens_per_s": round(tuned["tokens_per_s"] / default["tokens_per_s"], 2) if tuned else None,
             "default_meets_target": default["ttft_p99_ms"] <= target_ms,
             "tuned_meets_target": bool(tuned and tuned["ttft_p99_ms"] <= target_ms),
             "tune": {"job": job["id"], "wall_s": round(tune_s), "trials": len(result["trials"]),
                      "recommended": best and best["settings"], "why": result["why"],
-                     "best_trial_figures": best and best["figures"],
-                     "reproduced_ratio": round(tuned["tokens_per_s"] / best["figures"]["tokens_per_s"], 2)
-                     if tuned and best else None,
-                     "failed": [t["reason"] for t in result["trials"] if t["status"] == "failed"]},
+                     "best_trial": own,
+                     "reproduced_ratio": round(tuned["tokens_per_s"] / own["tokens_per_s"], 2)
+                     if tuned and own and own["tokens_per_s"] else None,
+                     "failed": [t["reason"] for t in result["trials"] if t["status"] == "failed"],
+                     "all": [{"number": t["number"], "status": t["status"], "settings": t["settings"],
+                              "levels": [{k: round(lv[k], 1) for k in ("concurrency", "tokens_per_s", "ttft_p99_ms")}
+                                         for lv in t["levels"]]} for t in result["trials"]]},
             "overload": over}
+
+
+def best_trial_figures(best: dict[str, Any], burst: int) -> dict[str, Any]:
+    """The best trial's own figures (measured through the stack by the tune) at the concurrency level that
+    matches the e2e workload (all `burst` requests at once), else at the level it was judged by."""
+    level = next((lv for lv in best["levels"] if lv["concurrency"] == burst), best["figures"])
+    return {"number": best["number"], "concurrency": level["concurrency"],
+            "tokens_per_s": round(level["tokens_per_s"], 1), "ttft_p99_ms": round(level["ttft_p99_ms"]),
+            "judged": {"concurrency": best["figures"]["concurrency"],
+                       "tokens_per_s": round(best["figures"]["tokens_per_s"], 1)}}
+
+
+def report(out: dict[str, Any]) -> str:
+    tune, tuned = out["tune"], out["tuned"]
+    lines = [f"defaults: {out['default']}", f"tuned:    {tuned}", f"ratio:    {out['ratio_tokens_per_s']} "
+             f"(tuned ÷ defaults, both end to end; target p99 TTFT ≤ {out['target_ms']} ms: defaults "
+             f"{'met' if out['default_meets_target'] else 'missed'}, tuned {'met' if out['tuned_meets_target'] else 'missed'})"]
+    own = tune["best_trial"]
+    if own and tuned:
+        lines.append(f"best trial #{own['number']} (its own figure, through the stack, concurrency {own['concurrency']}): "
+                     f"{own['tokens_per_s']} tok/s, p99 TTFT {own['ttft_p99_ms']} ms")
+        lines.append(f"bench.serving's reproduction of it: {tuned['tokens_per_s']} tok/s, p99 TTFT "
+                     f"{tuned['ttft_p99_ms']} ms; ratio {tune['reproduced_ratio']} (goal within 10 %: "
+                     f"{'met' if tune['reproduced_ratio'] and abs(tune['reproduced_ratio'] - 1) <= 0.1 else 'not met'})")
+    lines.append(f"tune: {tune['wall_s']} s, {tune['trials']} trials, recommended {tune['recommended']}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -162,7 +196,7 @@ def main() -> None:
     with stack_or_url(args.base_url, args.api_key) as (base_url, key):
         out = run(base_url, key, mode, trials, args.target_ms, args.tune_timeout)
     out.update(quick=args.quick, wall_s=round(time.perf_counter() - started, 1))
-    print(f"defaults: {out['default']}\ntuned:    {out['tuned']}\nratio:    {out['ratio_tokens_per_s']}")
+    print(report(out))
     print(json.dumps(out))
 
 

@@ -215,6 +215,10 @@ TAUON_EXPLAIN_YIELD_S = env_int("TAUON_EXPLAIN_YIELD_S", 2)
 TAUON_EVALUATION_QUEUE = env_str("TAUON_EVALUATION_QUEUE", "jobs")
 TAUON_EVALUATION_SOFT_LIMIT_S = env_int("TAUON_EVALUATION_SOFT_LIMIT_S", 2 * 3600)
 TAUON_EVALUATION_HARD_LIMIT_S = env_int("TAUON_EVALUATION_HARD_LIMIT_S", 2 * 3600 + 600)  # < TAUON_JOB_HARD_LIMIT_S
+# Tune jobs: each trial is a transient deployment; how long its replica may take to be ready (else the trial
+# fails with that reason) and the timeout of each of its requests.
+TAUON_TUNE_REPLICA_TIMEOUT_S = env_int("TAUON_TUNE_REPLICA_TIMEOUT_S", 300)
+TAUON_TUNE_REQUEST_TIMEOUT_S = env_int("TAUON_TUNE_REQUEST_TIMEOUT_S", 300)
 # Batches (/v1/files, /v1/batches): caps per file and per user; lines in flight per batch; the jobs' queue.
 TAUON_BATCH_MAX_FILE_BYTES = env_int("TAUON_BATCH_MAX_FILE_BYTES", 100 * 1024**2)
 TAUON_BATCH_MAX_LINES = env_int("TAUON_BATCH_MAX_LINES", 50_000)

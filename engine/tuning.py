@@ -2,8 +2,8 @@
 constraints, by measuring real engines.
 
 Plain bookkeeping (candidates, the successive-halving schedule, the Pareto front, the recommendation)
-imports nothing heavy, so the console can validate params with it; `measure()` and `quality()` load an
-engine (torch) when called. The search is successive halving (Jamieson & Talwalkar): every candidate is
+imports nothing heavy, so the console can validate params with it; `quality()` loads an engine (torch)
+when called. Speed is measured through the serving stack by the job (workers/tune_trials.py). The search is successive halving (Jamieson & Talwalkar): every candidate is
 measured on a small share of the workload, the better 1/eta go on to a share eta times larger, and so on;
 candidates that fail (out of memory, a runtime that cannot load the model) or break a hard constraint stop
 there with their reason."""
@@ -14,7 +14,6 @@ import dataclasses
 import itertools
 import math
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +36,6 @@ OBJECTIVES = ("throughput", "latency")
 # parameter per prompt token at a peak no CPU or single GPU we serve on exceeds.
 PEAK_FLOPS = 2e15
 BYTES_PER_PARAM = {"none": 4.0, "int8": 1.0, "w8a8": 1.0, "int4": 0.5}
-
-Progress = Callable[[float, str], None]
 
 
 def forward_floor_ms(parameter_count: int, prompt_tokens: int) -> float:
@@ -82,8 +79,9 @@ def candidates(space: dict[str, list[Any]], baseline: dict[str, Any], count: int
     then a seeded random sample of the rest that tries each runtime × quantization as early as it can."""
     keys = list(SPACE_FIELDS)
     base = {k: baseline[k] for k in keys}
-    grid = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(space[k] for k in keys))]
-    rest = [g for g in grid if g != base]
+    grid = [effective(dict(zip(keys, values, strict=True)), base)
+            for values in itertools.product(*(space[k] for k in keys))]
+    rest = [g for i, g in enumerate(grid) if g != base and g not in grid[:i]]
     random.Random(seed).shuffle(rest)
     out = [base]
     while rest and len(out) < count:  # every runtime × quantization early (they matter most), then the sample
@@ -92,6 +90,19 @@ def candidates(space: dict[str, list[Any]], baseline: dict[str, Any], count: int
         rest.remove(pick)
         out.append(pick)
     return out
+
+
+def effective(settings: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """The settings with those their runtime ignores pinned (torch: threads, as the baseline's; llama.cpp:
+    quantization, the GGUF's own), so no two candidates differ only where it makes no difference."""
+    if settings["runtime"] == "llamacpp":
+        return {**settings, "quantization": "none"}
+    return {**settings, "threads": base["threads"]}
+
+
+def threads_candidates(cpus: int) -> list[int]:
+    """llama.cpp thread counts worth trying on a machine with `cpus` cores (0: the runtime's own choice)."""
+    return [0] + [n for n in (1, 2, 4, 8, 16) if n <= cpus]
 
 
 def check_space(space: dict[str, Any]) -> dict[str, list[Any]]:
@@ -215,7 +226,7 @@ def recommend(trials: Sequence[Trial], objective: str, constraints: dict[str, An
     return best, why
 
 
-# -- measuring (loads torch) ----------------------------------------------------------------------------
+# -- measuring ----------------------------------------------------------------------------
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -225,86 +236,28 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def serve(engine: Any, workload: Workload, concurrency: int, report: Progress | None = None) -> dict[str, Any]:
-    """Serve the workload closed-loop with `concurrency` requests in flight; the latency and throughput figures."""
-    from engine.config import SamplingParams
-
-    pending = list(zip(workload.prompts, workload.output_tokens, strict=True))
-    total = len(pending)
-    inflight: list[Any] = []
-    done: list[Any] = []
-    started = time.perf_counter()
-    last_report = started
-    try:
-        while pending or inflight:
-            while pending and len(inflight) < concurrency:
-                prompt, n = pending.pop(0)
-                params = SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True, fit_context=True)
-                inflight.append(engine.generate(prompt, params))
-            for handle in [h for h in inflight if h.done]:
-                inflight.remove(handle)
-                done.append(handle.result())
-            now = time.perf_counter()
-            if report is not None and now - last_report > 0.5:
-                report(len(done) / total, f"{len(done)}/{total} requests at concurrency {concurrency}")
-                last_report = now
-            time.sleep(0.005)
-    finally:
-        for handle in inflight:
-            handle.cancel()
-    wall = time.perf_counter() - started
-    ttfts = [c.ttft_s * 1000 for c in done if c.ttft_s is not None]
-    itls = [(c.total_s - c.ttft_s) * 1000 / (c.usage.completion_tokens - 1) for c in done
-            if c.ttft_s is not None and c.usage.completion_tokens > 1]
-    tokens = sum(c.usage.completion_tokens for c in done)
-    return {"concurrency": concurrency, "requests": len(done), "tokens_per_s": tokens / wall if wall else 0.0,
-            "ttft_p50_ms": percentile(ttfts, 0.5), "ttft_p99_ms": percentile(ttfts, 0.99),
-            "itl_p99_ms": percentile(itls, 0.99) if itls else 0.0, "wall_s": wall, "generated_tokens": tokens}
-
-
 def engine_config(settings: dict[str, Any], base: dict[str, Any]) -> EngineConfig:
     return EngineConfig(**{**base, **settings})
 
 
-def measure(folder: str | Path, config: EngineConfig, workload: Workload, report: Progress | None = None,
-            text: str | None = None, context: int = 256) -> dict[str, Any]:
-    """Load the engine under `config`, serve the workload at each concurrency level (and, with `text`,
-    score its perplexity), close it. Raises whatever loading or serving raised."""
+def quality(folder: str | Path, config: EngineConfig, text: str, context: int = 256) -> float:
+    """The perplexity of `text` under the engine loaded with `config` (its quantization), in this process:
+    quality does not depend on the serving stack, speed does (workers/tune_trials.py measures that)."""
     from engine.api import Engine
-    from engine.evaluate import PeakMemory, perplexity
+    from engine.evaluate import perplexity
     from engine.loader import release_memory
+    from engine.runner import full_forward
 
-    report = report or (lambda f, m: None)
-    out: dict[str, Any] = {"levels": []}
     try:
-        with PeakMemory(config.resolved_device()) as memory:
-            started = time.perf_counter()
-            report(0.0, "loading")
-            engine = Engine.from_pretrained(folder, config, task="text-generation")
-            out["load_s"] = time.perf_counter() - started
-            out["runtime"] = getattr(engine, "runtime", config.runtime)
-            try:
-                if text is not None and hasattr(engine, "stack"):
-                    from engine.runner import full_forward
-
-                    ids = engine.encode(text)[: 4 * context]
-                    ctx = min(context, engine.model_len, len(ids))
-                    ppl = perplexity(lambda chunk: full_forward(engine.stack, chunk), ids, ctx, ctx)
-                    out["perplexity"] = ppl.perplexity
-                levels = workload.concurrency
-                for i, c in enumerate(levels):
-                    def sub(f: float, m: str, i: int = i) -> None:
-                        report((i + f) / len(levels), m)
-
-                    out["levels"].append(serve(engine, workload, c, sub))
-            finally:
-                engine.close()
-        for level in out["levels"]:
-            level["memory_bytes"] = memory.peak_bytes
-        out["memory_bytes"] = memory.peak_bytes
+        engine = Engine.from_pretrained(folder, config, task="text-generation")
+        try:
+            ids = engine.encode(text)[: 4 * context]
+            ctx = min(context, engine.model_len, len(ids))
+            return perplexity(lambda chunk: full_forward(engine.stack, chunk), ids, ctx, ctx).perplexity
+        finally:
+            engine.close()
     finally:
         release_memory()
-    return out
 
 
 Measure = Callable[[int, dict[str, Any], int, bool], dict[str, Any]]  # (trial, settings, requests, with_quality)

@@ -20,9 +20,9 @@ def engine_with_scheduler(max_num_seqs: int) -> Any:
                                                num_blocks=64, block_size=16))
 
 
-def admit(name: str, capacity: int, request: str) -> int:
+def admit(name: str, capacity: int, request: str, replicas: tuple[str, ...] = ("replica-a",)) -> int:
     r = live.client()
-    r.zadd(live.live_key(name), {"replica-a": time.time() + 60})
+    r.zadd(live.live_key(name), {key: time.time() + 60 for key in replicas})
     return int(r.eval(live.ADMIT, 3, live.live_key(name), live.inflight_key(name), live.admit_key(name),
                       time.time(), capacity, request, time.time() + 60))
 
@@ -31,14 +31,14 @@ def test_a_slow_replica_narrows_admission_and_a_removed_target_lets_go() -> None
     name = f"adaptive-{time.time_ns()}"
     config = normalize({"engine": {"max_num_seqs": 8, "max_queue": 8}, "ttft_target_ms": 100})
     engine = engine_with_scheduler(8)
-    admission = AdaptiveAdmission(name, expiry_s=30)
+    admission = AdaptiveAdmission(name, "replica-a", expiry_s=30)
     admission.configure(config, engine)
     assert admission.figures()["admit_limit"] == 8  # the running batch, before any TTFT is known
     for _ in range(8):  # 50 ms in the engine after 450 ms waiting for a worker thread, against a 100 ms target
         sent = time.time() - 0.5
         done = SimpleNamespace(ttft_s=0.05, total_s=0.05)
         admission.observe(done, engine, deadline=sent + config["timeout_s"])
-    limit = int(live.client().get(live.admit_key(name)))
+    limit = int(live.client().hget(live.admit_key(name), "replica-a"))
     assert limit < 8 and engine.scheduler.max_num_seqs == limit
     assert admission.figures()["ttft_target_ms"] == 100 and admission.figures()["ttft_p99_ms"] >= 450  # waiting counts
     admitted = [admit(name, 16, f"req-{i}") for i in range(16)]
@@ -48,8 +48,34 @@ def test_a_slow_replica_narrows_admission_and_a_removed_target_lets_go() -> None
     governor._changed_at -= 5  # (the law changes the cap at most once a second)
     for _ in range(8):
         admission.observe(SimpleNamespace(ttft_s=0.01, total_s=0.01), engine)
-    assert int(live.client().get(live.admit_key(name))) == limit + 1  # well under the target: widens
+    assert int(live.client().hget(live.admit_key(name), "replica-a")) == limit + 1  # well under the target: widens
 
     admission.configure(normalize({"engine": {"max_num_seqs": 8, "max_queue": 8}}), engine)
-    assert live.client().get(live.admit_key(name)) is None and engine.scheduler.max_num_seqs == 8
+    assert live.client().hget(live.admit_key(name), "replica-a") is None and engine.scheduler.max_num_seqs == 8
     assert admission.figures() == {}
+
+
+def test_with_several_replicas_the_shared_cap_is_the_sum_of_each_replicas_cap() -> None:
+    """Two replicas with targets narrow to different caps: the web side admits their sum (not the last
+    writer's cap times two); a replica with no target counts at its full capacity, a lost one not at all."""
+    name = f"adaptive-sum-{time.time_ns()}"
+    config = normalize({"engine": {"max_num_seqs": 8, "max_queue": 8}, "ttft_target_ms": 100})
+    slow, fast = AdaptiveAdmission(name, "replica-a", 30), AdaptiveAdmission(name, "replica-b", 30)
+    slow.configure(config, engine_with_scheduler(8))
+    fast.configure(config, engine_with_scheduler(8))
+    slow.governor.limit, fast.governor.limit = 2, 5  # (as their own TTFTs narrowed them)
+    fast._publish(engine_with_scheduler(8))
+    slow._publish(engine_with_scheduler(8))  # the last writer
+    both = ("replica-a", "replica-b")
+    admitted = [admit(name, 16, f"req-{i}", both) for i in range(12)]
+    assert admitted.count(1) == 2 + 5 and admitted[7:] == [0] * 5
+    live.client().delete(live.inflight_key(name))
+    plain = AdaptiveAdmission(name, "replica-c", 30)  # a third replica, its deployment's target since removed
+    plain.configure(normalize({"engine": {"max_num_seqs": 8, "max_queue": 8}}), engine_with_scheduler(8))
+    three = (*both, "replica-c")
+    admitted = [admit(name, 16, f"more-{i}", three) for i in range(30)]
+    assert admitted.count(1) == 2 + 5 + 16
+    live.client().delete(live.inflight_key(name))
+    live.client().zrem(live.live_key(name), "replica-b", "replica-c")  # lost: its cap no longer counts
+    admitted = [admit(name, 16, f"last-{i}", ("replica-a",)) for i in range(4)]
+    assert admitted.count(1) == 2

@@ -1,6 +1,8 @@
 """The `tune` job through POST /api/jobs/: refused up front naming the field, run end to end on a tiny
-random model by a real Celery worker (real engines, real measurements), its result page, and applying
-its recommendation to a deployment (maintainers and admins only, audited with the figures)."""
+random model by a real Celery worker, each trial on a transient deployment that the session's real serving
+worker loads and the job drives through the gateway (no trial deployment outlives the job, also when
+cancelled), its result page, and applying its recommendation to a deployment (maintainers and admins only,
+audited with the figures)."""
 
 from __future__ import annotations
 
@@ -89,16 +91,27 @@ def test_only_maintainers_start_tunes(user_api: Any, chat: Deployment) -> None:
     assert post(user_api, {"deployment": "chat"}).status_code == 403
 
 
+def trials_of(job_id: int) -> list[str]:
+    return list(Deployment.everything.filter(tune_job_id=job_id).values_list("name", flat=True))
+
+
 def test_a_tune_measures_real_trials_recommends_and_its_settings_apply(
-        celery_worker: Any, chat: Deployment, maintainer_api: Any, user_api: Any, admin_api: Any,
+        celery_worker: Any, serving: Any, chat: Deployment, maintainer_api: Any, user_api: Any, admin_api: Any,
         bob: Any, llama_dir: Any) -> None:
     response = post(maintainer_api, {"deployment": "chat", "workload": FAST_WORKLOAD, "space": TINY_SPACE,
                                      "max_trials": 3, "constraints": {"max_perplexity_ratio": 1000}})
     assert response.status_code == 202, response.content
     job = Job.objects.get(pk=response.json()["id"])
-    done = wait_for(lambda: Job.objects.filter(pk=job.pk, status__in=["succeeded", "failed", "cancelled"]).first(),
-                    240, what="the tune to end")
-    assert done.status == "succeeded", done.error + celery_worker.log()[-3000:]
+    seen: set[str] = set()
+
+    def ended() -> Job | None:
+        seen.update(trials_of(job.pk))
+        return Job.objects.filter(pk=job.pk, status__in=["succeeded", "failed", "cancelled"]).first()
+
+    done = wait_for(ended, 240, what="the tune to end")
+    assert done.status == "succeeded", done.error + celery_worker.log()[-3000:] + serving.log()[-3000:]
+    assert seen and all(name.startswith(f"tune-{job.pk}-") for name in seen)  # served as deployments of their own
+    assert trials_of(job.pk) == []  # and deleted
     result = done.result
     assert len(result["trials"]) == 3 and result["trials"][0]["settings"]["max_num_seqs"] == 2  # baseline first
     measured = [t for t in result["trials"] if t["status"] == "measured"]
@@ -138,7 +151,7 @@ def test_apply_tune_refuses_a_job_that_is_not_a_finished_tune(maintainer_api: An
     assert missing.status_code == 404
 
 
-def test_the_deployment_page_offers_maintainers_a_tune_form_and_a_ttft_chart(
+def test_the_deployment_page_offers_maintainers_a_tune_form_a_ttft_target_field_and_chart(
         chat: Deployment, bob: Any, charlie: Any) -> None:
     browser = Client()
     browser.force_login(bob)
@@ -147,20 +160,23 @@ def test_the_deployment_page_offers_maintainers_a_tune_form_and_a_ttft_chart(
     chat.change(bob, config={"ttft_target_ms": 1500})
     html = browser.get("/deployments/chat/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
     assert 'id="chart-ttft" data-target="1500"' in html and "开始调优" in html
+    assert 'name="ttft_target_ms"' in html and 'value="1500" data-field="config.ttft_target_ms"' in html
+    assert "自适应准入" in html  # the form's field, translated
     user = Client()
     user.force_login(charlie)
     assert 'id="tune-start"' not in user.get("/deployments/chat/").content.decode()
 
 
-def test_a_running_tune_reports_progress_and_stops_on_cancel(celery_worker: Any, chat: Deployment,
+def test_a_running_tune_reports_progress_and_stops_on_cancel(celery_worker: Any, serving: Any, chat: Deployment,
                                                              maintainer_api: Any) -> None:
     workload = {**FAST_WORKLOAD, "requests": 200, "synthetic": {"prompt_tokens": [8, 16], "output_tokens": [32, 64]}}
     response = post(maintainer_api, {"deployment": "chat", "workload": workload, "space": TINY_SPACE, "max_trials": 4})
     assert response.status_code == 202, response.content
     job_id = response.json()["id"]
-    wait_for(lambda: Job.objects.filter(pk=job_id, status="running", progress__gt=0).exists(), 180,
-             what="the tune to report progress")
+    wait_for(lambda: Job.objects.filter(pk=job_id, status="running", progress__gt=0).exists() and trials_of(job_id),
+             180, what="the tune to report progress on a trial deployment")
     assert maintainer_api.post(f"/api/jobs/{job_id}/cancel").status_code in (200, 202)
     done = wait_for(lambda: Job.objects.filter(pk=job_id, status__in=["succeeded", "failed", "cancelled"]).first(),
                     60, what="the tune to stop")
     assert done.status == "cancelled", (done.status, done.error)
+    assert trials_of(job_id) == []  # no orphan

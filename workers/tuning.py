@@ -1,5 +1,6 @@
-"""The `tune` job: successive halving over engine settings, each trial a real engine loaded in this
-job's worker (never on the live replicas), its figures and the recommendation stored as the result.
+"""The `tune` job: successive halving over engine settings, each trial measured through the serving stack
+on a transient deployment of its own (workers/tune_trials.py; never the live replicas), quality (perplexity
+per quantization) in this process, the figures and the recommendation stored as the result.
 
 Progress and ETA go through job.report() after every measurement and twice a second while serving (a
 cancel stops the search there); each trial's figures are logged and kept in the job's live series, so the
@@ -39,7 +40,9 @@ def _workload(spec: dict[str, Any]) -> tuple[Any, str]:
 
 
 def tune(job: Job) -> dict[str, Any]:
-    from engine.tuning import candidates, engine_config, measure, pareto, recommend, search
+    from console.deployments.tuning import remove_trials
+    from engine.tuning import candidates, engine_config, memory_estimate, pareto, quality, recommend, search
+    from workers import tune_trials
 
     params = job.params
     version = Model.objects.get(name=params["model"]).versions.get(number=params["version"])
@@ -48,20 +51,28 @@ def tune(job: Job) -> dict[str, Any]:
     base_engine = {k: v for k, v in params["base_engine"].items()}
     objective, constraints = params["objective"], params["constraints"]
     job.report(0.0, "starting", log=f"Tuning {version.model.name} v{version.number}: {len(settings)} candidate "
-                                    f"settings, objective {objective}, constraints {constraints or 'none'}")
+                                    f"settings, objective {objective}, constraints {constraints or 'none'}; "
+                                    "each trial on a deployment of its own, through the serving stack")
     state = {"done": 0, "total": 1}
 
-    def measure_fn(number: int, trial: dict[str, Any], requests: int, quality: bool) -> dict[str, Any]:
+    def measure_fn(number: int, trial: dict[str, Any], requests: int, with_quality: bool) -> dict[str, Any]:
         def progress(fraction: float, message: str) -> None:
             share = (state["done"] + fraction) / max(1, state["total"])
             job.report(share, f"trial {number}: {message}")
 
-        config = engine_config(trial, base_engine)
-        if config.runtime == "auto":
-            config.runtime = "torch"
+        engine = {**base_engine, **trial}
+        if engine["runtime"] == "auto":
+            engine["runtime"] = "torch"
+        got: dict[str, Any] = {}
+        if with_quality:
+            progress(0.0, "scoring perplexity")
+            got["perplexity"] = quality(version.path, engine_config(engine, {}), text)
         # at least one request per place at the highest concurrency level, so every level is filled
         share = max(requests, max(workload.concurrency))
-        return measure(version.path, config, workload.share(share), progress, text if quality else None)
+        got.update(tune_trials.measure(job, number, version, engine, workload.share(share), progress))
+        for level in got["levels"]:  # (an estimate: the replica runs in another process)
+            level["memory_bytes"] = memory_estimate(version.parameter_count or 0, trial)
+        return got
 
     def on_trial(trial: Any, done: int, total: int) -> None:
         state["done"], state["total"] = done, total
@@ -74,8 +85,12 @@ def tune(job: Job) -> dict[str, Any]:
             job.report(done / total, f"trial {trial.number} {trial.status}",
                        log=f"trial {trial.number} ({_summary(trial.settings)}) {trial.status}: {trial.reason}")
 
-    trials = search(settings, params["workload"]["requests"], measure_fn, objective, constraints,
-                    version.parameter_count or 0, on_trial)
+    remove_trials(job)  # an earlier delivery's, if its worker died
+    try:
+        trials = search(settings, params["workload"]["requests"], measure_fn, objective, constraints,
+                        version.parameter_count or 0, on_trial)
+    finally:
+        remove_trials(job)
     best, why = recommend(trials, objective, constraints)
     result = {"model": version.model.name, "version": version.number, "deployment": params.get("deployment"),
               "objective": objective, "constraints": constraints, "trials": [t.as_dict() for t in trials],

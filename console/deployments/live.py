@@ -42,7 +42,10 @@ def slot_key(deployment: str, slot: int) -> str:
 
 
 def admit_key(deployment: str) -> str:
-    return f"tauon:admit:{deployment}"  # adaptive admission's current cap per replica (engine/latency_governor.py)
+    # hash: replica key → that replica's adaptive-admission cap (engine/latency_governor.py); a replica
+    # without a field (no target) takes its full capacity
+    return f"tauon:admit:{deployment}"
+
 
 def host_key(hostname: str) -> str:
     return f"tauon:host:{hostname}"  # a serving worker process: {"scope": [names] or null for all}; expires
@@ -52,19 +55,29 @@ def figures_key(deployment: str) -> str:
     return f"tauon:figures:{deployment}"
 
 
-# Admit a request if the deployment has a live replica and a free place among
-# replicas × (max_num_seqs + max_queue), or fewer while adaptive admission has narrowed the cap (KEYS[3]).
-# Returns -1 (no replica), 0 (full) or 1 (admitted).
+# Admit a request if the deployment has a live replica and a free place among the sum, over its live
+# replicas, of each one's cap: its capacity (max_num_seqs + max_queue, ARGV[2]), or less while its adaptive
+# admission has narrowed it (its field in KEYS[3]). A sum, not replicas × the smallest cap: one replica
+# narrowing (slow, or sharing its CPU) must not shrink what the others take, and not the last writer's cap
+# either. Returns -1 (no replica), 0 (full) or 1 (admitted).
 ADMIT = """
 local now = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local replicas = redis.call('ZCARD', KEYS[1])
-if replicas == 0 then return -1 end
+local replicas = redis.call('ZRANGE', KEYS[1], 0, -1)
+if #replicas == 0 then return -1 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local cap = tonumber(ARGV[2])
-local narrowed = tonumber(redis.call('GET', KEYS[3]) or '')
-if narrowed and narrowed < cap then cap = narrowed end
-if redis.call('ZCARD', KEYS[2]) >= replicas * cap then return 0 end
+local full = tonumber(ARGV[2])
+local hashed = redis.call('TYPE', KEYS[3]).ok == 'hash'
+local total = 0
+for _, replica in ipairs(replicas) do
+  local cap = full
+  if hashed then
+    local narrowed = tonumber(redis.call('HGET', KEYS[3], replica) or '')
+    if narrowed and narrowed < cap then cap = narrowed end
+  end
+  total = total + cap
+end
+if redis.call('ZCARD', KEYS[2]) >= total then return 0 end
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
 redis.call('EXPIRE', KEYS[2], 3600)
 return 1

@@ -21,6 +21,16 @@ from console.registry.choices import VersionStatus
 from console.registry.models import Alias, Model, ModelVersion
 
 
+class PublicDeployments(models.Manager["Deployment"]):
+    """Deployments people see and call: all but a tune's transient trial deployments."""
+
+    def get_queryset(self) -> models.QuerySet[Deployment]:
+        return super().get_queryset().filter(tune_job__isnull=True)
+
+
+TRIAL_PREFIX = "tune-"  # a trial deployment is named tune-<job>-<trial>; that pattern is reserved
+
+
 class Deployment(models.Model):
     name = models.SlugField(max_length=64, unique=True)  # the `model` field of the OpenAI API
     model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="deployments")
@@ -34,12 +44,34 @@ class Deployment(models.Model):
                                    related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Set on a `tune` job's transient trial deployment (workers/tune_trials.py): internal, so it is hidden
+    # from people (`objects` leaves it out: pages, /api, /v1) and only the job's own calls reach it; it is
+    # deleted with its job at the latest.
+    tune_job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+
+    objects = PublicDeployments()
+    everything = models.Manager()  # trial deployments too: the serving workers and the tune job
 
     class Meta:
         ordering = ["name"]
+        base_manager_name = "everything"
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def internal(self) -> bool:
+        return self.tune_job_id is not None
+
+    @staticmethod
+    def trial_name(job: int, trial: int) -> str:
+        return f"{TRIAL_PREFIX}{job}-{trial}"
+
+    @staticmethod
+    def is_trial_name(name: str) -> bool:
+        head, _, rest = name.partition(TRIAL_PREFIX)
+        job, _, trial = rest.partition("-")
+        return head == "" and job.isdigit() and trial.isdigit()
 
     @property
     def queue(self) -> str:

@@ -8,6 +8,7 @@ max_perplexity_ratio, max_memory_bytes), `space` (lists of values per tunable se
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from django.db import transaction
@@ -20,6 +21,7 @@ from engine.tuning import (
     check_space,
     forward_floor_ms,
     memory_estimate,
+    threads_candidates,
 )
 
 PARAMS = ("deployment", "model", "version", "workload", "objective", "constraints", "space", "max_trials")
@@ -134,6 +136,19 @@ def _constraints(value: Any, version: Any, workload: dict[str, Any]) -> dict[str
     return out
 
 
+def _llamacpp_problem(version: Any, task: str) -> str | None:
+    """Why the llamacpp runtime cannot serve this version (no GGUF, an architecture it cannot run), or None."""
+    from rest_framework.exceptions import ValidationError
+
+    from console.deployments.config import check_runtime
+
+    try:
+        check_runtime({"engine": {"runtime": "llamacpp"}}, version, task)
+    except ValidationError as exc:
+        return str(next(iter(exc.detail.values()))[0] if isinstance(exc.detail, dict) else exc.detail)
+    return None
+
+
 def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
     """A `tune` job's params, complete and checked; each refusal names the field."""
     from console.deployments.config import ENGINE_FIELDS
@@ -163,16 +178,13 @@ def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
     except ValueError as exc:
         field, _, message = str(exc).partition(": ")
         raise fail(field, message) from exc
-    if "llamacpp" in space["runtime"]:
-        from rest_framework.exceptions import ValidationError
-
-        from console.deployments.config import check_runtime
-
-        try:
-            check_runtime({"engine": {"runtime": "llamacpp"}}, version, model.task)
-        except ValidationError as exc:
-            message = next(iter(exc.detail.values()))[0] if isinstance(exc.detail, dict) else str(exc.detail)
-            raise fail("space.runtime", str(message)) from exc
+    gguf_problem = _llamacpp_problem(version, model.task)
+    if "runtime" not in space_in and gguf_problem is None:  # llama.cpp can run it: let the tuner find out
+        space["runtime"] = ["torch", "llamacpp"]
+        if "threads" not in space_in:
+            space["threads"] = threads_candidates(os.cpu_count() or 1)
+    if "llamacpp" in space["runtime"] and gguf_problem is not None:
+        raise fail("space.runtime", gguf_problem)
     limit = constraints.get("max_memory_bytes")
     if limit and version.parameter_count:
         cheapest = min(memory_estimate(version.parameter_count, {"quantization": q, "kv_cache_bytes": kv})
@@ -191,6 +203,14 @@ def validate_params(params: dict[str, Any], user: Any) -> dict[str, Any]:
     return {"deployment": deployment.name if deployment else None, "model": model.name, "version": version.number,
             "workload": workload, "objective": objective, "constraints": constraints, "space": space,
             "max_trials": max_trials, "baseline": baseline, "base_engine": base_engine}
+
+
+def remove_trials(job: Any) -> int:
+    """Delete a tune job's transient trial deployments (workers/tune_trials.py); their replicas let go within a
+    heartbeat. Run when the job ends whatever way, also as its kind's on_failed (a cancel, the reaper)."""
+    from console.deployments.models import Deployment
+
+    return len([d.delete() for d in Deployment.everything.filter(tune_job_id=job.pk)])
 
 
 # -- applying ------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 acts on. With `ttft_target_ms` in the deployment's config, each finished request's TTFT feeds the governor;
 when it narrows or widens, the engine's scheduler runs at most that many sequences per step (never more
 than the tuned max_num_seqs) and the web side admits at most that many requests in flight per replica
-(the `tauon:admit:<deployment>` cap the ADMIT script reads), so overload is refused sooner with 429 and
+(this replica's field of the `tauon:admit:<deployment>` hash; the ADMIT script sums the live replicas' caps), so overload is refused sooner with 429 and
 Retry-After instead of queueing past the target. Without a target it does nothing."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class AdaptiveAdmission:
-    def __init__(self, deployment: str, expiry_s: int):
-        self.deployment, self.expiry_s = deployment, expiry_s
+    def __init__(self, deployment: str, replica: str, expiry_s: int):
+        self.deployment, self.replica, self.expiry_s = deployment, replica, expiry_s
         self.governor: LatencyGovernor | None = None
         self._key: tuple[int, int, int] | None = None  # (target, max_num_seqs, capacity) it was built for
         self._lock = threading.Lock()
@@ -43,7 +43,7 @@ class AdaptiveAdmission:
                 self.governor.limit = seqs
             self._max_seqs = seqs
         if target == 0:
-            live.client().delete(live.admit_key(self.deployment))
+            live.client().hdel(live.admit_key(self.deployment), self.replica)
             _set_seqs(engine, seqs)
         self._publish(engine)
 
@@ -71,7 +71,10 @@ class AdaptiveAdmission:
             return
         governor.update()
         _set_seqs(engine, min(self._max_seqs, governor.limit))
-        live.client().set(live.admit_key(self.deployment), governor.limit, ex=self.expiry_s)
+        pipe = live.client().pipeline(transaction=False)
+        pipe.hset(live.admit_key(self.deployment), self.replica, governor.limit)
+        pipe.expire(live.admit_key(self.deployment), self.expiry_s)
+        pipe.execute()
 
     def figures(self) -> dict[str, Any]:
         governor = self.governor

@@ -107,9 +107,13 @@ class Host:
             self.stopped.wait(self.heartbeat_s)
 
     def reconcile(self) -> None:
-        names = self.scope if self.scope is not None else list(
-            Deployment.objects.filter(stopped=False).values_list("name", flat=True))
-        deployments = {d.name: d for d in Deployment.objects.filter(name__in=names).select_related("model", "version")}
+        every = Deployment.everything  # a tune's trial deployments too
+        if self.scope is None:
+            names = list(every.filter(stopped=False).values_list("name", flat=True))
+        else:  # the named ones, and the trial deployments of tunes of them
+            names = self.scope + list(every.filter(tune_job__params__deployment__in=self.scope)
+                                      .values_list("name", flat=True))
+        deployments = {d.name: d for d in every.filter(name__in=names).select_related("model", "version")}
         for name, runner in list(self.runners.items()):
             dep = deployments.get(name)
             if (dep is None or dep.pk != runner.deployment_id or dep.stopped or runner.slot >= dep.replicas
@@ -141,6 +145,7 @@ class Host:
     def _let_go(self, runner: Runner) -> None:
         self.runners.pop(runner.name, None)
         live.client().zrem(live.live_key(runner.name), runner.key)
+        live.client().hdel(live.admit_key(runner.name), runner.key)
         if runner.consuming and not any(r.queue == runner.queue for r in self.runners.values()):
             self.consume(runner.queue, False)
         runner.stop()

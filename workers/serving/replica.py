@@ -54,7 +54,7 @@ class Runner:
         self.stopping = False
         self.consuming = False
         self.progress = ProgressWatch(max(10.0, 3 * host.lost_s))
-        self.admission = AdaptiveAdmission(self.name, host.lost_s)
+        self.admission = AdaptiveAdmission(self.name, self.key, host.lost_s)
         self.lock = threading.Lock()
         self.row = Replica.objects.create(deployment=deployment, key=self.key, worker=host.hostname,
                                           pid=os.getpid(), slot=slot, status=ReplicaStatus.LOADING)

@@ -6,7 +6,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from console.deployments import config as deployment_config
-from console.deployments.models import Deployment, Replica
+from console.deployments.models import TRIAL_PREFIX, Deployment, Replica
 from console.registry.choices import VersionStatus
 from console.registry.models import Model
 
@@ -65,6 +65,9 @@ class DeploymentSerializer(serializers.ModelSerializer):
     def validate_name(self, value: str) -> str:
         if self.instance is not None and value != self.instance.name:
             raise serializers.ValidationError("A deployment's name cannot change (clients use it); create a new one.")
+        if self.instance is None and Deployment.is_trial_name(value):
+            raise serializers.ValidationError(f"Names like '{value}' ({TRIAL_PREFIX}<job>-<trial>) are reserved for "
+                                              "tuning trials; choose another name.")
         return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:

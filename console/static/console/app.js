@@ -546,6 +546,7 @@ function deploymentPayload(form) {
               runtime: f.runtime.value, threads: number("threads"), max_model_len: number("max_model_len") },
     max_tokens: number("max_tokens"),
     timeout_s: number("timeout_s"),
+    ttft_target_ms: number("ttft_target_ms"),
   };
   return payload;
 }
