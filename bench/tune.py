@@ -6,8 +6,9 @@ bundled chat model with bench.serving's workload, in one run; then adaptive admi
 
 1. `bench-smollm2` is (re)set to the defaults (EngineConfig's: max_num_seqs 32, max_batch_tokens 256,
    512 MiB KV cache, no quantization) and measured end to end with bench.serving's e2e workload.
-2. A `tune` job (POST /api/jobs/) on it: objective throughput, `ttft_p99_ms` ≤ the target, a synthetic
-   workload of the same prompt and answer lengths at concurrency 4 and the workload's size; timed. Each of
+2. A `tune` job (POST /api/jobs/) on it: objective throughput, `ttft_p99_ms` ≤ the target, and as its
+   workload the very chats of that e2e workload (`workload.chats`, a traffic sample) at concurrency 4 and
+   the workload's size; timed. Each of
    its trials is measured through the stack too (a transient deployment of its own, driven through the
    gateway), so the best trial's own figure and its reproduction in step 3 measure the same path.
 3. Its recommendation applied (POST /api/deployments/bench-smollm2/apply-tune), the new replica awaited,
@@ -64,11 +65,12 @@ def wait_serving(api: Api, engine: dict[str, Any], timeout: float = 900) -> None
     raise RuntimeError(f"{DEPLOYMENT} did not serve {engine} within {timeout:.0f} s")
 
 
-def run_tune(api: Api, mode: Mode, trials: int, target_ms: int, timeout: float) -> tuple[dict[str, Any], float]:
+def run_tune(api: Api, mode: Mode, work: Any, trials: int, target_ms: int,
+             timeout: float) -> tuple[dict[str, Any], float]:
+    # the trials serve the very chats the e2e side sends (a traffic sample), so their figures compare
+    chats = [{"messages": chat, "max_tokens": n} for chat, n in zip(work.chats, work.max_new, strict=True)]
     params = {"deployment": DEPLOYMENT, "objective": "throughput", "max_trials": trials,
-              "workload": {"synthetic": {"prompt_tokens": list(mode.prompt_range),
-                                         "output_tokens": list(mode.new_range)},
-                           "concurrency": sorted({4, mode.requests}), "requests": mode.requests},
+              "workload": {"chats": chats, "concurrency": sorted({4, mode.requests}), "requests": mode.requests},
               "constraints": {"ttft_p99_ms": target_ms, "max_perplexity_ratio": 1.5},
               "space": {"quantization": ["none", "int8", "w8a8"], "max_num_seqs": [8, 16, 32],
                         "max_batch_tokens": [128, 256, 512], "kv_cache_bytes": [256 << 20, 512 << 20]}}
@@ -126,7 +128,7 @@ def run(base_url: str, key: str, mode: Mode, trials: int, target_ms: int, tune_t
     warm_up_e2e(base_url, key)
     default = measure(base_url, key, work)
     progress(f"defaults: {default}")
-    job, tune_s = run_tune(api, mode, trials, target_ms, tune_timeout)
+    job, tune_s = run_tune(api, mode, work, trials, target_ms, tune_timeout)
     result = job["result"]
     best = next((t for t in result["trials"] if t["number"] == result["recommended"]), None)
     progress(f"tune: {tune_s:.0f} s, recommended {best and best['settings']}: {result['why']}")

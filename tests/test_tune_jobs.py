@@ -60,6 +60,14 @@ def test_bad_tune_params_are_refused_naming_the_field(maintainer_api: Any, chat:
     refused(maintainer_api, {**base, "workload": {"dataset": "nope"}}, "workload.dataset")
     refused(maintainer_api, {**base, "workload": {"synthetic": {"prompt_tokens": [9, 3]}}},
             "workload.synthetic.prompt_tokens")
+    chat_sample = {"chats": [{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}]}
+    refused(maintainer_api, {**base, "workload": {**chat_sample, "dataset": "qa"}}, "workload.chats")
+    refused(maintainer_api, {**base, "workload": {"chats": []}}, "workload.chats")
+    refused(maintainer_api, {**base, "workload": {"chats": [{"messages": [{"role": "bot", "content": "x"}],
+                                                              "max_tokens": 8}]}}, "workload.chats[0].messages")
+    assert "the model's context" in refused(
+        maintainer_api, {**base, "workload": {"chats": [{"messages": [{"role": "user", "content": "x"}],
+                                                         "max_tokens": 10**6}]}}, "workload.chats[0].max_tokens")
     assert "smallest candidate" in refused(maintainer_api, {**base, "constraints": {"max_memory_bytes": 1000}},
                                            "constraints.max_memory_bytes")
     big = make_model("huge", owner=bob)
@@ -78,6 +86,20 @@ def test_cleaned_params_validate_again_unchanged_so_a_tune_can_be_rerun(chat: De
     assert validate_params(cleaned, bob) == cleaned
     again = validate_params({"model": "chat-model", "version": 1}, bob)
     assert again["deployment"] is None and validate_params(again, bob) == again
+
+
+def test_a_traffic_sample_is_the_workload_each_trial_serves(chat: Deployment, bob: Any) -> None:
+    from console.deployments.tuning import validate_params
+    from workers.tuning import _workload
+
+    sample = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Q{i}?"}],
+               "max_tokens": 4 + i} for i in range(3)]
+    cleaned = validate_params({"deployment": "chat", "workload": {"chats": sample, "concurrency": [2],
+                                                                  "requests": 3}}, bob)
+    assert "synthetic" not in cleaned["workload"] and validate_params(cleaned, bob) == cleaned
+    workload, _ = _workload(cleaned["workload"])
+    assert workload.prompts == [c["messages"] for c in sample] and workload.output_tokens == [4, 5, 6]
+    assert workload.share(5).output_tokens == [4, 5, 6, 4, 5] and workload.concurrency == [2]
 
 
 def test_a_deployment_no_worker_can_host_is_refused(maintainer_api: Any, bob: Any) -> None:

@@ -25,6 +25,8 @@ def _workload(spec: dict[str, Any]) -> tuple[Any, str]:
 
     text = PROSE.read_text(encoding="utf-8")
     levels, requests = spec["concurrency"], spec["requests"]
+    if "chats" in spec:  # a traffic sample: its chats, each answered with its own max_tokens
+        return Workload([c["messages"] for c in spec["chats"]], [c["max_tokens"] for c in spec["chats"]], levels), text
     if "synthetic" in spec:
         s = spec["synthetic"]
         return synthetic(tuple(s["prompt_tokens"]), tuple(s["output_tokens"]), levels, requests), text

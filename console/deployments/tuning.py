@@ -1,8 +1,9 @@
 """The `tune` job's params (validated before any job exists) and applying its recommendation to a
 deployment (a config change, so the replicas hot-swap: they load the new engine beside the old one).
 
-Params: `deployment` (or `model` + `version`), `workload` (`{"dataset": name}` of a qa or text dataset, or
-`{"synthetic": {"prompt_tokens": [lo, hi], "output_tokens": [lo, hi]}}`, plus `concurrency` levels and
+Params: `deployment` (or `model` + `version`), `workload` (`{"dataset": name}` of a qa or text dataset,
+`{"synthetic": {"prompt_tokens": [lo, hi], "output_tokens": [lo, hi]}}`, or `{"chats": [{"messages": [...],
+"max_tokens": n}, ...]}`, a sample of the deployment's own traffic, plus `concurrency` levels and
 `requests` per trial), `objective` (throughput | latency), `constraints` (ttft_p99_ms, itl_p99_ms,
 max_perplexity_ratio, max_memory_bytes), `space` (lists of values per tunable setting) and `max_trials`."""
 
@@ -26,7 +27,9 @@ from engine.tuning import (
 
 PARAMS = ("deployment", "model", "version", "workload", "objective", "constraints", "space", "max_trials")
 DERIVED = ("baseline", "base_engine")  # added to the cleaned params: the settings served when it was started
-WORKLOAD_KEYS = ("dataset", "dataset_version", "synthetic", "concurrency", "requests")
+WORKLOAD_KEYS = ("dataset", "dataset_version", "synthetic", "chats", "concurrency", "requests")
+MAX_CHAT_CHARS = 32_000  # one sample chat's messages, in characters
+MAX_SAMPLE_CHARS = 1_000_000  # all of them (they are kept in the job's params)
 SYNTHETIC_KEYS = ("prompt_tokens", "output_tokens")
 MAX_TRIALS = 24
 MAX_REQUESTS = 512
@@ -78,7 +81,12 @@ def _workload(value: Any, model_len: int) -> dict[str, Any]:
     unknown = sorted(set(workload) - set(WORKLOAD_KEYS))
     if unknown:
         raise fail(f"workload.{unknown[0]}", f"unknown key; a workload has {', '.join(WORKLOAD_KEYS)}")
-    if isinstance(value, dict) and "dataset" in value:
+    if isinstance(value, dict) and "chats" in value:
+        if "dataset" in value or "synthetic" in value:
+            raise fail("workload.chats", "give one of dataset, synthetic or chats")
+        workload.pop("synthetic", None)
+        workload["chats"] = _chats(workload["chats"], model_len)
+    elif isinstance(value, dict) and "dataset" in value:
         workload.pop("synthetic", None)
         dataset = dataset_named(workload["dataset"], "tune", field="workload.dataset")
         if TASK_OF_KIND[dataset.kind] != "text-generation":
@@ -111,6 +119,34 @@ def _workload(value: Any, model_len: int) -> dict[str, Any]:
     if not _int(workload["requests"]) or not 2 <= workload["requests"] <= MAX_REQUESTS:
         raise fail("workload.requests", f"Give the requests per trial and level as a number from 2 to {MAX_REQUESTS}.")
     return workload
+
+
+def _chats(value: Any, model_len: int) -> list[dict[str, Any]]:
+    """A traffic sample: 1 to MAX_REQUESTS chats, each `messages` (role/content strings) and `max_tokens`."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_REQUESTS:
+        raise fail("workload.chats", f"must be a list of 1 to {MAX_REQUESTS} chats, each "
+                                     '{"messages": [{"role": "user", "content": "..."}], "max_tokens": 64}')
+    out = []
+    for i, chat in enumerate(value):
+        field = f"workload.chats[{i}]"
+        if not isinstance(chat, dict) or set(chat) - {"messages", "max_tokens"}:
+            raise fail(field, 'must be an object with "messages" and "max_tokens" only')
+        messages = chat.get("messages")
+        if (not isinstance(messages, list) or not messages
+                or not all(isinstance(m, dict) and set(m) == {"role", "content"}
+                           and m["role"] in ("system", "user", "assistant") and isinstance(m["content"], str)
+                           for m in messages)):
+            raise fail(f"{field}.messages", "must be a non-empty list of {\"role\": system|user|assistant, "
+                                            "\"content\": text} objects")
+        if sum(len(m["content"]) for m in messages) > MAX_CHAT_CHARS:
+            raise fail(f"{field}.messages", f"is longer than {MAX_CHAT_CHARS:,} characters; send a shorter sample")
+        max_tokens = chat.get("max_tokens")
+        if not _int(max_tokens) or not 1 <= max_tokens < model_len:
+            raise fail(f"{field}.max_tokens", f"must be a whole number from 1 to {model_len - 1} (the model's context)")
+        out.append({"messages": messages, "max_tokens": max_tokens})
+    if sum(len(m["content"]) for c in out for m in c["messages"]) > MAX_SAMPLE_CHARS:
+        raise fail("workload.chats", f"holds more than {MAX_SAMPLE_CHARS:,} characters in all; send fewer or shorter chats")
+    return out
 
 
 def _constraints(value: Any, version: Any, workload: dict[str, Any]) -> dict[str, Any]:
