@@ -6,6 +6,7 @@ or two racing workers can never run or finish a job twice.
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -42,6 +43,15 @@ class JobTimedOut(Exception):
     """Raised inside a running job that ran past its kind's soft time limit."""
 
 
+class LeaseLost(Exception):
+    """Raised inside a running job whose lease another delivery took over (its heartbeats had stopped for
+    longer than the lease): this run must stop at once and leave the job to the one that holds it now."""
+
+
+def _new_lease() -> str:
+    return uuid.uuid4().hex
+
+
 class JobQuerySet(models.QuerySet["Job"]):
     def visible_to(self, user: Any) -> JobQuerySet:
         """Maintainers see every job; others see their own and those of kinds that are not private."""
@@ -65,6 +75,9 @@ class Job(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True)
+    # Which run holds the job: set by the delivery that claims (or takes over) it. The holder renews it with
+    # its heartbeat; a lease whose heartbeat is older than TAUON_JOB_STALE_S has expired (its run died).
+    lease = models.CharField(max_length=32, blank=True)
     deliveries = models.PositiveSmallIntegerField(default=0)
     cancel_requested = models.BooleanField(default=False)
     # Live figures while it runs, e.g. {"train_loss": [[step, loss], ...], "eval_loss": [[0, before], [n, after]]}
@@ -147,20 +160,30 @@ class Job(models.Model):
         now = timezone.now()
         Job.objects.filter(pk=self.pk).update(deliveries=models.F("deliveries") + 1)
         claimed = Job.objects.filter(pk=self.pk, status=JobStatus.QUEUED, cancel_requested=False).update(
-            status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker[:200]
+            status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker[:200], lease=_new_lease()
         )
         self.refresh_from_db()
         return bool(claimed)
 
+    @property
+    def lease_alive(self) -> bool:
+        """Is the run that holds this job alive (it beat within TAUON_JOB_STALE_S)?"""
+        return self.heartbeat_at is not None and \
+            (timezone.now() - self.heartbeat_at).total_seconds() < settings.TAUON_JOB_STALE_S
+
     def restart(self, worker: str) -> bool:
-        """A redelivery found this job running: its worker died. Run it again from the start here
-        (only one redelivery can win: the delivery count must be unchanged)."""
+        """A redelivery found this job running and its lease expired: its worker died. Take it over and run
+        it again here (only one redelivery can win: the delivery count must be unchanged; none wins while the
+        holder still beats, so a message redelivered while its job still runs never starts a second run)."""
         now = timezone.now()
+        expired = now - timedelta(seconds=settings.TAUON_JOB_STALE_S)
         line = f"{now:%Y-%m-%dT%H:%M:%SZ} The worker running this job died; running it again " \
                f"(delivery {self.deliveries} of at most {MAX_DELIVERIES})."
         restarted = Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING, deliveries=self.deliveries,
-                                       cancel_requested=False).update(
-            started_at=now, heartbeat_at=now, worker=worker[:200], progress=0.0, progress_message="Restarted",
+                                       cancel_requested=False).filter(
+            models.Q(heartbeat_at__isnull=True) | models.Q(heartbeat_at__lt=expired)).update(
+            started_at=now, heartbeat_at=now, worker=worker[:200], lease=_new_lease(), progress=0.0,
+            progress_message="Restarted",
             log=(self.log + [line])[-MAX_LOG_LINES:])
         self.refresh_from_db()
         return bool(restarted)
@@ -169,7 +192,9 @@ class Job(models.Model):
         now = timezone.now()
         if getattr(self, "_series_dirty", False):  # points reported since the last write
             fields["series"] = self.series
-        done = Job.objects.filter(pk=self.pk, status__in=ACTIVE).update(status=status, finished_at=now, **fields)
+        # a run whose lease was taken over cannot end the job its successor runs
+        done = Job.objects.filter(pk=self.pk, status__in=ACTIVE, lease=self.lease).update(
+            status=status, finished_at=now, **fields)
         self.refresh_from_db()
         return bool(done)
 
@@ -220,7 +245,8 @@ class Job(models.Model):
         if getattr(self, "_series_dirty", False) and (flush or last is None or (now - last).total_seconds() >= SERIES_FLUSH_S):
             fields["series"] = self.series
             self._series_written, self._series_dirty = now, False
-        Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(**fields)
+        if not Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING, lease=self.lease).update(**fields):
+            self._check_lease()
         for name, value in fields.items():
             setattr(self, name, value)
         if not cancellable:
@@ -252,8 +278,16 @@ class Job(models.Model):
         spec = kinds.KINDS.get(self.kind)
         return getattr(spec, name) if spec else None
 
-    def beat(self) -> None:
-        Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(heartbeat_at=timezone.now())
+    def beat(self) -> bool:
+        """Renew this run's lease; False when it no longer holds the job (it ended, or another run took it)."""
+        return bool(Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING, lease=self.lease).update(
+            heartbeat_at=timezone.now()))
+
+    def _check_lease(self) -> None:
+        """Raise LeaseLost if the job still runs, but under another run's lease."""
+        holder = Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING).values_list("lease", flat=True).first()
+        if holder is not None and holder != self.lease:
+            raise LeaseLost(f"{self} was taken over by another delivery; this run stops.")
 
     # --- the reaper ---------------------------------------------------------------------------
     @classmethod
