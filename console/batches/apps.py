@@ -17,10 +17,10 @@ class BatchesConfig(AppConfig):
         kinds.register(kinds.JobKind(
             name="batch", handler="workers.batch.run", on_failed=fail_with_job,
             queue=lambda params: settings.TAUON_BATCH_QUEUE, retry_on_worker_lost=True, private=True))
-        # Predict on a dataset (console/batches/predict.py): a redelivery predicts every text again and writes
-        # the file at the end, so running it twice is harmless.
+        # Predict on a dataset (console/batches/predict.py): each answered chunk is kept, so a redelivery after a
+        # dead worker predicts only the texts not answered yet.
         from console.batches import predict
 
         kinds.register(kinds.JobKind(
-            name="predict", handler="workers.predict.run", validate=predict.validate,
+            name="predict", handler="workers.predict.run", validate=predict.validate, on_failed=predict.discard,
             queue=lambda params: settings.TAUON_BATCH_QUEUE, retry_on_worker_lost=True, private=True))
