@@ -134,6 +134,33 @@ def test_a_redelivery_while_the_job_still_beats_leaves_it_to_the_run_that_holds_
     assert job.succeed({"ok": True}) and Job.objects.get(pk=job.pk).status == "succeeded"
 
 
+@pytest.fixture
+def resumable_kind() -> Iterator[str]:
+    kinds.register(kinds.JobKind(name="test-resume", handler="tests.job_kinds.sleep_handler",
+                                 retry_on_worker_lost=True, resumable=True))
+    yield "test-resume"
+    kinds.KINDS.pop("test-resume")
+
+
+def test_the_reaper_queues_a_resumable_job_again_and_its_next_run_carries_on(resumable_kind, bob):
+    job = started(resumable_kind, bob, progress=0.5, **dead())  # its worker died half way
+    assert Job.reap_stale(older_than_s=60) == [job.pk]
+    again = Job.objects.get(pk=job.pk)
+    assert (again.status, again.lease, again.started_at) == ("queued", "", None)
+    assert "queued again to carry on where it stopped (delivery 2 of at most 3)" in again.log[-1]
+    run_job(job.pk)  # the message the reaper sent
+    run_job(job.pk)  # the dead run's own message, redelivered later: the job has ended, it leaves
+    done = Job.objects.get(pk=job.pk)
+    assert done.status == "succeeded" and done.deliveries == 3 and done.lease != job.lease
+
+
+def test_the_reaper_fails_a_resumable_job_out_of_deliveries_or_with_a_cancel_pending(resumable_kind, bob):
+    spent = started(resumable_kind, bob, deliveries=3, **dead())
+    cancelled = started(resumable_kind, bob, cancel_requested=True, **dead())
+    assert sorted(Job.reap_stale(older_than_s=60)) == [spent.pk, cancelled.pk]
+    assert [Job.objects.get(pk=j.pk).status for j in (spent, cancelled)] == ["failed", "failed"]
+
+
 def test_a_redelivered_job_with_a_cancel_pending_ends_cancelled(retry_kind, bob):
     job = started(retry_kind, bob, cancel_requested=True, **dead())
     run_job(job.pk)

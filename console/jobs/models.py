@@ -144,15 +144,14 @@ class Job(models.Model):
         """Create a queued job and send it to a worker once the surrounding transaction commits."""
         kinds.get(kind)  # an unknown kind fails here, before any row exists
         job = cls.objects.create(kind=kind, params=params, created_by=user if getattr(user, "is_authenticated", False) else None)
-
-        def send() -> None:
-            spec = kinds.get(kind)
-            limits = {name: value for name in ("soft_time_limit", "time_limit")
-                      if (value := getattr(spec, name)) is not None}
-            celery_app.send_task(RUN_JOB, args=[job.pk], queue=kinds.queue_for(kind, job.params), **limits)
-
-        transaction.on_commit(send)
+        transaction.on_commit(job._send)
         return job
+
+    def _send(self) -> None:
+        """A message for a worker to run this job."""
+        spec = kinds.get(self.kind)
+        limits = {name: value for name in ("soft_time_limit", "time_limit") if (value := getattr(spec, name)) is not None}
+        celery_app.send_task(RUN_JOB, args=[self.pk], queue=kinds.queue_for(self.kind, self.params), **limits)
 
     # --- claiming and finishing -------------------------------------------------------------
     def claim(self, worker: str) -> bool:
@@ -290,13 +289,38 @@ class Job(models.Model):
             raise LeaseLost(f"{self} was taken over by another delivery; this run stops.")
 
     # --- the reaper ---------------------------------------------------------------------------
+    def _requeue(self, cutoff: Any, older_than_s: int) -> bool:
+        """A resumable kind whose run's lease expired goes back to the queue (its next run carries on where the
+        dead one stopped), while it has deliveries left and no cancel is pending. The dead run's own message, if
+        the broker hands it out again later, then finds the new run's lease alive, or the job ended."""
+        spec = kinds.KINDS.get(self.kind)
+        if spec is None or not spec.resumable or self.deliveries >= MAX_DELIVERIES or self.cancel_requested:
+            return False
+        now = timezone.now()
+        line = (f"{now:%Y-%m-%dT%H:%M:%SZ} The worker running this job ({self.worker or 'unknown'}) stopped "
+                f"responding for over {older_than_s}s; queued again to carry on where it stopped "
+                f"(delivery {self.deliveries + 1} of at most {MAX_DELIVERIES}).")
+        with transaction.atomic():
+            queued = Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING, lease=self.lease, cancel_requested=False,
+                                        heartbeat_at__lt=cutoff).update(
+                status=JobStatus.QUEUED, lease="", worker="", started_at=None, progress_message="Queued again",
+                log=(self.log + [line])[-MAX_LOG_LINES:])
+            if queued:
+                transaction.on_commit(self._send)
+        self.refresh_from_db()
+        return bool(queued)
+
     @classmethod
     def reap_stale(cls, older_than_s: int | None = None) -> list[int]:
-        """Fail running jobs whose worker stopped heartbeating (it died or was killed)."""
+        """Fail running jobs whose worker stopped heartbeating (it died or was killed); resumable kinds go back
+        to the queue instead, while they have deliveries left. Returns the jobs failed or queued again."""
         older_than_s = older_than_s if older_than_s is not None else settings.TAUON_JOB_STALE_S
         cutoff = timezone.now() - timedelta(seconds=older_than_s)
         reaped = []
         for job in cls.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff):
+            if job._requeue(cutoff, older_than_s):
+                reaped.append(job.pk)
+                continue
             if job.fail(f"The worker running this job ({job.worker or 'unknown'}) stopped responding "
                         f"for over {older_than_s}s and is presumed dead."):
                 reaped.append(job.pk)
