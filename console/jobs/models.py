@@ -113,15 +113,15 @@ class Job(models.Model):
         return job
 
     @classmethod
-    def start(cls, kind: str, params: dict[str, Any], user: Any, *, checked: bool = False) -> Job:
+    def start(cls, kind: str, params: dict[str, Any], user: Any, *, checked: bool = False, cap: int = 0) -> Job:
         """How a user starts a job, through POST /api/jobs/ or a console form: the kind's own validate
         function cleans `params` (its ValidationError propagates; `checked`: the caller already ran it),
-        then the job is enqueued and audited as `job.create`, together."""
+        then the job is enqueued and audited as `job.create`, together. `cap`: see enqueue_capped (TooManyJobs)."""
         spec = kinds.get(kind)
         if spec.validate is not None and not checked:
             params = spec.validate(params, user)
         with transaction.atomic():
-            job = cls.enqueue(kind, params, user)
+            job = cls.enqueue_capped(kind, params, user, cap)
             record(user, "job.create", job, kind=kind, params=params)
         return job
 
