@@ -87,9 +87,9 @@ class _Feeder:
             return await feed(pending, self._answer, self._record, sync_to_async(self._check),
                               lambda: self.window)
         finally:
-            await sync_to_async(self._report)()
             if self.share is not None:
                 await sync_to_async(self.share.leave)()
+            await sync_to_async(self._report)()
 
     async def _deployment(self, name: str) -> Any:
         from console.deployments.models import Deployment
