@@ -123,15 +123,33 @@ def test_a_redelivered_job_of_a_kind_that_is_not_idempotent_fails_at_once(bob):
     assert job.status == "failed" and job.error == "The worker running this job died (delivery 2 of at most 3)."
 
 
+@pytest.mark.django_db(transaction=True)  # the holder's heartbeat thread writes on its own connection
 @pytest.mark.parametrize("kind", ["test-sleep", "test-retry"])
-def test_a_redelivery_while_the_job_still_beats_leaves_it_to_the_run_that_holds_it(retry_kind, kind, bob):
-    job = started(kind, bob, progress=0.5)  # delivery 1 is alive: it beat just now
-    run_job(job.pk)  # the broker's visibility timeout passed: it delivers the message again
+def test_a_redelivery_while_the_job_still_beats_leaves_it_to_the_run_that_holds_it(retry_kind, kind, bob, settings):
+    from workers.tasks import _Heartbeat
+
+    settings.TAUON_JOB_HEARTBEAT_S = 0.2
+    job = started(kind, bob, progress=0.5)  # delivery 1 is alive: its heartbeat thread beats
+    beat = _Heartbeat(job)
+    beat.start()
+    try:
+        run_job(job.pk)  # the broker's visibility timeout passed: it delivers the message again
+    finally:
+        beat.stopped.set()
+        beat.join()
     again = Job.objects.get(pk=job.pk)
     assert (again.status, again.progress, again.lease, again.started_at) == ("running", 0.5, job.lease, job.started_at)
     assert again.deliveries == 2 and not again.error
     job.report(0.75, "still mine")  # the holder goes on, and ends the job
     assert job.succeed({"ok": True}) and Job.objects.get(pk=job.pk).status == "succeeded"
+
+
+def test_a_redelivery_just_after_its_run_died_takes_over_once_no_beat_came(retry_kind, bob, settings):
+    settings.TAUON_JOB_HEARTBEAT_S = 0.2
+    job = started(retry_kind, bob)  # it beat a moment ago, then its process was killed: no beat comes
+    run_job(job.pk)
+    done = Job.objects.get(pk=job.pk)
+    assert done.status == "succeeded" and done.lease != job.lease and done.deliveries == 2
 
 
 @pytest.fixture

@@ -42,13 +42,13 @@ def run_job(self, job_id: int) -> None:  # type: ignore[no-untyped-def]
     if not job.claim(worker=worker):
         if job.status != JobStatus.RUNNING or job.deliveries <= 1:
             return
-        if job.lease_alive:
+        if job.holder_alive(watch_s=2 * settings.TAUON_JOB_HEARTBEAT_S + 1):
             # Redelivered while its run still beats (a job longer than the broker's visibility timeout): that
             # run holds the lease and goes on; this delivery leaves without touching the job.
-            log.warning("job %s is still running on %s (its lease is alive); redelivery %s leaves it", job.pk,
+            log.warning("job %s is still running on %s (it beats); redelivery %s leaves it", job.pk,
                         job.worker or "another worker", job.deliveries)
             return
-        # Redelivered while marked running and its lease expired: the worker that had it died mid-job.
+        # Redelivered while marked running and its run silent: the worker that had it died mid-job.
         # Idempotent kinds run again, up to MAX_DELIVERIES deliveries in all; the others fail at once.
         spec = kinds.KINDS.get(job.kind)
         if spec is not None and spec.retry_on_worker_lost and job.deliveries <= MAX_DELIVERIES:

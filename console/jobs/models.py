@@ -6,6 +6,7 @@ or two racing workers can never run or finish a job twice.
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -164,23 +165,31 @@ class Job(models.Model):
         self.refresh_from_db()
         return bool(claimed)
 
-    @property
-    def lease_alive(self) -> bool:
-        """Is the run that holds this job alive (it beat within TAUON_JOB_STALE_S)?"""
-        return self.heartbeat_at is not None and \
-            (timezone.now() - self.heartbeat_at).total_seconds() < settings.TAUON_JOB_STALE_S
+    def holder_alive(self, watch_s: float) -> bool:
+        """A redelivery found this job running: is the run that holds it alive? Its lease expired (no beat
+        within TAUON_JOB_STALE_S): no. Else its heartbeat is watched for up to `watch_s` (a live run beats every
+        TAUON_JOB_HEARTBEAT_S, and at each progress report): yes at the first beat, or when the job ends; no if
+        it stayed silent (its worker died a moment ago, e.g. a prefork child killed and its message requeued)."""
+        seen = self.heartbeat_at
+        if seen is None or (timezone.now() - seen).total_seconds() >= settings.TAUON_JOB_STALE_S:
+            return False
+        deadline = time.monotonic() + watch_s
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            row = Job.objects.filter(pk=self.pk).values("status", "heartbeat_at").first()
+            if row is None or row["status"] != JobStatus.RUNNING or row["heartbeat_at"] != seen:
+                return True
+        return False
 
     def restart(self, worker: str) -> bool:
-        """A redelivery found this job running and its lease expired: its worker died. Take it over and run
-        it again here (only one redelivery can win: the delivery count must be unchanged; none wins while the
-        holder still beats, so a message redelivered while its job still runs never starts a second run)."""
+        """Take over a job whose run died (holder_alive said no): run it again here under a new lease. Only
+        if nothing beat since this row was read, and only one redelivery can win (the delivery count must be
+        unchanged), so a message redelivered while its job still runs never starts a second run."""
         now = timezone.now()
-        expired = now - timedelta(seconds=settings.TAUON_JOB_STALE_S)
         line = f"{now:%Y-%m-%dT%H:%M:%SZ} The worker running this job died; running it again " \
                f"(delivery {self.deliveries} of at most {MAX_DELIVERIES})."
         restarted = Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING, deliveries=self.deliveries,
-                                       cancel_requested=False).filter(
-            models.Q(heartbeat_at__isnull=True) | models.Q(heartbeat_at__lt=expired)).update(
+                                       cancel_requested=False, heartbeat_at=self.heartbeat_at).update(
             started_at=now, heartbeat_at=now, worker=worker[:200], lease=_new_lease(), progress=0.0,
             progress_message="Restarted",
             log=(self.log + [line])[-MAX_LOG_LINES:])
