@@ -218,3 +218,13 @@ def test_a_cancel_stops_a_running_prediction_and_leaves_no_file(serving, celery_
     job.refresh_from_db()
     assert job.status == "cancelled" and 0 < job.progress < 1
     assert not predict.path_of(job.pk).exists() and job.result is None
+
+
+@pytest.mark.django_db
+def test_a_predict_job_queued_again_then_cancelled_leaves_no_kept_chunks(charlie):
+    job = Job.objects.create(kind="predict", status="queued", deliveries=1, created_by=charlie,
+                             params={"deployment": "sorter", "dataset": "reviews", "version": 1})
+    predict.keep(job.pk, 0, [[{"label": "pos", "score": 0.9}]])  # what its dead run had answered
+    assert predict.kept(job.pk) == [(0, [[{"label": "pos", "score": 0.9}]])]
+    assert job.request_cancel(charlie)
+    assert Job.objects.get(pk=job.pk).status == "cancelled" and not predict.chunks_path(job.pk).exists()

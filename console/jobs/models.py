@@ -221,14 +221,16 @@ class Job(models.Model):
         Returns False when the job had already finished. With `actor` the cancel is audited."""
         with transaction.atomic():
             before = self.status
-            done = Job.objects.filter(pk=self.pk, status=JobStatus.QUEUED).update(
+            queued = done = Job.objects.filter(pk=self.pk, status=JobStatus.QUEUED).update(
                 status=JobStatus.CANCELLED, cancel_requested=True, finished_at=timezone.now(),
-                progress_message="Cancelled before it started")
+                progress_message="Cancelled before it started" if not self.deliveries else "Cancelled")
             if not done:
                 done = Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(cancel_requested=True)
             self.refresh_from_db()
             if done and actor is not None:
                 record(actor, "job.cancel", self, kind=self.kind, status_before=before, status_after=self.status)
+        if queued and self.deliveries:  # it ran before (the reaper queued it again): clean up what that run left
+            kinds.on_failed(self)
         return bool(done)
 
     # --- while running ----------------------------------------------------------------------
