@@ -7,8 +7,12 @@ L2 normalisation, and `sentence_bert_config.json` the maximum sequence length.""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,35 @@ from engine import loader
 from engine.config import EngineConfig
 
 POOLING_MODES = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "lasttoken")
+
+
+class PriorityLock:
+    """The model's forward passes, one at a time, in priority order: when the holder lets go, the waiter with
+    the lowest `priority` goes next (0 interactive, higher background such as a `predict` job's chunks), the
+    earliest first among equals. So a background request yields to interactive ones between its batches (of
+    at most `batch_size` texts): an interactive request waits for at most the one batch already running."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._busy = False
+        self._waiting: list[tuple[int, int]] = []  # a heap of (priority, ticket)
+        self._tickets = itertools.count()
+
+    @contextmanager
+    def hold(self, priority: int = 0) -> Iterator[None]:
+        with self._cond:
+            me = (int(priority), next(self._tickets))
+            heapq.heappush(self._waiting, me)
+            while self._busy or self._waiting[0] != me:
+                self._cond.wait()
+            heapq.heappop(self._waiting)
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
 
 
 @dataclass(slots=True)
@@ -76,7 +109,7 @@ class _Encoder:
         self.tokenizer = loader.load_tokenizer(self.folder)
         self.batch_size = batch_size
         self.max_length = min(getattr(self.model.config, "max_position_embeddings", 512), 8192)
-        self._lock = threading.Lock()
+        self._lock = PriorityLock()
 
     def _batches(self, texts: list[str]) -> list[list[int]]:
         """Indices grouped into batches of similar length (less padding)."""
@@ -111,12 +144,12 @@ class EmbeddingEngine(_Encoder):
         return int(self.model.config.hidden_size)
 
     @torch.inference_mode()
-    def embed(self, texts: list[str]) -> Embeddings:
+    def embed(self, texts: list[str], priority: int = 0) -> Embeddings:
         out = torch.empty(len(texts), self.dimension)
         tokens = 0
         for idx in self._batches(texts):
             enc = self._encode([texts[i] for i in idx]).to(self.device)
-            with self._lock:
+            with self._lock.hold(priority):
                 hidden = self.model(**enc).last_hidden_state
             out[idx] = self.pooling(hidden, enc["attention_mask"]).float().cpu()
             tokens += int(enc["attention_mask"].sum())
@@ -133,14 +166,15 @@ class ClassificationEngine(_Encoder):
     auto_class = "AutoModelForSequenceClassification"
 
     @torch.inference_mode()
-    def classify(self, texts: list[str], top_k: int | None = None) -> list[list[Label]]:
-        """Labels with scores for each text, best first (softmax, or sigmoid for multi-label models)."""
+    def classify(self, texts: list[str], top_k: int | None = None, priority: int = 0) -> list[list[Label]]:
+        """Labels with scores for each text, best first (softmax, or sigmoid for multi-label models); `priority`:
+        see PriorityLock."""
         id2label = self.model.config.id2label
         multi = self.model.config.problem_type == "multi_label_classification"
         results: list[list[Label]] = [[] for _ in texts]
         for idx in self._batches(texts):
             enc = self._encode([texts[i] for i in idx]).to(self.device)
-            with self._lock:
+            with self._lock.hold(priority):
                 logits = self.model(**enc).logits.float()
             scores = logits.sigmoid() if multi else logits.softmax(dim=-1)
             for row, i in enumerate(idx):
@@ -200,7 +234,7 @@ class TokenClassificationEngine(_Encoder):
     auto_class = "AutoModelForTokenClassification"
 
     @torch.inference_mode()
-    def entities(self, texts: list[str]) -> list[list[Entity]]:
+    def entities(self, texts: list[str], priority: int = 0) -> list[list[Entity]]:
         id2label = self.model.config.id2label
         results: list[list[Entity]] = [[] for _ in texts]
         for idx in self._batches(texts):
@@ -208,7 +242,7 @@ class TokenClassificationEngine(_Encoder):
             enc = self._encode(batch, return_offsets_mapping=True)
             offsets = enc.pop("offset_mapping").tolist()
             enc = enc.to(self.device)
-            with self._lock:
+            with self._lock.hold(priority):
                 probs = self.model(**enc).logits.float().softmax(dim=-1)
             best, ids = probs.max(dim=-1)
             for row, i in enumerate(idx):

@@ -35,18 +35,21 @@ def tiny_llama_dir(dest: Path, *, seed: int = 0, chat_template: bool = True, **o
     return dest
 
 
-def tiny_bert_dir(dest: Path, *, seed: int = 0, num_labels: int = 2) -> Path:
-    """A 2-layer BERT sequence classifier with the MiniLM vocabulary."""
+def tiny_bert_dir(dest: Path, *, seed: int = 0, num_labels: int = 2, labels: list[str] | None = None,
+                  tokens: bool = False) -> Path:
+    """A 2-layer BERT sequence classifier with the MiniLM vocabulary (`tokens`: a token classifier; `labels`:
+    its label names, else LABEL_0, LABEL_1, ...)."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
 
     torch.manual_seed(seed)
+    labels = labels or [f"LABEL_{i}" for i in range(num_labels)]
     config = BertConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, max_position_embeddings=128, num_labels=num_labels,
-                        id2label={i: f"LABEL_{i}" for i in range(num_labels)},
-                        label2id={f"LABEL_{i}": i for i in range(num_labels)})
+                        num_attention_heads=4, max_position_embeddings=128, num_labels=len(labels),
+                        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
     dest.mkdir(parents=True, exist_ok=True)
-    BertForSequenceClassification(config).save_pretrained(dest, safe_serialization=True)
+    head = BertForTokenClassification if tokens else BertForSequenceClassification
+    head(config).save_pretrained(dest, safe_serialization=True)
     _copy_tokenizer(dest, chat_template=False)
     return dest
 

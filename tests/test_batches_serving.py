@@ -151,3 +151,27 @@ def test_a_serving_worker_killed_mid_batch_and_back_leaves_every_line_answered_e
     assert done.request_counts.completed == 24 and done.request_counts.failed == 0
     out = lines_of(client, done.output_file_id)
     assert sorted(o["custom_id"] for o in out) == sorted(r["custom_id"] for r in rows)
+
+
+def test_an_embeddings_batch_runs_at_background_priority_and_equals_the_engine(serving, celery_worker, web_server,
+                                                                               charlie, bob):
+    import torch
+
+    from console.registry.bundled import by_name
+    from engine import EmbeddingEngine
+
+    folder = by_name("all-minilm-l6-v2").path()
+    deploy("embed", folder, task="embeddings", owner=bob)
+    client = client_for(charlie, web_server)
+    texts = {"cat": "A cat sits on the mat.", "stocks": "Stocks fell sharply today.", "ok": "ok"}
+    rows = [{"custom_id": cid, "method": "POST", "url": "/v1/embeddings",
+             "body": {"model": "embed", "input": text, "encoding_format": "float"}} for cid, text in texts.items()]
+    batch = client.batches.create(input_file_id=client.files.create(file=("e.jsonl", jsonl(rows)), purpose="batch").id,
+                                  endpoint="/v1/embeddings", completion_window="24h")
+    done = wait_batch(client, batch.id, ("completed", "failed"))
+    assert done.status == "completed" and done.request_counts.completed == 3, done
+    assert {line.request["work"]["priority"] for line in Batch.objects.get(pk=batch.id).lines.all()} == {1}
+    out = {o["custom_id"]: o["response"]["body"]["data"][0]["embedding"] for o in lines_of(client, done.output_file_id)}
+    direct = EmbeddingEngine(folder).embed(list(texts.values())).vectors
+    got = torch.tensor([out[cid] for cid in texts])
+    assert torch.nn.functional.cosine_similarity(got, direct).min() > 1 - 1e-5

@@ -4,6 +4,7 @@ curve in GET /api/jobs/{id}/ while it runs and after, matching the losses in its
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -47,6 +48,7 @@ def test_a_restarted_job_continues_its_curve_from_the_step_it_resumes_at(bob) ->
     for step in range(1, 9):
         job.report(step / 10, None, series={"train_loss": (step, 10.0 - step)}, flush=True)
     # the worker died after step 8; its last checkpoint was step 5. A redelivery restarts the job...
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=job.heartbeat_at - timedelta(hours=1))  # its lease expired
     again = Job.objects.get(pk=job.pk)
     assert again.restart("other-worker")
     assert [x for x, _ in stored(again)["train_loss"]] == list(range(1, 9))  # the curve survives the restart

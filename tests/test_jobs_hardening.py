@@ -46,6 +46,11 @@ def started(kind: str, user: Any, seconds_ago: float = 0, **fields: Any) -> Job:
     return job
 
 
+def dead() -> dict[str, Any]:
+    """The fields of a job whose worker died: its heartbeat (the lease) stopped over an hour ago."""
+    return {"heartbeat_at": timezone.now() - timedelta(hours=1)}
+
+
 def test_a_running_job_estimates_the_time_left_from_its_pace(bob):
     job = started("test-sleep", bob, seconds_ago=10, progress=0.25)
     assert job.eta_s == pytest.approx(30, abs=1)
@@ -96,7 +101,7 @@ def test_the_reaper_fails_a_heartbeating_job_past_its_hard_time_limit(retry_kind
 
 
 def test_a_redelivery_after_a_dead_worker_runs_an_idempotent_job_again_to_success(retry_kind, bob):
-    job = started(retry_kind, bob)  # delivery 1 died mid-run
+    job = started(retry_kind, bob, **dead())  # delivery 1 died mid-run
     run_job(job.pk)  # the broker delivers it again
     job.refresh_from_db()
     assert job.status == "succeeded" and job.deliveries == 2 and job.result == {"steps": 2}
@@ -104,7 +109,7 @@ def test_a_redelivery_after_a_dead_worker_runs_an_idempotent_job_again_to_succes
 
 
 def test_the_third_dead_worker_is_the_last_then_the_job_fails_with_the_reason(retry_kind, bob):
-    job = started(retry_kind, bob, deliveries=3)
+    job = started(retry_kind, bob, deliveries=3, **dead())
     run_job(job.pk)
     job.refresh_from_db()
     assert job.status == "failed" and job.deliveries == 4
@@ -112,14 +117,70 @@ def test_the_third_dead_worker_is_the_last_then_the_job_fails_with_the_reason(re
 
 
 def test_a_redelivered_job_of_a_kind_that_is_not_idempotent_fails_at_once(bob):
-    job = started("test-sleep", bob)
+    job = started("test-sleep", bob, **dead())
     run_job(job.pk)
     job.refresh_from_db()
     assert job.status == "failed" and job.error == "The worker running this job died (delivery 2 of at most 3)."
 
 
+@pytest.mark.django_db(transaction=True)  # the holder's heartbeat thread writes on its own connection
+@pytest.mark.parametrize("kind", ["test-sleep", "test-retry"])
+def test_a_redelivery_while_the_job_still_beats_leaves_it_to_the_run_that_holds_it(retry_kind, kind, bob, settings):
+    from workers.tasks import _Heartbeat
+
+    settings.TAUON_JOB_HEARTBEAT_S = 0.2
+    job = started(kind, bob, progress=0.5)  # delivery 1 is alive: its heartbeat thread beats
+    beat = _Heartbeat(job)
+    beat.start()
+    try:
+        run_job(job.pk)  # the broker's visibility timeout passed: it delivers the message again
+    finally:
+        beat.stopped.set()
+        beat.join()
+    again = Job.objects.get(pk=job.pk)
+    assert (again.status, again.progress, again.lease, again.started_at) == ("running", 0.5, job.lease, job.started_at)
+    assert again.deliveries == 2 and not again.error
+    job.report(0.75, "still mine")  # the holder goes on, and ends the job
+    assert job.succeed({"ok": True}) and Job.objects.get(pk=job.pk).status == "succeeded"
+
+
+def test_a_redelivery_just_after_its_run_died_takes_over_once_no_beat_came(retry_kind, bob, settings):
+    settings.TAUON_JOB_HEARTBEAT_S = 0.2
+    job = started(retry_kind, bob)  # it beat a moment ago, then its process was killed: no beat comes
+    run_job(job.pk)
+    done = Job.objects.get(pk=job.pk)
+    assert done.status == "succeeded" and done.lease != job.lease and done.deliveries == 2
+
+
+@pytest.fixture
+def resumable_kind() -> Iterator[str]:
+    kinds.register(kinds.JobKind(name="test-resume", handler="tests.job_kinds.sleep_handler",
+                                 retry_on_worker_lost=True, resumable=True))
+    yield "test-resume"
+    kinds.KINDS.pop("test-resume")
+
+
+def test_the_reaper_queues_a_resumable_job_again_and_its_next_run_carries_on(resumable_kind, bob):
+    job = started(resumable_kind, bob, progress=0.5, **dead())  # its worker died half way
+    assert Job.reap_stale(older_than_s=60) == [job.pk]
+    again = Job.objects.get(pk=job.pk)
+    assert (again.status, again.lease, again.started_at) == ("queued", "", None)
+    assert "queued again to carry on where it stopped (delivery 2 of at most 3)" in again.log[-1]
+    run_job(job.pk)  # the message the reaper sent
+    run_job(job.pk)  # the dead run's own message, redelivered later: the job has ended, it leaves
+    done = Job.objects.get(pk=job.pk)
+    assert done.status == "succeeded" and done.deliveries == 3 and done.lease != job.lease
+
+
+def test_the_reaper_fails_a_resumable_job_out_of_deliveries_or_with_a_cancel_pending(resumable_kind, bob):
+    spent = started(resumable_kind, bob, deliveries=3, **dead())
+    cancelled = started(resumable_kind, bob, cancel_requested=True, **dead())
+    assert sorted(Job.reap_stale(older_than_s=60)) == [spent.pk, cancelled.pk]
+    assert [Job.objects.get(pk=j.pk).status for j in (spent, cancelled)] == ["failed", "failed"]
+
+
 def test_a_redelivered_job_with_a_cancel_pending_ends_cancelled(retry_kind, bob):
-    job = started(retry_kind, bob, cancel_requested=True)
+    job = started(retry_kind, bob, cancel_requested=True, **dead())
     run_job(job.pk)
     assert Job.objects.get(pk=job.pk).status == "cancelled"
 

@@ -74,6 +74,26 @@ def test_bad_input_is_refused_naming_the_field_and_starts_no_job(user_api, bob):
 
 
 @pytest.mark.django_db
+def test_a_user_runs_at_most_the_batch_cap_of_predict_jobs_at_once(user_api, charlie, bob, settings):
+    settings.TAUON_BATCH_MAX_ACTIVE_PER_USER = 1
+    served(bob, "sorter", "text-classification")
+    classification_dataset("reviews", bob, ["pos", "neg"] * 6)
+    url = "/api/deployments/sorter/predict-dataset"
+    assert user_api.post(url, {"dataset": "reviews"}, format="json").status_code == 202
+    refused = user_api.post(url, {"dataset": "reviews"}, format="json")
+    assert refused.status_code == 429 and refused["Retry-After"] == "60"
+    assert refused.json()["error"]["code"] == "too_many_jobs" and "(1)" in refused.json()["error"]["message"]
+    client = Client()
+    client.force_login(charlie)
+    page = client.post(reverse("batches:predict-dataset", args=["sorter"]), {"dataset_version": "reviews|1"},
+                       follow=True)
+    assert "the most one user may have at once" in page.content.decode()
+    assert Job.objects.filter(kind="predict").count() == 1
+    Job.objects.update(status="succeeded")  # once it ends, the user may start another
+    assert user_api.post(url, {"dataset": "reviews"}, format="json").status_code == 202
+
+
+@pytest.mark.django_db
 def test_the_deployment_page_offers_fitting_datasets_only_and_its_form_starts_the_job(charlie, bob):
     served(bob, "sorter", "text-classification")
     served(bob, "writer", "text-generation")
@@ -198,3 +218,13 @@ def test_a_cancel_stops_a_running_prediction_and_leaves_no_file(serving, celery_
     job.refresh_from_db()
     assert job.status == "cancelled" and 0 < job.progress < 1
     assert not predict.path_of(job.pk).exists() and job.result is None
+
+
+@pytest.mark.django_db
+def test_a_predict_job_queued_again_then_cancelled_leaves_no_kept_chunks(charlie):
+    job = Job.objects.create(kind="predict", status="queued", deliveries=1, created_by=charlie,
+                             params={"deployment": "sorter", "dataset": "reviews", "version": 1})
+    predict.keep(job.pk, 0, [[{"label": "pos", "score": 0.9}]])  # what its dead run had answered
+    assert predict.kept(job.pk) == [(0, [[{"label": "pos", "score": 0.9}]])]
+    assert job.request_cancel(charlie)
+    assert Job.objects.get(pk=job.pk).status == "cancelled" and not predict.chunks_path(job.pk).exists()

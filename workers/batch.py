@@ -1,18 +1,18 @@
 """The `batch` job: validate a batch's lines, feed them to their deployments' replicas through the same
-gateway as /v1 (a bounded window in flight, at the engine's background priority, so interactive requests
-go first), record each answer once, then write the output and error files.
+gateway as /v1 (workers/feeding.py: this batch's fair share of the deployment's seats in flight, at the
+engine's background priority, so interactive requests go first), record each answer once, then write the
+output and error files.
 
 Resumable: each answer is recorded on its line with a conditional update, and a run sends only lines
 still pending, so a redelivered job (its worker died) carries on where the last one stopped; a line in
 flight when the worker died is sent again, and recorded once. A cancel or the batch's expiry is seen
-within CHECK_S; the answered lines are kept."""
+within feeding.CHECK_S; the answered lines are kept."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections import deque
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -22,12 +22,10 @@ from console.batches.choices import BatchStatus, LineStatus
 from console.batches.models import Batch, BatchLine
 from console.inference import formats
 from console.inference.errors import ApiError
-from console.inference.gateway import Call, close_redis_client
+from console.inference.gateway import Call
+from workers.feeding import BUSY, Share, feed
 
 log = logging.getLogger(__name__)
-CHECK_S = 0.5  # how often the job looks for a cancel or the expiry, and reports progress
-RETRY_S = 0.5  # pause before sending a line the deployment had no room for
-BUSY = (429, 503)  # no room or no replica right now: sent again later, until the batch expires
 TIMEOUT_TRIES = 3  # a line that timed out this often is answered with its 504
 
 
@@ -50,7 +48,8 @@ def run(job: Any) -> dict[str, Any]:
 class _Feeder:
     def __init__(self, batch: Batch, job: Any):
         self.batch, self.job = batch, job
-        self.window = max(1, int(settings.TAUON_BATCH_CONCURRENCY))  # narrowed to the deployment's seats in run()
+        self.window = max(1, int(settings.TAUON_BATCH_CONCURRENCY))  # narrowed to a share of the seats in run()
+        self.share: Share | None = None
         self.chat = batch.endpoint == "/v1/chat/completions"
         self._deployments: dict[str, tuple[float, Any]] = {}
         self.timeouts: dict[int, int] = {}
@@ -64,46 +63,33 @@ class _Feeder:
         self.job.report(done / max(1, counts["total"]), f"{done} of {counts['total']} lines answered",
                         cancellable=False)
 
+    def _check(self) -> str | None:
+        reason = self.batch.stop_reason()
+        if reason is None:
+            self._report()
+            if self.share is not None:
+                self.window = self.share.refresh()
+        return reason
+
+    async def _record(self, line: BatchLine, outcome: tuple[int, dict[str, Any], str]) -> None:
+        await sync_to_async(line.record)(*outcome)
+
     async def run(self) -> str | None:
         """None once every line is answered; else why it stopped (cancelled, expired)."""
-        pending = deque(await sync_to_async(self._pending)())
+        pending = await sync_to_async(self._pending)()
         if pending:  # fill the engine's seats, not its queue: the queue's places stay for interactive requests
             deployment = await self._deployment(pending[0].request["deployment"])
             if deployment is not None:
                 seats = int(deployment.config["engine"]["max_num_seqs"]) * max(1, deployment.replicas)
-                self.window = min(self.window, seats)
-        tasks: dict[asyncio.Task[tuple[int, dict[str, Any], str] | None], BatchLine] = {}
-        checked = float("-inf")
+                self.share = Share(deployment.name, self.batch.owner_id, f"batch-{self.batch.id}",
+                                   min(self.window, seats))
         try:
-            while pending or tasks:
-                if time.monotonic() - checked >= CHECK_S:
-                    checked = time.monotonic()
-                    reason = await sync_to_async(self.batch.stop_reason)()
-                    if reason is not None:
-                        return reason
-                    await sync_to_async(self._report)()
-                while pending and len(tasks) < self.window:
-                    line = pending.popleft()
-                    tasks[asyncio.create_task(self._answer(line))] = line
-                done, _ = await asyncio.wait(tasks, timeout=CHECK_S, return_when=asyncio.FIRST_COMPLETED)
-                busy = False
-                for task in done:
-                    line = tasks.pop(task)
-                    outcome = task.result()
-                    if outcome is None:
-                        pending.appendleft(line)
-                        busy = True
-                    else:
-                        await sync_to_async(line.record)(*outcome)
-                if busy:
-                    await asyncio.sleep(RETRY_S)
-            return None
+            return await feed(pending, self._answer, self._record, sync_to_async(self._check),
+                              lambda: self.window)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)  # each closes its call: its worker stops it
+            if self.share is not None:
+                await sync_to_async(self.share.leave)()
             await sync_to_async(self._report)()
-            await close_redis_client()
 
     async def _deployment(self, name: str) -> Any:
         from console.deployments.models import Deployment

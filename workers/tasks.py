@@ -12,7 +12,7 @@ from django.db import connection
 from console.deployments.models import Replica
 from console.jobs import kinds
 from console.jobs.choices import JobStatus
-from console.jobs.models import MAX_DELIVERIES, RUN_JOB, Job, JobCancelled
+from console.jobs.models import MAX_DELIVERIES, RUN_JOB, Job, JobCancelled, LeaseLost
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,14 @@ def run_job(self, job_id: int) -> None:  # type: ignore[no-untyped-def]
     if not job.claim(worker=worker):
         if job.status != JobStatus.RUNNING or job.deliveries <= 1:
             return
-        # Redelivered while marked running: the worker that had it died mid-job. Idempotent kinds
-        # run again, up to MAX_DELIVERIES deliveries in all; the others fail at once.
+        if job.holder_alive(watch_s=2 * settings.TAUON_JOB_HEARTBEAT_S + 1):
+            # Redelivered while its run still beats (a job longer than the broker's visibility timeout): that
+            # run holds the lease and goes on; this delivery leaves without touching the job.
+            log.warning("job %s is still running on %s (it beats); redelivery %s leaves it", job.pk,
+                        job.worker or "another worker", job.deliveries)
+            return
+        # Redelivered while marked running and its run silent: the worker that had it died mid-job.
+        # Idempotent kinds run again, up to MAX_DELIVERIES deliveries in all; the others fail at once.
         spec = kinds.KINDS.get(job.kind)
         if spec is not None and spec.retry_on_worker_lost and job.deliveries <= MAX_DELIVERIES:
             if not job.restart(worker):  # another delivery won, or a cancel came in meanwhile
@@ -61,6 +67,8 @@ def run_job(self, job_id: int) -> None:  # type: ignore[no-untyped-def]
     beat.start()
     try:
         result = kinds.handler_for(job.kind)(job)
+    except LeaseLost:
+        log.warning("job %s was taken over by another delivery; this run stopped", job.pk)
     except JobCancelled:
         if job.mark_cancelled():
             kinds.on_failed(job)

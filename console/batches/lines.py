@@ -95,6 +95,7 @@ def check_line(data: dict[str, Any], endpoint: str, deployment_for: Callable[[st
                       code="wrong_task")
     if url == "/v1/embeddings":
         parsed = parse.embeddings(body, deployment.config)
+        parsed.work["priority"] = BATCH_PRIORITY  # the encoder runs interactive requests' batches first
     else:
         parsed = (parse.chat if url == "/v1/chat/completions" else parse.completion)(body, deployment.config)
         parsed.work["params"]["priority"] = BATCH_PRIORITY

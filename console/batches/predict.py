@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -111,12 +112,49 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write(job_pk: int, rows: list[dict[str, Any]]) -> None:
-    """All the predictions at once (a temporary file renamed into place: never half a file)."""
+    """All the predictions at once (a temporary file renamed into place: never half a file); the chunks kept
+    while the job ran go."""
     path = path_of(job_pk)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".part")
     tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     tmp.replace(path)
+    chunks_path(job_pk).unlink(missing_ok=True)
+
+
+# --- while the job runs: each answered chunk is kept, so a job run again (its worker died) resumes ---------
+def chunks_path(job_pk: int) -> Path:
+    return Path(settings.TAUON_STORAGE) / "predictions" / f"job-{int(job_pk)}.chunks.jsonl"
+
+
+def keep(job_pk: int, start: int, results: list[Any]) -> None:
+    """Append one answered chunk (the results of texts start, start+1, ...), on disk before it returns."""
+    path = chunks_path(job_pk)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"start": start, "results": results}, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def kept(job_pk: int) -> list[tuple[int, list[Any]]]:
+    """The chunks kept by earlier runs of this job: (start, results); a line cut short by a kill is skipped."""
+    path = chunks_path(job_pk)
+    if not path.exists():
+        return []
+    chunks = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            chunk = json.loads(line)
+        except ValueError:
+            continue
+        chunks.append((int(chunk["start"]), list(chunk["results"])))
+    return chunks
+
+
+def discard(job: Any) -> None:
+    """The job's on_failed (failed or cancelled): no predictions, and no kept chunks, stay behind."""
+    chunks_path(job.pk).unlink(missing_ok=True)
 
 
 def read(job_pk: int) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@ input, output and error files, and cancel."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -15,7 +16,7 @@ from console.batches import predict
 from console.batches.models import Batch, BatchFile
 from console.inference.errors import ApiError
 from console.jobs.choices import JobStatus
-from console.jobs.models import Job
+from console.jobs.models import Job, TooManyJobs
 
 
 @login_required
@@ -64,12 +65,13 @@ def predict_dataset(request: HttpRequest, name: str) -> HttpResponse:
     dataset, _sep, version = request.POST.get("dataset_version", "").rpartition("|")  # one <select>: "name|n"
     try:
         params = predict.check(name, {"dataset": dataset, "version": version})
-    except predict.PredictRefused as exc:
-        if exc.field == "deployment" and exc.status == 404:
+        job = Job.start("predict", params, request.user, checked=True, cap=settings.TAUON_BATCH_MAX_ACTIVE_PER_USER)
+    except (predict.PredictRefused, TooManyJobs) as exc:
+        if isinstance(exc, predict.PredictRefused) and exc.field == "deployment" and exc.status == 404:
             raise Http404(exc.message) from exc
-        messages.error(request, _("Cannot predict on that dataset: %(why)s") % {"why": exc.message})
+        why = exc.message if isinstance(exc, predict.PredictRefused) else str(exc)
+        messages.error(request, _("Cannot predict on that dataset: %(why)s") % {"why": why})
         return redirect("deployments:detail", name=name)
-    job = Job.start("predict", params, request.user, checked=True)
     messages.success(request, _("Started %(job)s: predicting on %(dataset)s v%(version)s.")
                      % {"job": job, "dataset": params["dataset"], "version": params["version"]})
     return redirect("jobs:job-detail", pk=job.pk)

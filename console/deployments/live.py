@@ -47,6 +47,10 @@ def admit_key(deployment: str) -> str:
     return f"tauon:admit:{deployment}"
 
 
+def feeders_key(deployment: str) -> str:
+    return f"tauon:feeders:{deployment}"  # zset: "owner:job" of a batch/predict job feeding it → expiry (workers/feeding.py)
+
+
 def host_key(hostname: str) -> str:
     return f"tauon:host:{hostname}"  # a serving worker process: {"scope": [names] or null for all}; expires
 

@@ -24,6 +24,8 @@ class JobKind:
     soft_time_limit: int | None = None  # seconds; past it the job's next report() fails it (JobTimedOut)
     time_limit: int | None = None  # seconds; a prefork worker kills the task, the reaper fails the job
     retry_on_worker_lost: bool = False  # idempotent kinds: a redelivery after its worker died runs it again
+    # a run carries on where a dead one stopped (batch, predict): the reaper queues it again instead of failing it
+    resumable: bool = False
     private: bool = False  # params/results hold user content (prompts): only its creator and maintainers see it
     series_axes: tuple[str, str] | None = None  # reports live Job.series: the (x, y) axis titles of its chart
 

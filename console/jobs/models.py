@@ -6,6 +6,8 @@ or two racing workers can never run or finish a job twice.
 
 from __future__ import annotations
 
+import time
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -42,6 +44,15 @@ class JobTimedOut(Exception):
     """Raised inside a running job that ran past its kind's soft time limit."""
 
 
+class LeaseLost(Exception):
+    """Raised inside a running job whose lease another delivery took over (its heartbeats had stopped for
+    longer than the lease): this run must stop at once and leave the job to the one that holds it now."""
+
+
+def _new_lease() -> str:
+    return uuid.uuid4().hex
+
+
 class JobQuerySet(models.QuerySet["Job"]):
     def visible_to(self, user: Any) -> JobQuerySet:
         """Maintainers see every job; others see their own and those of kinds that are not private."""
@@ -65,6 +76,9 @@ class Job(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True)
+    # Which run holds the job: set by the delivery that claims (or takes over) it. The holder renews it with
+    # its heartbeat; a lease whose heartbeat is older than TAUON_JOB_STALE_S has expired (its run died).
+    lease = models.CharField(max_length=32, blank=True)
     deliveries = models.PositiveSmallIntegerField(default=0)
     cancel_requested = models.BooleanField(default=False)
     # Live figures while it runs, e.g. {"train_loss": [[step, loss], ...], "eval_loss": [[0, before], [n, after]]}
@@ -100,15 +114,15 @@ class Job(models.Model):
         return job
 
     @classmethod
-    def start(cls, kind: str, params: dict[str, Any], user: Any, *, checked: bool = False) -> Job:
+    def start(cls, kind: str, params: dict[str, Any], user: Any, *, checked: bool = False, cap: int = 0) -> Job:
         """How a user starts a job, through POST /api/jobs/ or a console form: the kind's own validate
         function cleans `params` (its ValidationError propagates; `checked`: the caller already ran it),
-        then the job is enqueued and audited as `job.create`, together."""
+        then the job is enqueued and audited as `job.create`, together. `cap`: see enqueue_capped (TooManyJobs)."""
         spec = kinds.get(kind)
         if spec.validate is not None and not checked:
             params = spec.validate(params, user)
         with transaction.atomic():
-            job = cls.enqueue(kind, params, user)
+            job = cls.enqueue_capped(kind, params, user, cap)
             record(user, "job.create", job, kind=kind, params=params)
         return job
 
@@ -131,15 +145,14 @@ class Job(models.Model):
         """Create a queued job and send it to a worker once the surrounding transaction commits."""
         kinds.get(kind)  # an unknown kind fails here, before any row exists
         job = cls.objects.create(kind=kind, params=params, created_by=user if getattr(user, "is_authenticated", False) else None)
-
-        def send() -> None:
-            spec = kinds.get(kind)
-            limits = {name: value for name in ("soft_time_limit", "time_limit")
-                      if (value := getattr(spec, name)) is not None}
-            celery_app.send_task(RUN_JOB, args=[job.pk], queue=kinds.queue_for(kind, job.params), **limits)
-
-        transaction.on_commit(send)
+        transaction.on_commit(job._send)
         return job
+
+    def _send(self) -> None:
+        """A message for a worker to run this job."""
+        spec = kinds.get(self.kind)
+        limits = {name: value for name in ("soft_time_limit", "time_limit") if (value := getattr(spec, name)) is not None}
+        celery_app.send_task(RUN_JOB, args=[self.pk], queue=kinds.queue_for(self.kind, self.params), **limits)
 
     # --- claiming and finishing -------------------------------------------------------------
     def claim(self, worker: str) -> bool:
@@ -147,20 +160,38 @@ class Job(models.Model):
         now = timezone.now()
         Job.objects.filter(pk=self.pk).update(deliveries=models.F("deliveries") + 1)
         claimed = Job.objects.filter(pk=self.pk, status=JobStatus.QUEUED, cancel_requested=False).update(
-            status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker[:200]
+            status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker[:200], lease=_new_lease()
         )
         self.refresh_from_db()
         return bool(claimed)
 
+    def holder_alive(self, watch_s: float) -> bool:
+        """A redelivery found this job running: is the run that holds it alive? Its lease expired (no beat
+        within TAUON_JOB_STALE_S): no. Else its heartbeat is watched for up to `watch_s` (a live run beats every
+        TAUON_JOB_HEARTBEAT_S, and at each progress report): yes at the first beat, or when the job ends; no if
+        it stayed silent (its worker died a moment ago, e.g. a prefork child killed and its message requeued)."""
+        seen = self.heartbeat_at
+        if seen is None or (timezone.now() - seen).total_seconds() >= settings.TAUON_JOB_STALE_S:
+            return False
+        deadline = time.monotonic() + watch_s
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            row = Job.objects.filter(pk=self.pk).values("status", "heartbeat_at").first()
+            if row is None or row["status"] != JobStatus.RUNNING or row["heartbeat_at"] != seen:
+                return True
+        return False
+
     def restart(self, worker: str) -> bool:
-        """A redelivery found this job running: its worker died. Run it again from the start here
-        (only one redelivery can win: the delivery count must be unchanged)."""
+        """Take over a job whose run died (holder_alive said no): run it again here under a new lease. Only
+        if nothing beat since this row was read, and only one redelivery can win (the delivery count must be
+        unchanged), so a message redelivered while its job still runs never starts a second run."""
         now = timezone.now()
         line = f"{now:%Y-%m-%dT%H:%M:%SZ} The worker running this job died; running it again " \
                f"(delivery {self.deliveries} of at most {MAX_DELIVERIES})."
         restarted = Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING, deliveries=self.deliveries,
-                                       cancel_requested=False).update(
-            started_at=now, heartbeat_at=now, worker=worker[:200], progress=0.0, progress_message="Restarted",
+                                       cancel_requested=False, heartbeat_at=self.heartbeat_at).update(
+            started_at=now, heartbeat_at=now, worker=worker[:200], lease=_new_lease(), progress=0.0,
+            progress_message="Restarted",
             log=(self.log + [line])[-MAX_LOG_LINES:])
         self.refresh_from_db()
         return bool(restarted)
@@ -169,7 +200,9 @@ class Job(models.Model):
         now = timezone.now()
         if getattr(self, "_series_dirty", False):  # points reported since the last write
             fields["series"] = self.series
-        done = Job.objects.filter(pk=self.pk, status__in=ACTIVE).update(status=status, finished_at=now, **fields)
+        # a run whose lease was taken over cannot end the job its successor runs
+        done = Job.objects.filter(pk=self.pk, status__in=ACTIVE, lease=self.lease).update(
+            status=status, finished_at=now, **fields)
         self.refresh_from_db()
         return bool(done)
 
@@ -188,14 +221,16 @@ class Job(models.Model):
         Returns False when the job had already finished. With `actor` the cancel is audited."""
         with transaction.atomic():
             before = self.status
-            done = Job.objects.filter(pk=self.pk, status=JobStatus.QUEUED).update(
+            queued = done = Job.objects.filter(pk=self.pk, status=JobStatus.QUEUED).update(
                 status=JobStatus.CANCELLED, cancel_requested=True, finished_at=timezone.now(),
-                progress_message="Cancelled before it started")
+                progress_message="Cancelled before it started" if not self.deliveries else "Cancelled")
             if not done:
                 done = Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(cancel_requested=True)
             self.refresh_from_db()
             if done and actor is not None:
                 record(actor, "job.cancel", self, kind=self.kind, status_before=before, status_after=self.status)
+        if queued and self.deliveries:  # it ran before (the reaper queued it again): clean up what that run left
+            kinds.on_failed(self)
         return bool(done)
 
     # --- while running ----------------------------------------------------------------------
@@ -220,7 +255,8 @@ class Job(models.Model):
         if getattr(self, "_series_dirty", False) and (flush or last is None or (now - last).total_seconds() >= SERIES_FLUSH_S):
             fields["series"] = self.series
             self._series_written, self._series_dirty = now, False
-        Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(**fields)
+        if not Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING, lease=self.lease).update(**fields):
+            self._check_lease()
         for name, value in fields.items():
             setattr(self, name, value)
         if not cancellable:
@@ -252,17 +288,50 @@ class Job(models.Model):
         spec = kinds.KINDS.get(self.kind)
         return getattr(spec, name) if spec else None
 
-    def beat(self) -> None:
-        Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING).update(heartbeat_at=timezone.now())
+    def beat(self) -> bool:
+        """Renew this run's lease; False when it no longer holds the job (it ended, or another run took it)."""
+        return bool(Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING, lease=self.lease).update(
+            heartbeat_at=timezone.now()))
+
+    def _check_lease(self) -> None:
+        """Raise LeaseLost if the job still runs, but under another run's lease."""
+        holder = Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING).values_list("lease", flat=True).first()
+        if holder is not None and holder != self.lease:
+            raise LeaseLost(f"{self} was taken over by another delivery; this run stops.")
 
     # --- the reaper ---------------------------------------------------------------------------
+    def _requeue(self, cutoff: Any, older_than_s: int) -> bool:
+        """A resumable kind whose run's lease expired goes back to the queue (its next run carries on where the
+        dead one stopped), while it has deliveries left and no cancel is pending. The dead run's own message, if
+        the broker hands it out again later, then finds the new run's lease alive, or the job ended."""
+        spec = kinds.KINDS.get(self.kind)
+        if spec is None or not spec.resumable or self.deliveries >= MAX_DELIVERIES or self.cancel_requested:
+            return False
+        now = timezone.now()
+        line = (f"{now:%Y-%m-%dT%H:%M:%SZ} The worker running this job ({self.worker or 'unknown'}) stopped "
+                f"responding for over {older_than_s}s; queued again to carry on where it stopped "
+                f"(delivery {self.deliveries + 1} of at most {MAX_DELIVERIES}).")
+        with transaction.atomic():
+            queued = Job.objects.filter(pk=self.pk, status=JobStatus.RUNNING, lease=self.lease, cancel_requested=False,
+                                        heartbeat_at__lt=cutoff).update(
+                status=JobStatus.QUEUED, lease="", worker="", started_at=None, progress_message="Queued again",
+                log=(self.log + [line])[-MAX_LOG_LINES:])
+            if queued:
+                transaction.on_commit(self._send)
+        self.refresh_from_db()
+        return bool(queued)
+
     @classmethod
     def reap_stale(cls, older_than_s: int | None = None) -> list[int]:
-        """Fail running jobs whose worker stopped heartbeating (it died or was killed)."""
+        """Fail running jobs whose worker stopped heartbeating (it died or was killed); resumable kinds go back
+        to the queue instead, while they have deliveries left. Returns the jobs failed or queued again."""
         older_than_s = older_than_s if older_than_s is not None else settings.TAUON_JOB_STALE_S
         cutoff = timezone.now() - timedelta(seconds=older_than_s)
         reaped = []
         for job in cls.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff):
+            if job._requeue(cutoff, older_than_s):
+                reaped.append(job.pk)
+                continue
             if job.fail(f"The worker running this job ({job.worker or 'unknown'}) stopped responding "
                         f"for over {older_than_s}s and is presumed dead."):
                 reaped.append(job.pk)

@@ -131,7 +131,7 @@ def _generate(runner: Runner, loaded: Loaded, request_id: str, request: dict[str
 
 
 def _embed(loaded: Loaded, request: dict[str, Any], events: Events) -> None:
-    result = loaded.engine.embed(request["input"])
+    result = loaded.engine.embed(request["input"], priority=int(request.get("priority", 0)))
     events.send("accepted", version=loaded.version_number)
     events.send("done", embeddings=result.vectors.tolist(), usage={"prompt_tokens": result.prompt_tokens,
                                                                    "completion_tokens": 0})
@@ -139,13 +139,14 @@ def _embed(loaded: Loaded, request: dict[str, Any], events: Events) -> None:
 
 def _predict(loaded: Loaded, request: dict[str, Any], events: Events) -> None:
     engine = loaded.engine
+    priority = int(request.get("priority", 0))  # a predict job's chunks: 1, after interactive requests' batches
     events.send("accepted", version=loaded.version_number)
     if hasattr(engine, "classify"):
-        labels = engine.classify(request["input"], top_k=request.get("top_k"))
+        labels = engine.classify(request["input"], top_k=request.get("top_k"), priority=priority)
         results: list[Any] = [[{"label": x.label, "score": x.score} for x in row] for row in labels]
     elif hasattr(engine, "entities"):
         results = [[{"entity_group": e.entity_group, "score": e.score, "word": e.word, "start": e.start,
-                     "end": e.end} for e in row] for row in engine.entities(request["input"])]
+                     "end": e.end} for e in row] for row in engine.entities(request["input"], priority=priority)]
     else:
         events.error(400, "wrong_task", "This deployment does not classify; use /v1 for it.")
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from django.conf import settings
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -22,7 +23,7 @@ from console.inference.errors import ApiError
 from console.inference.gateway import Call
 from console.inference.limits import reserve, settle
 from console.jobs.api.serializers import JobSerializer
-from console.jobs.models import Job
+from console.jobs.models import Job, TooManyJobs
 
 
 class PredictViewSet(GenericViewSet):
@@ -88,5 +89,8 @@ class PredictDatasetViewSet(GenericViewSet):
         except predict.PredictRefused as exc:  # the deployment is the path's `name` here
             return error_response(exc.message, code=exc.code, status_code=exc.status,
                                   field="name" if exc.field == "deployment" else exc.field)
-        job = Job.start("predict", params, request.user, checked=True)
+        try:
+            job = Job.start("predict", params, request.user, checked=True, cap=settings.TAUON_BATCH_MAX_ACTIVE_PER_USER)
+        except TooManyJobs as exc:
+            return error_response(str(exc), code="too_many_jobs", status_code=429, headers={"Retry-After": "60"})
         return Response(JobSerializer(job).data, status=202)
