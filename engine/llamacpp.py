@@ -5,10 +5,11 @@ wheel), behind the same contract as the torch engine: `generate` → `RequestHan
 llama.cpp batches continuously across `max_num_seqs` parallel slots that share one KV cache. Each
 request is one blocking streamed completion on its own thread (xllamacpp releases the GIL while it
 waits); its callback turns llama.cpp's chunks into `Delta`s and answers True to stop a cancelled one.
-llama.cpp has no priorities, so background requests (batch lines) wait for their turn here before they
-reach it: they never take the slots `admission.background_reserve` keeps for interactive arrivals, at
-most `BACKGROUND_PREFILLS` of them are before their first token at once, and none starts while an
-interactive request waits for its first token.
+llama.cpp has no priorities, so requests wait for their turn here before they reach it: at most
+`max_active` at once (the slots; adaptive admission narrows it with `limit_seqs`), interactive ones first,
+oldest first. Background requests (batch lines) never take the slots `admission.background_reserve`
+keeps for interactive arrivals, at most `BACKGROUND_PREFILLS` of them are before their first token at
+once, and none starts while an interactive request waits for its turn or its first token.
 Prompts go in as token ids built by the version's Hugging Face tokenizer (the chat template applied
 exactly as the torch engine applies it), so both runtimes see the same prompt, token for token.
 
@@ -267,7 +268,8 @@ class LlamaCppEngine:
         # is seen (a terminate that comes before the loop starts is lost, and the close would hang)
         self._server.handle_metrics()
         self._lock = threading.Lock()
-        self._turns = threading.Condition(self._lock)  # background requests wait on it for their turn
+        self._turns = threading.Condition(self._lock)  # requests wait on it for their turn
+        self.max_active = config.max_num_seqs  # requests in llama.cpp at once
         self._requests: dict[str, _Request] = {}
         self._threads: set[threading.Thread] = set()
         self._ids = itertools.count(1)
@@ -310,8 +312,7 @@ class LlamaCppEngine:
                 raise Overloaded(f"{len(self._requests)} requests are in flight on this replica")
             rid = f"req-{next(self._ids)}"
             handle = RequestHandle(rid, lambda: self._cancel(rid))
-            req = self._requests[rid] = _Request(handle, params, len(ids), time.perf_counter(),
-                                                 started=params.priority == 0)
+            req = self._requests[rid] = _Request(handle, params, len(ids), time.perf_counter())
             thread = threading.Thread(target=self._serve, args=(rid, req, body), name=f"llamacpp-{rid}", daemon=True)
             self._threads.add(thread)
         thread.start()
@@ -346,22 +347,38 @@ class LlamaCppEngine:
         finally:
             self._finish(rid, req, "stop" if reason == "stop_token" else reason, error)
 
+    def limit_seqs(self, n: int) -> None:
+        """Hand llama.cpp at most `n` requests at once (at most its slots); the rest wait their turn here."""
+        with self._turns:
+            self.max_active = max(1, min(n, self.config.max_num_seqs))
+            self._turns.notify_all()
+
     def _wait_turn(self, req: _Request) -> bool:
-        """Block a background request until it may reach llama.cpp; False: cancelled (or closed) first."""
+        """Block a request until it may reach llama.cpp; False: cancelled (or closed) first."""
         with self._turns:
             while not (req.started or req.cancelled or self._closed):
-                if self._background_may_start():
+                if self._may_start(req):
                     req.started = True
+                    self._turns.notify_all()  # the next in line may go too
                 else:
                     self._turns.wait(0.5)
             return req.started and not req.cancelled
 
-    def _background_may_start(self) -> bool:  # under self._lock
-        live = [r for r in self._requests.values() if r.started]
-        background = [r for r in live if r.params.priority > 0]
-        if len(background) >= self.config.max_num_seqs - admission.background_reserve(self.config.max_num_seqs):
+    def _may_start(self, req: _Request) -> bool:  # under self._lock
+        live = list(self._requests.values())
+        started = [r for r in live if r.started]
+        if len(started) >= self.max_active:
             return False
-        if any(r.first_token is None for r in live if r.params.priority == 0):
+        ahead = [r for r in live if not r.started and not r.cancelled
+                 and (r.params.priority, r.submitted) < (req.params.priority, req.submitted)]
+        if ahead:
+            return False  # interactive first, then oldest first
+        if req.params.priority == 0:
+            return True
+        background = [r for r in started if r.params.priority > 0]
+        if len(background) >= self.max_active - admission.background_reserve(self.max_active):
+            return False
+        if any(r.first_token is None for r in started if r.params.priority == 0):
             return False  # an interactive prompt is on its way to its first token: it goes alone
         return sum(1 for r in background if r.first_token is None) < BACKGROUND_PREFILLS
 

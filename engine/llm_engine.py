@@ -147,6 +147,12 @@ class LLMEngine:
         self._wake.set()
         return handle
 
+    def limit_seqs(self, n: int) -> None:
+        """Run at most `n` sequences per step (adaptive admission narrows and widens it)."""
+        with self._lock:
+            self.scheduler.max_num_seqs = max(1, n)
+        self._wake.set()
+
     def cancel(self, seq: Sequence) -> None:
         with self._lock:
             seq.cancel_requested = True

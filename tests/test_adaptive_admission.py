@@ -6,18 +6,24 @@ removed. The control law itself is tested in tests/engine/test_tuning.py."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+
+import pytest
 
 from console.deployments import live
 from console.deployments.config import normalize
-from engine.scheduler import Scheduler
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
 from workers.serving.admission import AdaptiveAdmission
 
 
-def engine_with_scheduler(max_num_seqs: int) -> Any:
-    return SimpleNamespace(scheduler=Scheduler(max_num_seqs=max_num_seqs, max_batch_tokens=256, max_queue=64,
-                                               num_blocks=64, block_size=16))
+@pytest.fixture(scope="module")
+def engine(llama_dir: Path) -> Iterator[LLMEngine]:
+    """A real torch engine (tiny random weights) whose scheduler adaptive admission narrows."""
+    with LLMEngine.from_pretrained(llama_dir, EngineConfig(max_num_seqs=8, kv_cache_bytes=4 << 20)) as e:
+        yield e
 
 
 def admit(name: str, capacity: int, request: str, replicas: tuple[str, ...] = ("replica-a",)) -> int:
@@ -27,10 +33,9 @@ def admit(name: str, capacity: int, request: str, replicas: tuple[str, ...] = ("
                       time.time(), capacity, request, time.time() + 60))
 
 
-def test_a_slow_replica_narrows_admission_and_a_removed_target_lets_go() -> None:
+def test_a_slow_replica_narrows_admission_and_a_removed_target_lets_go(engine: LLMEngine) -> None:
     name = f"adaptive-{time.time_ns()}"
     config = normalize({"engine": {"max_num_seqs": 8, "max_queue": 8}, "ttft_target_ms": 100})
-    engine = engine_with_scheduler(8)
     admission = AdaptiveAdmission(name, "replica-a", expiry_s=30)
     admission.configure(config, engine)
     assert admission.figures()["admit_limit"] == 8  # the running batch, before any TTFT is known
@@ -55,23 +60,23 @@ def test_a_slow_replica_narrows_admission_and_a_removed_target_lets_go() -> None
     assert admission.figures() == {}
 
 
-def test_with_several_replicas_the_shared_cap_is_the_sum_of_each_replicas_cap() -> None:
+def test_with_several_replicas_the_shared_cap_is_the_sum_of_each_replicas_cap(engine: LLMEngine) -> None:
     """Two replicas with targets narrow to different caps: the web side admits their sum (not the last
     writer's cap times two); a replica with no target counts at its full capacity, a lost one not at all."""
     name = f"adaptive-sum-{time.time_ns()}"
     config = normalize({"engine": {"max_num_seqs": 8, "max_queue": 8}, "ttft_target_ms": 100})
     slow, fast = AdaptiveAdmission(name, "replica-a", 30), AdaptiveAdmission(name, "replica-b", 30)
-    slow.configure(config, engine_with_scheduler(8))
-    fast.configure(config, engine_with_scheduler(8))
+    slow.configure(config, engine)
+    fast.configure(config, engine)
     slow.governor.limit, fast.governor.limit = 2, 5  # (as their own TTFTs narrowed them)
-    fast._publish(engine_with_scheduler(8))
-    slow._publish(engine_with_scheduler(8))  # the last writer
+    fast._publish(engine)
+    slow._publish(engine)  # the last writer
     both = ("replica-a", "replica-b")
     admitted = [admit(name, 16, f"req-{i}", both) for i in range(12)]
     assert admitted.count(1) == 2 + 5 and admitted[7:] == [0] * 5
     live.client().delete(live.inflight_key(name))
     plain = AdaptiveAdmission(name, "replica-c", 30)  # a third replica, its deployment's target since removed
-    plain.configure(normalize({"engine": {"max_num_seqs": 8, "max_queue": 8}}), engine_with_scheduler(8))
+    plain.configure(normalize({"engine": {"max_num_seqs": 8, "max_queue": 8}}), engine)
     three = (*both, "replica-c")
     admitted = [admit(name, 16, f"more-{i}", three) for i in range(30)]
     assert admitted.count(1) == 2 + 5 + 16

@@ -288,3 +288,23 @@ def test_background_requests_leave_a_slot_free_and_wait_while_an_interactive_pro
     assert during <= before  # no background request started while the interactive prompt waited
     assert most == cap and most_prefilling <= BACKGROUND_PREFILLS  # never the reserved slot
     assert all(len(h.result(timeout=60).token_ids) == 24 for h in background)
+
+
+def test_a_narrowed_limit_hands_llamacpp_fewer_requests_at_once_oldest_first(llama) -> None:  # type: ignore[no-untyped-def]
+    params = SamplingParams(max_new_tokens=8, ignore_eos=True)
+    llama.limit_seqs(1)  # adaptive admission narrowed this replica to one request at a time
+    try:
+        handles = [llama.generate(MESSAGES, params) for _ in range(3)]
+        most, firsts = 0, []
+        deadline = time.monotonic() + 60
+        while not all(h._done.is_set() for h in handles) and time.monotonic() < deadline:
+            with llama._lock:
+                most = max(most, sum(1 for r in llama._requests.values() if r.started))
+            time.sleep(0.002)
+        results = [h.result(timeout=60) for h in handles]
+        firsts = [r.ttft_s for r in results]
+        assert most == 1 and all(len(r.token_ids) == 8 for r in results)
+        assert firsts == sorted(firsts)  # each waited for the one before it, in the order they came
+    finally:
+        llama.limit_seqs(CONFIG.max_num_seqs)
+    assert llama.max_active == CONFIG.max_num_seqs

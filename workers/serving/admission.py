@@ -86,6 +86,6 @@ class AdaptiveAdmission:
 
 
 def _set_seqs(engine: Any, seqs: int) -> None:
-    scheduler = getattr(engine, "scheduler", None)  # the torch engine's; llama.cpp keeps its own slots
-    if scheduler is not None:
-        scheduler.max_num_seqs = max(1, seqs)
+    limit = getattr(engine, "limit_seqs", None)  # encoders have no seats to narrow
+    if limit is not None:
+        limit(seqs)  # the torch scheduler's seats per step, or the requests llama.cpp gets at once
