@@ -57,9 +57,11 @@ def wait_serving(api: Api, engine: dict[str, Any], timeout: float = 900) -> None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         d = api.must("GET", f"/api/deployments/{DEPLOYMENT}/")
+        # every ready replica serves the new engine (its stats say which config it serves): the hot swap is over
         ready = [r for r in d["replica_set"] if r["state"] == "ready"]
-        if all(d["config"]["engine"].get(k) == v for k, v in engine.items()) and ready and d["status"] == "ready":
-            time.sleep(3)  # the old engine drains; the new one takes the queue
+        if (ready and d["status"] == "ready" and all(
+                all((r["stats"].get("engine") or {}).get(k) == v for k, v in engine.items()) for r in ready)):
+            time.sleep(3)  # the old engine drains
             return
         time.sleep(1)
     raise RuntimeError(f"{DEPLOYMENT} did not serve {engine} within {timeout:.0f} s")

@@ -58,6 +58,8 @@ def test_a_gguf_version_answers_through_v1_on_llamacpp_as_the_runtime_does_direc
 
     wait_for(lambda: figures().get("generated_tokens", 0) >= 24, timeout=30, what="llama.cpp figures in heartbeats")
     assert {"running", "waiting", "kv_cache_usage", "tokens_per_s", "steps"} <= set(figures())
+    deployment.refresh_from_db()
+    assert figures()["engine"] == deployment.config["engine"]  # the engine config it serves, as the API shows
 
 
 def test_a_corrupt_gguf_fails_its_replica_with_the_reason_and_the_worker_keeps_serving(

@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from console.deployments.choices import ReplicaStatus
@@ -36,6 +36,7 @@ class Loaded:
     version_number: int
     signature: str
     inflight: int = 0
+    config: dict[str, Any] = field(default_factory=dict)  # the deployment's engine config it was built from
 
 
 class Runner:
@@ -93,7 +94,8 @@ class Runner:
             if self.stopping:
                 _close(engine)
                 return
-            old, self.current = self.current, Loaded(engine, version_id, number, signature)
+            old, self.current = self.current, Loaded(engine, version_id, number, signature,
+                                                     config=dict(config.get("engine", {})))
             if old is not None:
                 self.retired.append(old)
             runtime = getattr(engine, "runtime_note", "") or getattr(engine, "runtime", "")
@@ -145,8 +147,11 @@ class Runner:
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
-            engine = self.current.engine if self.current else None
+            current = self.current
+        engine = current.engine if current else None
         figures: dict[str, Any] = {"t": time.time(), "replica": self.key, "slot": self.slot}
+        if current is not None:  # what it serves now (after a hot swap: the new engine, once it took over)
+            figures["engine"] = current.config
         if engine is not None and hasattr(engine, "stats"):
             s = engine.stats()
             figures.update(running=s.running, waiting=s.waiting, batch_size=s.batch_size,
