@@ -112,3 +112,16 @@ def test_candidates_do_not_differ_only_in_what_their_runtime_ignores() -> None:
     assert {(c["runtime"], c["quantization"]) for c in got} == {("torch", "none"), ("torch", "int8"),
                                                                 ("llamacpp", "none")}
     assert got[1]["runtime"] == "llamacpp" or got[1]["quantization"] == "int8"  # each runtime × quantization early
+
+
+def test_each_level_serves_prompts_no_earlier_level_left_in_a_prompt_cache() -> None:
+    from workers.tune_trials import fresh
+
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a river."}]
+    ids = [17, 18, 19]
+    for prompt in ("Once upon a time", ids, chat):
+        a, b = fresh(prompt, 1), fresh(prompt, 2)
+        assert a != b and a != prompt
+    assert fresh(ids, 1)[1:] == ids and fresh(ids, 1)[0] != fresh(ids, 2)[0]  # they differ from the first token
+    assert fresh(chat, 7) == [{"role": "system", "content": "(7) Be brief."}, chat[1]]
+    assert chat[0]["content"] == "Be brief."  # the workload itself is left as it was

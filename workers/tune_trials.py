@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -82,9 +84,26 @@ def run_level(deployment: Deployment, workload: Workload, concurrency: int, repo
     return asyncio.run(_Level(deployment, workload, concurrency, report).run())
 
 
+def fresh(prompt: Any, tag: int) -> Any:
+    """`prompt` made new to the replica by a leading mark, so that no level serves a prompt an earlier one
+    left in a prompt cache (llama.cpp keeps each slot's last prompt and reuses its longest common prefix):
+    a workload replayed level after level would otherwise measure cache hits no client would see."""
+    if isinstance(prompt, str):
+        return f"({tag}) {prompt}"
+    if prompt and all(isinstance(t, int) for t in prompt):
+        return [10 + tag % 990, *prompt]  # (synthetic prompts draw their ids from 10–999 too)
+    first, *rest = prompt
+    return [{**first, "content": f"({tag}) {first['content']}"}, *rest]
+
+
 class _Level:
+    tags = itertools.count(secrets.randbelow(10_000))
+
     def __init__(self, deployment: Deployment, workload: Workload, concurrency: int, report: Report):
-        self.deployment, self.workload, self.concurrency = deployment, workload, concurrency
+        self.deployment, self.concurrency = deployment, concurrency
+        tag = next(self.tags)
+        self.workload = Workload([fresh(p, tag) for p in workload.prompts], workload.output_tokens,
+                                 workload.concurrency)
         self.report = sync_to_async(report)
         self.done: list[tuple[float, float, int]] = []  # (ttft s, total s, tokens) per request
 
