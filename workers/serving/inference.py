@@ -53,14 +53,17 @@ def infer(deployment: str, request_id: str, request: dict[str, Any]) -> None:
     events = Events(request_id)
     runner = hosted(deployment)
     if time.time() > request["deadline"]:
+        _free_place(deployment, request_id)
         return  # the client has given up already
     if runner is None:
         events.error(503, "replica_unavailable", f"No replica of '{deployment}' on this worker; retry.")
+        _free_place(deployment, request_id)
         return
     try:
         loaded = runner.acquire()
     except NotServing as exc:
         events.error(503, "replica_unavailable", f"{exc}; retry.")
+        _free_place(deployment, request_id)
         return
     try:
         if request["kind"] == "generate":
@@ -78,9 +81,10 @@ def infer(deployment: str, request_id: str, request: dict[str, Any]) -> None:
 
 
 def _free_place(deployment: str, request_id: str) -> None:
-    """The request is over here: its place (the web side's admission) is free. The web side frees it too when
-    its client's answer ends; doing it here as well means a client that died without a word (a killed web
-    process, a killed batch job) holds a place no longer than its generation, not until its deadline."""
+    """The request is over here (answered, failed, refused or past its deadline): its place (the web side's
+    admission) is free. The web side frees it too when its client's answer ends; doing it here as well means a
+    client that died without a word (a killed web process, a killed batch job) holds a place no longer than
+    its generation, not until its deadline."""
     try:
         live.client().zrem(live.inflight_key(deployment), request_id)
     except RedisError:
