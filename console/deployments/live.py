@@ -25,6 +25,10 @@ def cancel_key(request_id: str) -> str:
     return f"tauon:cancel:{request_id}"
 
 
+def claim_key(request_id: str) -> str:
+    return f"tauon:claim:{request_id}"  # the worker (host key's name) that received the request; expires
+
+
 def replica_key(replica: str) -> str:
     return f"tauon:replica:{replica}"  # the replica's latest figures; expires when it stops beating
 

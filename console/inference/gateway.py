@@ -2,8 +2,9 @@
 deployment's queue as a Celery task, then read its events from the Redis stream the worker writes.
 
 A request waits at most the deployment's `timeout_s`. While it waits, a silent stream is checked
-against the heartbeat of the replica that took the request, so a worker that dies mid-request turns
-into a 503 within a few seconds instead of a hang."""
+against the heartbeat of the replica that took the request (or, before one accepted it, of the worker
+that received its message: workers/serving/consumers.py's claim), so a worker that dies with the request
+turns into a 503 within a few seconds instead of a hang."""
 
 from __future__ import annotations
 
@@ -111,6 +112,10 @@ class Call:
                 raise ApiError(503, "The worker serving this request stopped responding; retry (another "
                                     "replica will take it).", code="replica_lost", retry_after=1)
         else:
+            claimant = await self.redis.get(live.claim_key(self.request_id))  # a worker received it (prefetched)
+            if claimant is not None and not await self.redis.exists(live.host_key(claimant)):
+                raise ApiError(503, "The worker that received this request stopped responding before it started "
+                                    "it; retry (another replica will take it).", code="replica_lost", retry_after=1)
             await self.redis.zremrangebyscore(live.live_key(self.deployment), "-inf", time.time())
             if not await self.redis.zcard(live.live_key(self.deployment)):
                 raise ApiError(503, f"Deployment '{self.deployment}' lost its last ready replica before a "
