@@ -44,8 +44,9 @@ def wait_ready(deployment: Deployment, replicas: int = 1, timeout: float = 60) -
 def places(deployment: str, *logs: Any) -> str:
     """Who holds the places of `deployment` now, for a test's failure message: each request id with its age
     (from its deadline and the deployment's timeout), what its stream says (accepted by which replica, how many
-    events, the last), whether it was asked to cancel, and the lines of the given process logs (`ChildProcess`es:
-    web server, workers) naming it; the web server logs a request's line when its answer ends (its close)."""
+    events, the last), whether it was asked to cancel, which process opened it, and the lines of the given
+    process logs (`ChildProcess`es: web server, workers) naming it; the web server logs a request's line when
+    its answer ends (its close)."""
     import json
     import time
 
@@ -62,7 +63,8 @@ def places(deployment: str, *logs: Any) -> str:
         rows.append(f"- {request_id}: opened {timeout_s - (deadline - time.time()):.1f} s ago; {len(events)} events "
                     f"{kinds[:2]}…{kinds[-1:]}" + (f", the last {last_ago:.1f} s ago" if last_ago is not None else "")
                     + f"; replica {replica} (alive: {bool(replica and r.exists(live.replica_key(replica)))}); "
-                    f"cancel flag: {bool(r.exists(live.cancel_key(request_id)))}")
+                    f"cancel flag: {bool(r.exists(live.cancel_key(request_id)))}; "
+                    f"opened by {r.get(live.opener_key(request_id))}")
         for proc in logs:
             rows += [f"    {proc.log_path.name}: {line[:300]}" for line in proc.log().splitlines() if request_id in line]
     return "\n".join(rows) or "(no places held)"

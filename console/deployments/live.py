@@ -7,6 +7,9 @@ both take the key names and scripts from here."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import sys
 import time
 from typing import Any
 
@@ -23,6 +26,10 @@ def stream_key(request_id: str) -> str:
 
 def cancel_key(request_id: str) -> str:
     return f"tauon:cancel:{request_id}"
+
+
+def opener_key(request_id: str) -> str:
+    return f"tauon:opener:{request_id}"  # the process that admitted the request (for diagnosis); expires
 
 
 def claim_key(request_id: str) -> str:
@@ -58,7 +65,8 @@ def figures_key(deployment: str) -> str:
 
 # Admit a request if the deployment has a live replica and a free place among
 # replicas × (max_num_seqs + max_queue), or fewer while adaptive admission has narrowed the cap (KEYS[3]).
-# Returns -1 (no replica), 0 (full) or 1 (admitted).
+# With KEYS[4] (opener_key), an admitted request also records which process opened it (ARGV[5]), so a place
+# held too long can be traced to its holder. Returns -1 (no replica), 0 (full) or 1 (admitted).
 ADMIT = """
 local now = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -71,6 +79,7 @@ if narrowed and narrowed < cap then cap = narrowed end
 if redis.call('ZCARD', KEYS[2]) >= replicas * cap then return 0 end
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
 redis.call('EXPIRE', KEYS[2], 3600)
+if KEYS[4] then redis.call('SET', KEYS[4], ARGV[5], 'EXAT', math.ceil(tonumber(ARGV[4])) + 60) end
 return 1
 """
 
@@ -89,6 +98,11 @@ return 0
 """
 
 _client: redis.Redis | None = None
+
+
+def this_process() -> str:
+    """This process, as an opener of requests: host, pid and command line."""
+    return f"{socket.gethostname()}:{os.getpid()} {' '.join(sys.argv)[:160]}"
 
 
 def client() -> redis.Redis:
