@@ -59,12 +59,13 @@ def places(deployment: str, *logs: Any) -> str:
         events = [json.loads(fields["e"]) for _, fields in entries]
         kinds = [e["type"] for e in events]
         replica = next((e.get("replica") for e in events if e["type"] == "accepted"), None)
+        opener = r.get(live.opener_key(request_id))
         last_ago = time.time() - int(entries[-1][0].split("-")[0]) / 1000 if entries else None
         rows.append(f"- {request_id}: opened {timeout_s - (deadline - time.time()):.1f} s ago; {len(events)} events "
                     f"{kinds[:2]}…{kinds[-1:]}" + (f", the last {last_ago:.1f} s ago" if last_ago is not None else "")
                     + f"; replica {replica} (alive: {bool(replica and r.exists(live.replica_key(replica)))}); "
                     f"cancel flag: {bool(r.exists(live.cancel_key(request_id)))}; "
-                    f"opened by {r.get(live.opener_key(request_id))}")
+                    f"opened by {opener} (alive: {r.get(live.process_key(opener)) if opener else None})")
         for proc in logs:
             rows += [f"    {proc.log_path.name}: {line[:300]}" for line in proc.log().splitlines() if request_id in line]
     return "\n".join(rows) or "(no places held)"

@@ -23,8 +23,7 @@ def engine_with_scheduler(max_num_seqs: int) -> Any:
 def admit(name: str, capacity: int, request: str) -> int:
     r = live.client()
     r.zadd(live.live_key(name), {"replica-a": time.time() + 60})
-    return int(r.eval(live.ADMIT, 3, live.live_key(name), live.inflight_key(name), live.admit_key(name),
-                      time.time(), capacity, request, time.time() + 60))
+    return int(r.eval(live.ADMIT, *live.admit_args(name, request, time.time() + 60, capacity, live.opener())))
 
 
 def test_a_slow_replica_narrows_admission_and_a_removed_target_lets_go() -> None:

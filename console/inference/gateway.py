@@ -28,7 +28,6 @@ from workers.celery import app
 
 log = logging.getLogger(__name__)
 _clients: dict[int, aioredis.Redis] = {}
-_OPENER = live.this_process()
 
 
 def redis_client() -> aioredis.Redis:
@@ -76,10 +75,9 @@ class Call:
         self._buffer: deque[dict[str, Any]] = deque()
 
     async def open(self) -> None:
-        admitted = await self.redis.eval(live.ADMIT, 4, live.live_key(self.deployment),
-                                         live.inflight_key(self.deployment), live.admit_key(self.deployment),
-                                         live.opener_key(self.request_id), time.time(), capacity(self.config),
-                                         self.request_id, self.deadline, _OPENER)
+        opener = live.opener_if_known() or await asyncio.to_thread(live.opener)  # the first takes the lease
+        admitted = await self.redis.eval(live.ADMIT, *live.admit_args(self.deployment, self.request_id, self.deadline,
+                                                                      capacity(self.config), opener))
         if admitted == -1:
             raise ApiError(503, f"Deployment '{self.deployment}' has no ready replica right now; "
                                 "retry shortly (a worker may still be loading it).",
