@@ -4,6 +4,7 @@ so that every caller's request joins the same running batch."""
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from collections import deque
@@ -25,6 +26,10 @@ from engine.scheduler import Batch, Scheduler
 from engine.sequence import FinishReason, Sequence
 
 MAX_CONTEXT_DEFAULT = 8192
+try:
+    _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+except (AttributeError, ValueError, OSError):
+    _CLOCK_TICKS = 100
 
 
 @dataclass(slots=True)
@@ -42,6 +47,8 @@ class EngineStats:
     preemptions: int  # sequences sent back to wait (their blocks freed, recomputed later) since start
     peak_batch_size: int
     interrupted_steps: int = 0  # background steps stopped between layers for an interactive arrival
+    cpu_s: float | None = None  # CPU time the engine's loop thread used since start (None: unknown); a step that
+    # runs long under load still uses CPU, a wedged one does not (workers/serving/replica.py's ProgressWatch)
 
 
 @dataclass(slots=True)
@@ -345,7 +352,22 @@ class LLMEngine:
                                kv_cache_usage=bm.num_used / bm.num_blocks, tokens_per_s=tps,
                                generated_tokens=self._generated, steps=self._steps,
                                progress=self._computed, preemptions=self.scheduler.num_preemptions,
-                               peak_batch_size=self._peak_batch, interrupted_steps=self._interrupted)
+                               peak_batch_size=self._peak_batch, interrupted_steps=self._interrupted,
+                               cpu_s=thread_cpu_s(self._thread))
+
+
+def thread_cpu_s(thread: threading.Thread | None) -> float | None:
+    """CPU seconds (user + system) a live thread of this process has used, from Linux's /proc; None elsewhere
+    or when it is not running."""
+    tid = getattr(thread, "native_id", None)
+    if tid is None or not thread.is_alive():  # type: ignore[union-attr]
+        return None
+    try:
+        with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # after "pid (comm)": state is field 3, utime 14, stime 15
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _vocab_size(model: Any) -> int:

@@ -249,7 +249,7 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str 
 
 SERVING_ENV = {"TAUON_REPLICA_LOST_S": "3"}
 # The deployments the session's serving worker hosts; tests that start workers of their own use other names.
-SESSION_DEPLOYMENTS = ("chat", "slow", "small", "embed", "classify", "promote", "stop-start",
+SESSION_DEPLOYMENTS = ("chat", "slow", "full", "small", "embed", "classify", "promote", "stop-start",
                        "pg-tiny", "pg-cls", "pg-smollm2", "int8-child", "tagger")
 
 

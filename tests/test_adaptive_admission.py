@@ -29,8 +29,7 @@ def engine(llama_dir: Path) -> Iterator[LLMEngine]:
 def admit(name: str, capacity: int, request: str, replicas: tuple[str, ...] = ("replica-a",)) -> int:
     r = live.client()
     r.zadd(live.live_key(name), {key: time.time() + 60 for key in replicas})
-    return int(r.eval(live.ADMIT, 3, live.live_key(name), live.inflight_key(name), live.admit_key(name),
-                      time.time(), capacity, request, time.time() + 60))
+    return int(r.eval(live.ADMIT, *live.admit_args(name, request, time.time() + 60, capacity, live.opener())))
 
 
 def test_a_slow_replica_narrows_admission_and_a_removed_target_lets_go(engine: LLMEngine) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -14,7 +15,7 @@ import pytest
 from console.deployments import live
 from console.deployments.models import Deployment
 from tests.conftest import wait_for
-from tests.serving_rows import deploy
+from tests.serving_rows import deploy, places
 
 pytestmark = pytest.mark.django_db(transaction=True)
 HELLO = [{"role": "user", "content": "Hello there"}]
@@ -167,6 +168,14 @@ def test_max_tokens_beyond_the_context_is_refused_and_a_default_shrinks_to_fit(s
     assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 56
 
 
+def _within(timeout: float, predicate) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        wait_for(predicate, timeout=timeout)
+    except AssertionError:
+        return False
+    return True
+
+
 def _error(client: openai.OpenAI, **body) -> openai.APIStatusError:  # type: ignore[no-untyped-def]
     try:
         client.chat.completions.create(model="chat", messages=HELLO, **body)
@@ -188,11 +197,11 @@ def test_models_lists_the_deployments_and_metrics_need_a_key(serving, web_server
 
 
 def test_a_full_deployment_answers_429_with_retry_after_at_once(serving, web_server, slow_llama_dir, charlie, bob):
-    deploy("slow", slow_llama_dir, owner=bob, config={"engine": {"max_num_seqs": 1, "max_queue": 1},
+    deploy("full", slow_llama_dir, owner=bob, config={"engine": {"max_num_seqs": 1, "max_queue": 1},
                                                       "max_tokens": 3000})
     key = raw_key(charlie)
     headers = {"Authorization": f"Bearer {key}"}
-    body = {"model": "slow", "prompt": "Once", "max_tokens": 3000, "temperature": 0, "ignore_eos": True,
+    body = {"model": "full", "prompt": "Once", "max_tokens": 3000, "temperature": 0, "ignore_eos": True,
             "stream": True}
     with httpx.Client(base_url=web_server.url, headers=headers, timeout=60) as http:
         streams = [http.stream("POST", "/v1/completions", json=body) for _ in range(2)]
@@ -205,12 +214,15 @@ def test_a_full_deployment_answers_429_with_retry_after_at_once(serving, web_ser
         assert refused.json()["error"]["code"] == "queue_full"
         for s in streams:
             s.__exit__(None, None, None)
-    # the web side frees a closed stream's place when it sees the disconnect (ClosingStream, tests/test_stream_close.py)
-    # and the worker when the generation ends; under the whole suite one run in two still took over 10 s: a cause not
-    # yet found (see the 2026-12-06 note), so this waits as long as a 3000-token generation of the slow model may take
-    wait_for(lambda: live.inflight("slow") == 0, timeout=90, what="places freed")
+    # The web side frees a closed stream's place when it sees the disconnect (ClosingStream, tests/test_stream_close.py),
+    # the worker when the generation ends. Under the whole suite this once in two runs took over 10 s (cause not found,
+    # see the 2026-12-06 notes): past 10 s the test says who holds the places, then waits out the generation.
+    if not _within(10, lambda: live.inflight("full") == 0):
+        warnings.warn(f"places of 'full' still held 10 s after their streams closed:\n"
+                      f"{places('full', web_server, serving)}", stacklevel=1)
+        wait_for(lambda: live.inflight("full") == 0, timeout=80, what="places freed")
     client = openai.OpenAI(base_url=f"{web_server.url}/v1", api_key=key, max_retries=0)
-    freed = client.completions.create(model="slow", prompt="Once", max_tokens=4, temperature=0,
+    freed = client.completions.create(model="full", prompt="Once", max_tokens=4, temperature=0,
                                       extra_body={"ignore_eos": True})  # the places are free again: served
     assert freed.usage.completion_tokens == 4 and freed.choices[0].finish_reason == "length"
 
@@ -238,6 +250,25 @@ def test_a_place_is_freed_when_its_generation_ends_though_its_client_died_withou
     assert live.client().zscore(live.inflight_key("slow"), request_id) is not None  # its place, until its deadline
     wait_for(lambda: live.client().zscore(live.inflight_key("slow"), request_id) is None, timeout=30,
              what="the place freed when the generation ended")
+
+
+def test_a_request_its_worker_refuses_frees_its_place_though_its_client_died(serving, web_server, llama_dir, bob):
+    """A request that reaches a worker with no replica of its deployment (moved or stopped meanwhile) is over
+    there: its place is freed at once, not at its deadline, when no client is left to free it."""
+    import uuid
+
+    from workers.celery import app
+
+    deploy("chat", llama_dir, owner=bob)
+    request_id, r = f"req-{uuid.uuid4().hex}", live.client()
+    deadline = time.time() + 600
+    r.zadd(live.inflight_key("ghost"), {request_id: deadline})  # admitted by a client that then died
+    app.send_task("tauon.infer", args=["ghost", request_id, {"kind": "generate", "deadline": deadline}],
+                  queue="deploy.chat")  # a queue the session's worker takes, for a deployment it does not host
+    wait_for(lambda: r.zscore(live.inflight_key("ghost"), request_id) is None, timeout=10,
+             what="the place of the refused request freed")
+    event = json.loads(r.xrange(live.stream_key(request_id))[0][1]["e"])
+    assert (event["type"], event["status"], event["code"]) == ("error", 503, "replica_unavailable")
 
 
 def test_a_client_that_disconnects_cancels_its_generation_within_a_second(serving, web_server, slow_llama_dir,

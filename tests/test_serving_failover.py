@@ -98,3 +98,62 @@ def test_a_fresh_worker_loads_two_deployments_created_at_once(web_server, llama_
     finally:
         worker.stop()
     assert not Replica.objects.filter(status="failed").exists()
+
+
+@pytest.fixture
+def two_single_thread_workers(django_db_blocker):  # type: ignore[no-untyped-def]
+    """Two workers of one thread each: a request beyond the one each runs waits in the worker that prefetched it."""
+    workers = [serving_worker(f"claim{i}", "claim-lost", concurrency=1).start() for i in (1, 2)]
+    yield workers
+    for worker in workers:
+        worker.kill(signal.SIGKILL)
+
+
+def test_a_request_waiting_in_a_worker_that_dies_before_starting_it_gets_replica_lost_at_once(
+        web_server, two_single_thread_workers, slow_llama_dir, charlie, bob):
+    """tauon.infer is at most once: a message prefetched by a worker that dies comes back only after the broker's
+    visibility timeout. The worker claimed it as it arrived, so the client gets 503 replica_lost within seconds,
+    not a 504 at the deployment's timeout, though another replica of the deployment is alive."""
+    from console.accounts.models import ApiKey
+    from console.deployments import live
+
+    deploy("claim-lost", slow_llama_dir, owner=bob, replicas=2, config={"max_tokens": 3000, "timeout_s": 300})
+    http = httpx.Client(base_url=web_server.url, timeout=300,
+                        headers={"Authorization": f"Bearer {ApiKey.issue(charlie, name='t')[1]}"})
+    body = {"model": "claim-lost", "prompt": "Once", "max_tokens": 3000, "ignore_eos": True, "temperature": 0}
+    answers: list[tuple[float, int, str]] = []
+
+    def ask(_: int) -> None:
+        response = http.post("/v1/completions", json=body)
+        answers.append((time.monotonic(), response.status_code, response.json().get("error", {}).get("code", "")))
+
+    r = live.client()
+
+    def waiting_in_a_worker() -> str | None:
+        """A request some worker received but has not started (its stream has no event): that worker's name."""
+        for request_id in r.zrange(live.inflight_key("claim-lost"), 0, -1):
+            claimant = r.get(live.claim_key(request_id))
+            if claimant and not r.exists(live.stream_key(request_id)):
+                return claimant
+        return None
+
+    pool = ThreadPoolExecutor(6)
+    try:
+        for i in range(6):  # one running in each worker, the others prefetched behind them
+            pool.submit(ask, i)
+        claimant = wait_for(waiting_in_a_worker, timeout=60, what="a request waiting in a worker")
+        victim = next(w for w in two_single_thread_workers if claimant.startswith(w.name + "@"))
+        held = [rid for rid in r.zrange(live.inflight_key("claim-lost"), 0, -1) if r.get(live.claim_key(rid)) == claimant]
+        victim.kill(signal.SIGKILL)
+        killed = time.monotonic()
+        def lost() -> list[tuple[float, str]]:
+            return [(round(at - killed, 1), code) for at, status, code in answers if status != 200]
+
+        wait_for(lambda: len(lost()) >= len(held), timeout=15, what="the answers of the killed worker's requests")
+        assert len(held) >= 2 and all(code == "replica_lost" for _, code in lost()), lost()  # the one it ran too
+        assert all(after < 8 for after, _ in lost()), lost()  # its heartbeat expires in 3 s (TAUON_REPLICA_LOST_S)
+    finally:
+        for worker in two_single_thread_workers:  # the survivor's long answers end too (as replica_lost)
+            worker.kill(signal.SIGKILL)
+        pool.shutdown(wait=True)
+        http.close()

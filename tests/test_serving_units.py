@@ -11,19 +11,56 @@ from workers.serving import ProgressWatch
 
 def test_an_engine_with_work_and_no_new_steps_for_the_limit_counts_as_stalled():
     watch = ProgressWatch(limit_s=10)
-    assert not watch.stalled(tokens=5, has_work=True, now=100.0)
-    assert not watch.stalled(tokens=5, has_work=True, now=109.0)
-    assert watch.stalled(tokens=5, has_work=True, now=110.5)
+    assert not watch.stalled(tokens=5, has_work=True, now=100.0, load=0.0)
+    assert not watch.stalled(tokens=5, has_work=True, now=109.0, load=0.0)
+    assert watch.stalled(tokens=5, has_work=True, now=110.5, load=0.0)
 
 
 def test_an_idle_engine_or_one_that_steps_is_never_stalled():
     watch = ProgressWatch(limit_s=10)
-    assert not watch.stalled(tokens=5, has_work=False, now=100.0)
-    assert not watch.stalled(tokens=5, has_work=False, now=200.0)  # idle for long: fine
-    assert not watch.stalled(tokens=5, has_work=True, now=205.0)
-    assert not watch.stalled(tokens=6, has_work=True, now=214.0)  # progress resets the clock
-    assert not watch.stalled(tokens=6, has_work=True, now=223.0)
-    assert watch.stalled(tokens=6, has_work=True, now=224.5)
+    assert not watch.stalled(tokens=5, has_work=False, now=100.0, load=0.0)
+    assert not watch.stalled(tokens=5, has_work=False, now=200.0, load=0.0)  # idle for long: fine
+    assert not watch.stalled(tokens=5, has_work=True, now=205.0, load=0.0)
+    assert not watch.stalled(tokens=6, has_work=True, now=214.0, load=0.0)  # progress resets the clock
+    assert not watch.stalled(tokens=6, has_work=True, now=223.0, load=0.0)
+    assert watch.stalled(tokens=6, has_work=True, now=224.5, load=0.0)
+
+
+def test_a_step_still_running_on_the_cpu_is_not_a_stall_but_a_thread_that_stopped_computing_is():
+    watch = ProgressWatch(limit_s=10)
+    assert not watch.stalled(tokens=5, has_work=True, now=100.0, cpu_s=1.0, load=0.0)
+    for t in range(1, 30):  # one long step: no new token for 29 s, but its thread keeps computing
+        assert not watch.stalled(tokens=5, has_work=True, now=100.0 + t, cpu_s=1.0 + 0.3 * t, load=0.0)
+    cpu = 1.0 + 0.3 * 29
+    assert not watch.stalled(tokens=5, has_work=True, now=139.0, cpu_s=cpu + 0.05, load=0.0)  # blocked: no CPU
+    assert watch.stalled(tokens=5, has_work=True, now=139.5, cpu_s=cpu + 0.05, load=0.0)  # 10 s after its last work
+
+
+def test_an_engine_that_spins_without_a_token_is_stalled_at_the_hard_limit():
+    watch = ProgressWatch(limit_s=10)
+    assert not watch.stalled(tokens=5, has_work=True, now=0.0, cpu_s=0.0, load=0.0)
+    assert not watch.stalled(tokens=5, has_work=True, now=99.0, cpu_s=99.0, load=0.0)
+    assert watch.stalled(tokens=5, has_work=True, now=101.0, cpu_s=101.0, load=0.0)
+
+
+def test_the_limits_stretch_with_the_load_per_core():
+    watch = ProgressWatch(limit_s=10)
+    assert not watch.stalled(tokens=5, has_work=True, now=100.0, load=3.0)
+    assert not watch.stalled(tokens=5, has_work=True, now=129.0, load=3.0)  # 3 runnable threads per core: 30 s
+    assert watch.stalled(tokens=5, has_work=True, now=130.5, load=3.0)
+    assert watch.stalled(tokens=5, has_work=True, now=112.0, load=0.5)  # below one per core: the plain limit
+
+
+def test_the_engine_reports_the_cpu_its_loop_thread_used(llama_dir):
+    from engine import LLMEngine, SamplingParams
+
+    with LLMEngine.from_pretrained(llama_dir) as engine:
+        assert engine.stats().cpu_s is None  # no loop thread before the first request
+        engine.generate("Hello there", SamplingParams(max_new_tokens=32, ignore_eos=True)).result(timeout=60)
+        first = engine.stats().cpu_s
+        assert first is not None and first > 0
+        engine.generate("Hello again", SamplingParams(max_new_tokens=32, ignore_eos=True)).result(timeout=60)
+        assert engine.stats().cpu_s > first
 
 
 @pytest.mark.django_db(transaction=True)

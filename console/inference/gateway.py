@@ -2,8 +2,9 @@
 deployment's queue as a Celery task, then read its events from the Redis stream the worker writes.
 
 A request waits at most the deployment's `timeout_s`. While it waits, a silent stream is checked
-against the heartbeat of the replica that took the request, so a worker that dies mid-request turns
-into a 503 within a few seconds instead of a hang."""
+against the heartbeat of the replica that took the request (or, before one accepted it, of the worker
+that received its message: workers/serving/consumers.py's claim), so a worker that dies with the request
+turns into a 503 within a few seconds instead of a hang."""
 
 from __future__ import annotations
 
@@ -74,10 +75,9 @@ class Call:
         self._buffer: deque[dict[str, Any]] = deque()
 
     async def open(self) -> None:
-        admitted = await self.redis.eval(live.ADMIT, 3, live.live_key(self.deployment),
-                                         live.inflight_key(self.deployment), live.admit_key(self.deployment),
-                                         time.time(), capacity(self.config),
-                                         self.request_id, self.deadline)
+        opener = live.opener_if_known() or await asyncio.to_thread(live.opener)  # the first takes the lease
+        admitted = await self.redis.eval(live.ADMIT, *live.admit_args(self.deployment, self.request_id, self.deadline,
+                                                                      capacity(self.config), opener))
         if admitted == -1:
             raise ApiError(503, f"Deployment '{self.deployment}' has no ready replica right now; "
                                 "retry shortly (a worker may still be loading it).",
@@ -111,6 +111,10 @@ class Call:
                 raise ApiError(503, "The worker serving this request stopped responding; retry (another "
                                     "replica will take it).", code="replica_lost", retry_after=1)
         else:
+            claimant = await self.redis.get(live.claim_key(self.request_id))  # a worker received it (prefetched)
+            if claimant is not None and not await self.redis.exists(live.host_key(claimant)):
+                raise ApiError(503, "The worker that received this request stopped responding before it started "
+                                    "it; retry (another replica will take it).", code="replica_lost", retry_after=1)
             await self.redis.zremrangebyscore(live.live_key(self.deployment), "-inf", time.time())
             if not await self.redis.zcard(live.live_key(self.deployment)):
                 raise ApiError(503, f"Deployment '{self.deployment}' lost its last ready replica before a "

@@ -42,25 +42,29 @@ class Events:
 # At most once, by design (not acks_late): the message is acknowledged as the task starts, so a worker that
 # dies mid-request loses it rather than having the broker hand it to another replica later. An interactive
 # client is waiting on this request's stream: once the request is `accepted` the web side sees the replica's
-# heartbeat vanish and answers `replica_lost` within TAUON_REPLICA_LOST_S (in the short gap before that, with
-# other replicas alive, it waits out the request's timeout), and the client retries; a redelivered request
-# would instead run again for a client that has gone (and a sampled answer would differ from the half it
-# already streamed). A message prefetched
-# but not started comes back only after the broker's visibility timeout, past its deadline: dropped below.
+# heartbeat vanish and answers `replica_lost` within TAUON_REPLICA_LOST_S, and the client retries; a
+# redelivered request would instead run again for a client that has gone (and a sampled answer would differ
+# from the half it already streamed). A message the worker received (prefetched) but had not started is
+# claimed as it arrives (consumers.py), so its client gets `replica_lost` as soon as that worker's heartbeat
+# is gone too; the broker hands the message back only after its visibility timeout, past its deadline:
+# dropped below.
 @shared_task(name="tauon.infer", ignore_result=True, acks_late=False)
 def infer(deployment: str, request_id: str, request: dict[str, Any]) -> None:
     """Serve one request of `deployment`: kind `generate`, `embed` or `predict` (see console/inference)."""
     events = Events(request_id)
     runner = hosted(deployment)
     if time.time() > request["deadline"]:
+        _free_place(deployment, request_id)
         return  # the client has given up already
     if runner is None:
         events.error(503, "replica_unavailable", f"No replica of '{deployment}' on this worker; retry.")
+        _free_place(deployment, request_id)
         return
     try:
         loaded = runner.acquire()
     except NotServing as exc:
         events.error(503, "replica_unavailable", f"{exc}; retry.")
+        _free_place(deployment, request_id)
         return
     try:
         if request["kind"] == "generate":
@@ -78,9 +82,10 @@ def infer(deployment: str, request_id: str, request: dict[str, Any]) -> None:
 
 
 def _free_place(deployment: str, request_id: str) -> None:
-    """The request is over here: its place (the web side's admission) is free. The web side frees it too when
-    its client's answer ends; doing it here as well means a client that died without a word (a killed web
-    process, a killed batch job) holds a place no longer than its generation, not until its deadline."""
+    """The request is over here (answered, failed, refused or past its deadline): its place (the web side's
+    admission) is free. The web side frees it too when its client's answer ends; doing it here as well means a
+    client that died without a word (a killed web process, a killed batch job) holds a place no longer than
+    its generation, not until its deadline."""
     try:
         live.client().zrem(live.inflight_key(deployment), request_id)
     except RedisError:

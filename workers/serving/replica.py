@@ -157,7 +157,8 @@ class Runner:
             figures.update(running=s.running, waiting=s.waiting, batch_size=s.batch_size,
                            kv_cache_usage=round(s.kv_cache_usage, 4), tokens_per_s=round(s.tokens_per_s, 2),
                            generated_tokens=s.generated_tokens, steps=s.steps)
-            figures["stalled"] = self.progress.stalled(s.progress, bool(s.running or s.waiting))
+            figures["stalled"] = self.progress.stalled(s.progress, bool(s.running or s.waiting),
+                                                       cpu_s=getattr(s, "cpu_s", None))
         figures.update(self.admission.figures())
         return figures
 
@@ -169,19 +170,45 @@ class NotServing(Exception):
 class ProgressWatch:
     """Tells a wedged engine from a busy one: it has requests but computed no token (prompt or answer)
     for `limit_s` seconds (a live process with a stuck engine must not keep taking requests). A long
-    prompt is prefilled in chunks, so a busy engine computes tokens every step."""
+    prompt is prefilled in chunks, so a busy engine computes tokens every step.
 
-    def __init__(self, limit_s: float):
+    Wall time alone drops healthy replicas on a loaded machine, where one step can outlast the limit, so:
+    - a step still running counts as progress: the engine's loop thread used CPU (`cpu_s`, at least
+      BUSY_CPU_S since it was last seen busy), which a thread blocked for good does not;
+    - both limits stretch with the machine's load per core (a step takes that much longer);
+    - an engine busy on the CPU that computes no token for `hard_limit_s` (10 × the limit) is wedged too
+      (a loop that spins)."""
+
+    BUSY_CPU_S = 0.2
+
+    def __init__(self, limit_s: float, hard_limit_s: float | None = None):
         self.limit_s = limit_s
+        self.hard_limit_s = hard_limit_s if hard_limit_s is not None else 10 * limit_s
         self.tokens = -1
-        self.since = time.monotonic()
+        self.since = self.busy_at = time.monotonic()  # last new tokens; last sign of work (tokens or CPU)
+        self.cpu_mark: float | None = None
 
-    def stalled(self, tokens: int, has_work: bool, now: float | None = None) -> bool:
+    def stalled(self, tokens: int, has_work: bool, now: float | None = None, cpu_s: float | None = None,
+                load: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
         if tokens != self.tokens or not has_work:
-            self.tokens, self.since = tokens, now
+            self.tokens, self.since, self.busy_at, self.cpu_mark = tokens, now, now, cpu_s
             return False
-        return now - self.since > self.limit_s
+        if cpu_s is not None:
+            if self.cpu_mark is not None and cpu_s - self.cpu_mark >= self.BUSY_CPU_S:
+                self.busy_at = now  # its step is still running: computing, not wedged
+            if self.cpu_mark is None or self.busy_at == now:
+                self.cpu_mark = cpu_s
+        stretch = max(1.0, load_per_core() if load is None else load)
+        return now - self.busy_at > self.limit_s * stretch or now - self.since > self.hard_limit_s * stretch
+
+
+def load_per_core() -> float:
+    """The machine's 1-minute load average per CPU core (1.0: every core busy); 0.0 where unknown."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:
+        return 0.0
 
 
 def with_headroom(config: Any) -> Any:
