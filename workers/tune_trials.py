@@ -28,6 +28,7 @@ from console.deployments.models import Deployment, Replica
 from console.inference.errors import ApiError
 from console.inference.gateway import Call, close_redis_client
 from engine.tuning import Workload, percentile
+from workers.feeding import BUSY
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5  # how often waiting checks the replica and the job's cancel flag; progress is reported as often
@@ -159,7 +160,7 @@ class _Level:
                         total = time.perf_counter() - sent
                         return (total if ttft is None else ttft), total, tokens
             except ApiError as exc:
-                if exc.status not in (429, 503) or time.time() > call.deadline:
+                if exc.status not in BUSY or time.time() > call.deadline:
                     raise TrialFailed(f"a request failed with {exc.status}: {exc}") from exc
             finally:
                 await call.close()

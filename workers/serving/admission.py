@@ -1,9 +1,10 @@
 """Adaptive admission for one replica: engine/latency_governor.py's control law wired to the places it
 acts on. With `ttft_target_ms` in the deployment's config, each finished request's TTFT feeds the governor;
 when it narrows or widens, the engine's scheduler runs at most that many sequences per step (never more
-than the tuned max_num_seqs) and the web side admits at most that many requests in flight per replica
-(this replica's field of the `tauon:admit:<deployment>` hash; the ADMIT script sums the live replicas' caps), so overload is refused sooner with 429 and
-Retry-After instead of queueing past the target. Without a target it does nothing."""
+than the tuned max_num_seqs; on llama.cpp, the requests handed to it at once) and the web side admits at
+most that many requests in flight per replica (this replica's field of the `tauon:admit:<deployment>` hash;
+the ADMIT script sums the live replicas' caps), so overload is refused sooner with 429 and Retry-After
+instead of queueing past the target. Without a target it does nothing."""
 
 from __future__ import annotations
 

@@ -158,7 +158,7 @@ class Runner:
                            kv_cache_usage=round(s.kv_cache_usage, 4), tokens_per_s=round(s.tokens_per_s, 2),
                            generated_tokens=s.generated_tokens, steps=s.steps)
             figures["stalled"] = self.progress.stalled(s.progress, bool(s.running or s.waiting),
-                                                       cpu_s=getattr(s, "cpu_s", None))
+                                                       cpu_s=s.cpu_s)
         figures.update(self.admission.figures())
         return figures
 
